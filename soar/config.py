@@ -1,0 +1,240 @@
+"""Settings: defaults, overridden by a TOML file, overridden by `SOAR_*` environment variables.
+
+The settings model is the single source of the configuration reference in docs/operations.md
+(`python -m soar config-reference` prints it). A bad value stops start-up with one line naming
+the key (`ConfigError`), never a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(Exception):
+    """A setting has a bad value; the message names the key and what was wrong."""
+
+
+def _setting(default: Any, doc: str, *, env: str | None = None) -> Any:
+    return field(default=default, metadata={"doc": doc, "env": env})
+
+
+def _list_setting(doc: str, *, env: str | None = None) -> Any:
+    return field(default_factory=list, metadata={"doc": doc, "env": env})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str | None = _setting(
+        None, "PostgreSQL URL; unset = start an embedded PostgreSQL under data_dir/postgres"
+    )
+    data_dir: Path = _setting(
+        Path("./var"), "Directory for the embedded database, spools and raw archives"
+    )
+    http_addr: str = _setting("127.0.0.1:8080", "host:port the HTTP API, map and /metrics listen on")
+    log_format: str = _setting(
+        "auto", "auto (JSON when stdout is not a terminal), json or console"
+    )
+    log_level: str = _setting("info", "debug, info, warning or error")
+    shutdown_deadline: float = _setting(
+        30.0, "Seconds SIGTERM/SIGINT may take to drain the pipeline before exit"
+    )
+    shards: int = _setting(0, "Number of shard owner tasks; 0 = 2 x CPU cores")
+
+    aprs_server: str | None = _setting(
+        None, "APRS-IS host:port (e.g. aprs.glidernet.org:14580); unset = no APRS-IS source"
+    )
+    aprs_callsign: str = _setting("SOAR", "Callsign used in the APRS-IS login line")
+    aprs_filter: str | None = _setting(None, "APRS-IS server-side filter, e.g. r/47/8/500")
+    aprs_passcode: int = _setting(-1, "APRS-IS passcode; -1 = receive only")
+    beast_servers: list[str] = _list_setting("Beast TCP sources, host:port[,host:port...]")
+    sbs_servers: list[str] = _list_setting("SBS/BaseStation TCP sources, host:port[,...]")
+    receiver_lat: float | None = _setting(
+        None, "Reference latitude for ADS-B surface positions (your receiver)"
+    )
+    receiver_lon: float | None = _setting(
+        None, "Reference longitude for ADS-B surface positions (your receiver)"
+    )
+
+    elevation_dir: Path | None = _setting(
+        None, "Directory of SRTM .hgt/.hgt.gz tiles for AGL; unset = airport elevation only"
+    )
+    archive_raw: bool = _setting(False, "Keep a raw archive per protocol per UTC day")
+    channel_size: int = _setting(10_000, "Bounded in-memory channel size per pipeline stage")
+    spool_max_bytes: int = _setting(
+        1024**3, "Largest size of each on-disk overload spool before the oldest data is dropped"
+    )
+    batch_rows: int = _setting(5000, "Store writer: rows per COPY batch")
+    batch_age: float = _setting(0.2, "Store writer: seconds before a partial batch is written")
+    live_addr: str = _setting(
+        "inproc://soar-live",
+        "pynng address live fixes are published on (tcp://host:port in split mode)",
+    )
+    ddb_url: str | None = _setting(
+        None, "OGN device database URL or file refreshed daily; unset = no refresh"
+    )
+
+    @property
+    def http_host_port(self) -> tuple[str, int]:
+        return split_host_port(self.http_addr, "http_addr")
+
+    @property
+    def shard_count(self) -> int:
+        return self.shards or 2 * (os.cpu_count() or 1)
+
+
+def split_host_port(value: str, key: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{key}: expected host:port, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def env_name(name: str) -> str:
+    return "SOAR_" + name.upper()
+
+
+def _coerce(name: str, hint: Any, value: Any, from_env: bool) -> Any:
+    """Turn a TOML or environment value into the field's type, or raise ConfigError."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        inner = [a for a in args if a is not type(None)]
+        if value is None or (from_env and value == ""):
+            return None
+        return _coerce(name, inner[0], value, from_env)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if from_env and isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if from_env and isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if from_env and isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{name}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if from_env and isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{name}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{name}: expected a string, got {value!r}")
+    if hint is Path:
+        if isinstance(value, str) and value:
+            return Path(value)
+        raise ConfigError(f"{name}: expected a path, got {value!r}")
+    if origin is list:
+        if from_env and isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+        raise ConfigError(f"{name}: expected a list of strings, got {value!r}")
+    raise ConfigError(f"{name}: unsupported setting type {hint!r}")
+
+
+def load_settings(
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Defaults < TOML file < SOAR_* environment < explicit overrides (command-line flags)."""
+    environ = os.environ if environ is None else environ
+    hints = typing.get_type_hints(Settings)
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    values: dict[str, Any] = {}
+
+    if config_file is not None:
+        try:
+            data = tomllib.loads(config_file.read_text())
+        except OSError as exc:
+            raise ConfigError(f"--config: cannot read {config_file}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"--config: {config_file} is not valid TOML: {exc}") from None
+        data = data.get("soar", data)
+        for key, value in data.items():
+            if key not in fields:
+                raise ConfigError(f"{key}: unknown setting in {config_file}")
+            values[key] = _coerce(key, hints[key], value, from_env=False)
+
+    known_env = {env_name(name): name for name in fields}
+    for key, value in environ.items():
+        if not key.startswith("SOAR_") or key in _NOT_SETTINGS:
+            continue
+        if key not in known_env:
+            raise ConfigError(f"{key}: unknown setting (environment)")
+        name = known_env[key]
+        values[name] = _coerce(key, hints[name], value, from_env=True)
+
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            values[name] = _coerce(name, hints[name], value, from_env=isinstance(value, str))
+
+    settings = Settings(**values)
+    _validate(settings)
+    return settings
+
+
+# SOAR_* variables that tools and tests use but that are not settings of the service.
+_NOT_SETTINGS = frozenset({"SOAR_TESTDATA", "SOAR_CONFIG"})
+
+
+def _validate(s: Settings) -> None:
+    split_host_port(s.http_addr, "http_addr")
+    if s.aprs_server:
+        split_host_port(s.aprs_server, "aprs_server")
+    for addr in s.beast_servers:
+        split_host_port(addr, "beast_servers")
+    for addr in s.sbs_servers:
+        split_host_port(addr, "sbs_servers")
+    if s.log_format not in ("auto", "json", "console"):
+        raise ConfigError(f"log_format: expected auto, json or console, got {s.log_format!r}")
+    if s.log_level not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"log_level: expected debug, info, warning or error, got {s.log_level!r}")
+    if s.database_url is not None and not s.database_url.startswith(("postgres://", "postgresql://")):
+        raise ConfigError("database_url: expected a postgresql:// URL")
+    for name in ("shutdown_deadline", "batch_age"):
+        if getattr(s, name) <= 0:
+            raise ConfigError(f"{name}: must be positive")
+    for name in ("channel_size", "batch_rows", "spool_max_bytes"):
+        if getattr(s, name) <= 0:
+            raise ConfigError(f"{name}: must be positive")
+    if s.shards < 0:
+        raise ConfigError("shards: must be 0 (automatic) or positive")
+
+
+def reference_markdown() -> str:
+    """The configuration reference, generated from the settings model."""
+    hints = typing.get_type_hints(Settings)
+    lines = [
+        "| setting (TOML) | environment | type | default | meaning |",
+        "|---|---|---|---|---|",
+    ]
+    for f in dataclasses.fields(Settings):
+        default = f.default if f.default is not dataclasses.MISSING else []
+        type_name = getattr(hints[f.name], "__name__", None) or str(hints[f.name])
+        type_name = str(hints[f.name]).replace("pathlib.", "").replace("<class '", "").replace("'>", "")
+        lines.append(
+            f"| `{f.name}` | `{env_name(f.name)}` | {type_name} | `{default}` | {f.metadata['doc']} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,101 @@
+"""Configuration: defaults < TOML < SOAR_* environment; bad values stop start-up with one line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from soar.config import ConfigError, Settings, load_settings, reference_markdown
+
+
+def test_defaults() -> None:
+    s = load_settings(environ={})
+    assert s.database_url is None
+    assert s.data_dir == Path("./var")
+    assert s.http_addr == "127.0.0.1:8080"
+    assert s.http_host_port == ("127.0.0.1", 8080)
+    assert s.shard_count == 2 * (os.cpu_count() or 1)
+
+
+def test_toml_then_environment_override(tmp_path: Path) -> None:
+    cfg = tmp_path / "soar.toml"
+    cfg.write_text(
+        'http_addr = "127.0.0.1:9000"\nshards = 3\nbeast_servers = ["a:30005", "b:30005"]\n'
+        'archive_raw = true\n'
+    )
+    s = load_settings(cfg, environ={})
+    assert (s.http_addr, s.shards, s.beast_servers, s.archive_raw) == (
+        "127.0.0.1:9000", 3, ["a:30005", "b:30005"], True)
+    s = load_settings(cfg, environ={"SOAR_HTTP_ADDR": "0.0.0.0:81", "SOAR_SHARDS": "5",
+                                     "SOAR_SBS_SERVERS": "h:30003,i:30003"})
+    assert (s.http_addr, s.shards, s.sbs_servers) == ("0.0.0.0:81", 5, ["h:30003", "i:30003"])
+
+
+def test_soar_section_in_toml(tmp_path: Path) -> None:
+    cfg = tmp_path / "soar.toml"
+    cfg.write_text('[soar]\nlog_format = "json"\n')
+    assert load_settings(cfg, environ={}).log_format == "json"
+
+
+@pytest.mark.parametrize(
+    ("environ", "key"),
+    [
+        ({"SOAR_SHARDS": "many"}, "SOAR_SHARDS"),
+        ({"SOAR_HTTP_ADDR": "nohost"}, "http_addr"),
+        ({"SOAR_NOT_A_SETTING": "1"}, "SOAR_NOT_A_SETTING"),
+        ({"SOAR_LOG_FORMAT": "xml"}, "log_format"),
+        ({"SOAR_DATABASE_URL": "mysql://x"}, "database_url"),
+        ({"SOAR_ARCHIVE_RAW": "maybe"}, "SOAR_ARCHIVE_RAW"),
+        ({"SOAR_SHUTDOWN_DEADLINE": "-1"}, "shutdown_deadline"),
+    ],
+)
+def test_bad_environment_values_name_the_key(environ: dict[str, str], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ=environ)
+    assert key in str(info.value)
+
+
+def test_bad_toml_values_name_the_key(tmp_path: Path) -> None:
+    cfg = tmp_path / "soar.toml"
+    cfg.write_text("shards = \"two\"\n")
+    with pytest.raises(ConfigError, match="shards"):
+        load_settings(cfg, environ={})
+    cfg.write_text("colour = 1\n")
+    with pytest.raises(ConfigError, match="colour: unknown setting"):
+        load_settings(cfg, environ={})
+    cfg.write_text("this is not toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(cfg, environ={})
+
+
+def _soar(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SOAR_")} | env
+    return subprocess.run([sys.executable, "-m", "soar", *args], env=full_env,
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("env", "key"),
+    [
+        ({"SOAR_SHARDS": "two"}, "SOAR_SHARDS"),
+        ({"SOAR_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}, "database_url"),
+    ],
+)
+def test_start_up_fails_with_one_line_and_no_traceback(env: dict[str, str], key: str) -> None:
+    proc = _soar("run", env=env)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert key in lines[0]
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_reference_lists_every_setting() -> None:
+    text = reference_markdown()
+    for name in Settings.__dataclass_fields__:
+        assert f"`{name}`" in text
+        assert f"`SOAR_{name.upper()}`" in text
