@@ -1,0 +1,592 @@
+"""Mode S / ADS-B decoding into position fixes, sans-io.
+
+`icao_address(message)` gives the 24-bit address a message is routed by; one
+`ModeSAccumulator` per shard keeps the state of that shard's aircraft and turns their
+messages into `Fix` records.
+
+Why the CPR pairing is done here and not by `pyModeS.PipeDecoder`: PipeDecoder holds back
+the first global positions of an aircraft until three of them agree (its bootstrap motion
+check), so a lone even/odd pair yields nothing and the first fixes of every aircraft come late
+or not at all; it also keeps its own per-aircraft dicts beside ours and returns dicts for every
+field of every message, which costs more than the decoding we need. So this module uses
+pyModeS for what it is good at — the per-field decoders (`decode_bds06/08/09`, the altitude and
+identity codes) and the CPR arithmetic (`airborne_position_pair`, `airborne_position_with_ref`,
+`surface_position_pair`, `surface_position_with_ref`) — and applies these rules itself:
+
+- DF17/18 CRC must be zero; DF11 parity may carry an interrogator code (remainder < 128);
+  DF0/4/5/16/20/21 carry the address only in their parity (AP), which cannot be checked on
+  its own, so such replies are used only for aircraft already verified by a DF11/17/18
+  (unless `trust_address_parity`: dump1090/readsb normally forward such replies only for
+  addresses they have already seen, and offline Comm-B captures have nothing else).
+- Airborne position (TC 9-18 baro, 20-22 GNSS altitude): global decode of the newest even/odd
+  pair (this frame and the latest frame of the other parity, at most 10 s apart); if there is
+  none, or the zones differ, or the result jumps implausibly from the last position, local
+  decode of this frame against the last position (at most 60 s old). Any result is checked
+  against the last position with a speed limit (1,500 kt plus 10 km); a global result that
+  fails is kept as a candidate and adopted when the next global result agrees with it, so a
+  track anchored on a bad position recovers.
+- Surface position (TC 5-8): the newest even/odd pair within 25 s, else this frame alone,
+  against the last position (at most 10 min old) or the configured receiver reference.
+- A `Fix` is returned only for a position decoded from the message just fed, with the
+  aircraft's latest callsign, altitude, ground speed, track, vertical rate, squawk and
+  air/ground state. Velocity subtypes 3/4 (heading and air speed) go to their own state
+  attributes, never into ground speed/track.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from dataclasses import dataclass
+
+from pyModeS._altcode import altcode_to_altitude
+from pyModeS._idcode import idcode_to_squawk
+from pyModeS.decoder.bds.bds06 import decode_bds06
+from pyModeS.decoder.bds.bds08 import decode_bds08
+from pyModeS.decoder.bds.bds09 import decode_bds09
+from pyModeS.position import (
+    airborne_position_pair,
+    airborne_position_with_ref,
+    surface_position_pair,
+    surface_position_with_ref,
+)
+
+from soar.records import AddressType, AircraftType, Fix, Protocol, Rejected
+
+PAIR_WINDOW_US = 10_000_000
+SURFACE_PAIR_WINDOW_US = 25_000_000
+LOCAL_REFERENCE_MAX_AGE_US = 60_000_000
+SURFACE_REFERENCE_MAX_AGE_US = 600_000_000
+MAX_SPEED_KT = 1_500.0
+POSITION_MARGIN_KM = 10.0
+_EARTH_RADIUS_KM = 6371.0088
+_KM_PER_US = MAX_SPEED_KT * 1.852 / 3_600_000_000
+
+# Formats whose address is overlaid on the parity (address/parity, AP).
+_AP_FORMATS = frozenset((0, 4, 5, 16, 20, 21))
+# DF18 control fields that carry a 24-bit ICAO address in the AA field (CF=1 and CF=5 carry
+# anonymous/non-ICAO addresses, CF=3/4/7 are not ADS-B position formats).
+_DF18_ICAO_CF = frozenset((0, 2, 6))
+
+
+def _build_crc_table() -> tuple[int, ...]:
+    table = []
+    for byte in range(256):
+        crc = byte << 16
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0xFFF409) if crc & 0x800000 else (crc << 1)
+        table.append(crc & 0xFFFFFF)
+    return tuple(table)
+
+
+_CRC_TABLE = _build_crc_table()
+
+
+def crc_remainder(message: bytes) -> int:
+    """The Mode S CRC-24 remainder: 0 for a good DF17/18, the address for AP formats."""
+    crc = 0
+    table = _CRC_TABLE
+    for byte in message[:-3]:
+        crc = ((crc << 8) & 0xFFFFFF) ^ table[(crc >> 16) ^ byte]
+    return crc ^ int.from_bytes(message[-3:], "big")
+
+
+def _downlink_format(message: bytes) -> int | None:
+    """DF of a 7- or 14-byte message whose length matches its DF, else None."""
+    length = len(message)
+    if length != 7 and length != 14:
+        return None
+    df = message[0] >> 3
+    if df >= 24:
+        df = 24  # DF24 is 11xxx: only two bits of format
+    if (df >= 16) != (length == 14):
+        return None
+    return df
+
+
+def icao_address(message: bytes) -> int | None:
+    """The 24-bit address a Mode S message belongs to, or None when it cannot be had.
+
+    In clear (and checked by CRC) for DF11/17/18; recovered from the address/parity field for
+    DF0/4/5/16/20/21, where it cannot be verified without knowing the aircraft.
+    """
+    df = _downlink_format(message)
+    if df is None:
+        return None
+    if df in _AP_FORMATS:
+        return crc_remainder(message)
+    if df == 17 or df == 18:
+        if crc_remainder(message) != 0:
+            return None
+        if df == 18 and (message[0] & 7) not in _DF18_ICAO_CF:
+            return None
+        return int.from_bytes(message[1:4], "big")
+    if df == 11:
+        if crc_remainder(message) & ~0x7F:
+            return None
+        return int.from_bytes(message[1:4], "big")
+    return None
+
+
+# ADS-B emitter category (set letter from the TC, number from CA) → OGN aircraft type.
+_EMITTER_AIRCRAFT_TYPE: dict[str, AircraftType] = {
+    "A1": AircraftType.POWERED,
+    "A2": AircraftType.JET,
+    "A3": AircraftType.JET,
+    "A4": AircraftType.JET,
+    "A5": AircraftType.JET,
+    "A6": AircraftType.JET,
+    "A7": AircraftType.HELICOPTER,
+    "B1": AircraftType.GLIDER,
+    "B2": AircraftType.BALLOON,
+    "B3": AircraftType.PARACHUTE,
+    "B4": AircraftType.HANG_GLIDER,
+    "B6": AircraftType.UAV,
+    "C1": AircraftType.GROUND_SUPPORT,
+    "C3": AircraftType.GROUND_SUPPORT,
+    "C4": AircraftType.STATIC_OBSTACLE,
+    "C5": AircraftType.STATIC_OBSTACLE,
+    "C6": AircraftType.STATIC_OBSTACLE,
+    "C7": AircraftType.STATIC_OBSTACLE,
+}
+
+# (received_us, cpr_lat, cpr_lon) of one position frame
+_CprFrame = tuple[int, int, int]
+
+
+@dataclass(slots=True)
+class AircraftState:
+    """What one aircraft has told us so far."""
+
+    address: int
+    last_seen_us: int
+    verified: bool = False  # seen in a CRC-checked message (DF11/17/18)
+    callsign: str | None = None
+    emitter_category: str | None = None  # e.g. "A3"
+    aircraft_type: AircraftType | None = None
+    altitude_ft: int | None = None  # barometric (TC 9-18, DF0/4/16/20)
+    gnss_altitude_ft: int | None = None  # GNSS height (TC 20-22)
+    ground_speed_kt: float | None = None
+    track_deg: float | None = None
+    vertical_rate_fpm: int | None = None
+    vertical_rate_source: str | None = None  # "BARO" | "GNSS"
+    heading_deg: float | None = None  # velocity subtypes 3/4: heading, not track
+    airspeed_kt: int | None = None  # velocity subtypes 3/4: air speed, not ground speed
+    airspeed_type: str | None = None  # "IAS" | "TAS"
+    squawk: str | None = None
+    emergency_state: int | None = None
+    on_ground: bool | None = None
+    even: _CprFrame | None = None
+    odd: _CprFrame | None = None
+    surface_even: _CprFrame | None = None
+    surface_odd: _CprFrame | None = None
+    lat: float | None = None
+    lon: float | None = None
+    position_us: int = 0
+    candidate: tuple[float, float, int] | None = None  # global result that disagreed
+    positions: int = 0
+
+
+def _distance_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    phi1 = math.radians(lat1)
+    phi2 = math.radians(lat2)
+    a = (
+        math.sin((phi2 - phi1) / 2) ** 2
+        + math.cos(phi1) * math.cos(phi2) * math.sin(math.radians(lon2 - lon1) / 2) ** 2
+    )
+    return 2 * _EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))
+
+
+def _reachable(lat: float, lon: float, from_lat: float, from_lon: float, elapsed_us: int) -> bool:
+    limit = POSITION_MARGIN_KM + _KM_PER_US * abs(elapsed_us)
+    return _distance_km(lat, lon, from_lat, from_lon) <= limit
+
+
+class ModeSAccumulator:
+    """Per-shard Mode S state: messages in, `Fix` out when a new position is decoded.
+
+    Counters (never reset; the caller exports them as metrics): `rejected[reason]` for every
+    message returned as `Rejected`, `stats[event]` for the rest (positions by method, CPR
+    zone mismatches, positions without a surface reference, ignored type codes).
+    """
+
+    def __init__(
+        self,
+        reference: tuple[float, float] | None = None,
+        expiry_us: int = 300_000_000,
+        *,
+        trust_address_parity: bool = False,
+    ) -> None:
+        self.reference = reference
+        self.expiry_us = expiry_us
+        self.trust_address_parity = trust_address_parity
+        self.rejected: collections.Counter[str] = collections.Counter()
+        self.stats: collections.Counter[str] = collections.Counter()
+        self._aircraft: dict[int, AircraftState] = {}
+
+    def __len__(self) -> int:
+        return len(self._aircraft)
+
+    def aircraft(self, address: int) -> AircraftState | None:
+        return self._aircraft.get(address)
+
+    def expire(self, now_us: int) -> int:
+        """Forget aircraft silent for `expiry_us`; return how many were dropped."""
+        cutoff = now_us - self.expiry_us
+        stale = [a for a, state in self._aircraft.items() if state.last_seen_us < cutoff]
+        for address in stale:
+            del self._aircraft[address]
+        return len(stale)
+
+    def feed(
+        self,
+        message: bytes,
+        received_us: int,
+        source: str = "",
+        signal_db: float | None = None,
+    ) -> Fix | Rejected | None:
+        """Take one Mode S message (7 or 14 bytes).
+
+        Returns a `Fix` when this message gave a new position, `Rejected` when it could not be
+        used (and why), None when it only updated the aircraft's state.
+        """
+        try:
+            return self._feed(message, received_us, source, signal_db)
+        except Exception as exc:  # a message must never take the shard down
+            return self._reject("decode_error", message, error=repr(exc))
+
+    def _reject(self, reason: str, message: bytes, **detail: object) -> Rejected:
+        self.rejected[reason] += 1
+        return Rejected(reason=reason, raw=bytes(message), detail=detail)
+
+    def _feed(
+        self, message: bytes, received_us: int, source: str, signal_db: float | None
+    ) -> Fix | Rejected | None:
+        df = _downlink_format(message)
+        if df is None:
+            if len(message) == 2:
+                return self._reject("mode_ac", message)
+            return self._reject("length", message, length=len(message))
+        if df == 17 or df == 18:
+            if crc_remainder(message) != 0:
+                return self._reject("crc", message, df=df)
+            if df == 18 and (message[0] & 7) not in _DF18_ICAO_CF:
+                return self._reject("non_icao_address", message, df=df, cf=message[0] & 7)
+            state = self._verified_state(int.from_bytes(message[1:4], "big"), received_us)
+            if df == 17:
+                self._capability(state, message[0] & 7)
+            return self._extended_squitter(state, message, received_us, source, signal_db)
+        if df == 11:
+            if crc_remainder(message) & ~0x7F:
+                return self._reject("crc", message, df=df)
+            state = self._verified_state(int.from_bytes(message[1:4], "big"), received_us)
+            self._capability(state, message[0] & 7)
+            return None
+        if df in _AP_FORMATS:
+            address = crc_remainder(message)
+            known = self._aircraft.get(address)
+            if known is None or not known.verified:
+                if not self.trust_address_parity:
+                    return self._reject("unverified_address", message, df=df, address=address)
+                if known is None:
+                    known = self._aircraft[address] = AircraftState(address, received_us)
+            known.last_seen_us = max(known.last_seen_us, received_us)
+            self._surveillance_reply(known, df, message)
+            return None
+        return self._reject("unsupported_df", message, df=df)
+
+    def _verified_state(self, address: int, received_us: int) -> AircraftState:
+        state = self._aircraft.get(address)
+        if state is None:
+            state = self._aircraft[address] = AircraftState(address, received_us, verified=True)
+        else:
+            state.verified = True
+            if received_us > state.last_seen_us:
+                state.last_seen_us = received_us
+        return state
+
+    @staticmethod
+    def _capability(state: AircraftState, ca: int) -> None:
+        if ca == 4:
+            state.on_ground = True
+        elif ca == 5:
+            state.on_ground = False
+
+    @staticmethod
+    def _surveillance_reply(state: AircraftState, df: int, message: bytes) -> None:
+        first = message[0]
+        if df == 0 or df == 16:
+            # VS: vertical status, 1 = on the ground
+            state.on_ground = bool(first & 0x04)
+        else:
+            fs = first & 7  # flight status: 0/2 airborne, 1/3 on the ground, else either
+            if fs < 4:
+                state.on_ground = bool(fs & 1)
+        code = ((message[2] & 0x1F) << 8) | message[3]
+        if df == 5 or df == 21:
+            state.squawk = idcode_to_squawk(code)
+        else:
+            altitude = altcode_to_altitude(code)
+            if altitude is not None:
+                state.altitude_ft = altitude
+
+    def _extended_squitter(
+        self,
+        state: AircraftState,
+        message: bytes,
+        received_us: int,
+        source: str,
+        signal_db: float | None,
+    ) -> Fix | Rejected | None:
+        me = int.from_bytes(message[4:11], "big")
+        tc = me >> 51
+        if 9 <= tc <= 18 or 20 <= tc <= 22:
+            return self._airborne_position(state, message, me, tc, received_us, source, signal_db)
+        if tc == 19:
+            self._velocity(state, me)
+            return None
+        if 1 <= tc <= 4:
+            self._identification(state, me, tc)
+            return None
+        if 5 <= tc <= 8:
+            return self._surface_position(state, message, me, received_us, source, signal_db)
+        if tc == 28:
+            self._aircraft_status(state, me)
+            return None
+        self.stats[f"ignored_tc_{tc}"] += 1
+        return None
+
+    @staticmethod
+    def _identification(state: AircraftState, me: int, tc: int) -> None:
+        fields = decode_bds08(me)
+        callsign: str = fields["callsign"]
+        if callsign and "#" not in callsign:
+            state.callsign = callsign
+        category: int = fields["category"]
+        if category:
+            state.emitter_category = f"{'DCBA'[tc - 1]}{category}"
+            state.aircraft_type = _EMITTER_AIRCRAFT_TYPE.get(state.emitter_category)
+
+    @staticmethod
+    def _velocity(state: AircraftState, me: int) -> None:
+        fields = decode_bds09(me)
+        subtype = fields["subtype"]
+        if subtype == 1 or subtype == 2:
+            if fields["groundspeed"] is not None:
+                state.ground_speed_kt = float(fields["groundspeed"])
+                state.track_deg = fields["track"]
+        elif subtype == 3 or subtype == 4:
+            state.heading_deg = fields["heading"]
+            state.airspeed_kt = fields["airspeed"]
+            state.airspeed_type = fields["airspeed_type"]
+        else:
+            return  # reserved subtypes carry nothing we can read
+        if fields["vertical_rate"] is not None:
+            state.vertical_rate_fpm = fields["vertical_rate"]
+            state.vertical_rate_source = fields["vr_source"]
+
+    @staticmethod
+    def _aircraft_status(state: AircraftState, me: int) -> None:
+        if (me >> 48) & 7 != 1:
+            return  # subtype 2 is an ACAS RA broadcast
+        state.emergency_state = (me >> 45) & 7
+        code = (me >> 32) & 0x1FFF
+        if code:
+            state.squawk = idcode_to_squawk(code)
+
+    def _airborne_position(
+        self,
+        state: AircraftState,
+        message: bytes,
+        me: int,
+        tc: int,
+        received_us: int,
+        source: str,
+        signal_db: float | None,
+    ) -> Fix | Rejected | None:
+        ac = (me >> 36) & 0xFFF
+        altitude: int | None = None
+        if tc <= 18:
+            # the 12-bit field is the 13-bit altitude code without its M bit
+            altitude = altcode_to_altitude(((ac >> 6) << 7) | (ac & 0x3F))
+            if altitude is not None:
+                state.altitude_ft = altitude
+        elif ac:
+            altitude = round(ac * 3.28084)
+            state.gnss_altitude_ft = altitude
+        state.on_ground = False
+        odd = (me >> 34) & 1
+        cpr_lat = (me >> 17) & 0x1FFFF
+        cpr_lon = me & 0x1FFFF
+        frame = (received_us, cpr_lat, cpr_lon)
+        if odd:
+            other = state.even
+            state.odd = frame
+        else:
+            other = state.odd
+            state.even = frame
+
+        position: tuple[float, float] | None = None
+        global_misfit = False
+        if other is not None and abs(received_us - other[0]) <= PAIR_WINDOW_US:
+            if odd:
+                pair = airborne_position_pair(
+                    other[1], other[2], cpr_lat, cpr_lon, even_is_newer=False
+                )
+            else:
+                pair = airborne_position_pair(
+                    cpr_lat, cpr_lon, other[1], other[2], even_is_newer=True
+                )
+            if pair is None:
+                self.stats["cpr_zone_mismatch"] += 1
+            elif self._accept_global(state, pair, received_us):
+                position = pair
+                self.stats["position_global"] += 1
+            else:
+                global_misfit = True
+        if (
+            position is None
+            and state.lat is not None
+            and state.lon is not None
+            and abs(received_us - state.position_us) <= LOCAL_REFERENCE_MAX_AGE_US
+        ):
+            local = airborne_position_with_ref(odd, cpr_lat, cpr_lon, state.lat, state.lon)
+            if _reachable(
+                local[0], local[1], state.lat, state.lon, received_us - state.position_us
+            ):
+                position = local
+                self.stats["position_local"] += 1
+            else:
+                return self._reject("implausible_position", message, lat=local[0], lon=local[1])
+        if position is None:
+            if global_misfit:
+                return self._reject("implausible_position", message)
+            return None
+        return self._fix(state, position, altitude, received_us, source, signal_db)
+
+    def _accept_global(
+        self, state: AircraftState, pair: tuple[float, float], received_us: int
+    ) -> bool:
+        """Whether a global result fits the track; a second agreeing misfit re-anchors it."""
+        if state.lat is None or state.lon is None:
+            return True
+        if _reachable(pair[0], pair[1], state.lat, state.lon, received_us - state.position_us):
+            state.candidate = None
+            return True
+        candidate = state.candidate
+        if candidate is not None and _reachable(
+            pair[0], pair[1], candidate[0], candidate[1], received_us - candidate[2]
+        ):
+            self.stats["position_reanchored"] += 1
+            state.candidate = None
+            return True
+        state.candidate = (pair[0], pair[1], received_us)
+        return False
+
+    def _surface_position(
+        self,
+        state: AircraftState,
+        message: bytes,
+        me: int,
+        received_us: int,
+        source: str,
+        signal_db: float | None,
+    ) -> Fix | Rejected | None:
+        fields = decode_bds06(me)
+        if fields["groundspeed"] is not None:
+            state.ground_speed_kt = float(fields["groundspeed"])
+        if fields["track"] is not None:
+            state.track_deg = fields["track"]
+        state.on_ground = True
+        odd = (me >> 34) & 1
+        cpr_lat = (me >> 17) & 0x1FFFF
+        cpr_lon = me & 0x1FFFF
+        frame = (received_us, cpr_lat, cpr_lon)
+        if odd:
+            other = state.surface_even
+            state.surface_odd = frame
+        else:
+            other = state.surface_odd
+            state.surface_even = frame
+
+        have_track = (
+            state.lat is not None
+            and state.lon is not None
+            and abs(received_us - state.position_us) <= SURFACE_REFERENCE_MAX_AGE_US
+        )
+        if have_track:
+            assert state.lat is not None and state.lon is not None
+            reference: tuple[float, float] | None = (state.lat, state.lon)
+        else:
+            reference = self.reference
+        if reference is None:
+            self.stats["surface_no_reference"] += 1
+            return None
+
+        position: tuple[float, float] | None = None
+        if other is not None and abs(received_us - other[0]) <= SURFACE_PAIR_WINDOW_US:
+            if odd:
+                even, odd_frame = other, frame
+            else:
+                even, odd_frame = frame, other
+            position = surface_position_pair(
+                even[1],
+                even[2],
+                odd_frame[1],
+                odd_frame[2],
+                lat_ref=reference[0],
+                lon_ref=reference[1],
+                even_is_newer=not odd,
+            )
+        if position is None:
+            position = surface_position_with_ref(odd, cpr_lat, cpr_lon, *reference)
+            self.stats["position_surface_local"] += 1
+        else:
+            self.stats["position_surface_pair"] += 1
+        if have_track:
+            assert state.lat is not None and state.lon is not None
+            if not _reachable(
+                position[0], position[1], state.lat, state.lon, received_us - state.position_us
+            ):
+                return self._reject(
+                    "implausible_position", message, lat=position[0], lon=position[1]
+                )
+        return self._fix(state, position, None, received_us, source, signal_db)
+
+    def _fix(
+        self,
+        state: AircraftState,
+        position: tuple[float, float],
+        altitude: int | None,
+        received_us: int,
+        source: str,
+        signal_db: float | None,
+    ) -> Fix:
+        lat, lon = position
+        if received_us >= state.position_us:
+            state.lat = lat
+            state.lon = lon
+            state.position_us = received_us
+        state.positions += 1
+        if altitude is None and not state.on_ground:
+            altitude = (
+                state.altitude_ft if state.altitude_ft is not None else state.gnss_altitude_ft
+            )
+        return Fix(
+            protocol=Protocol.BEAST,
+            address_type=AddressType.ICAO,
+            address=state.address,
+            received_us=received_us,
+            lat=lat,
+            lon=lon,
+            altitude_ft=altitude,
+            ground_speed_kt=state.ground_speed_kt,
+            track_deg=state.track_deg,
+            climb_fpm=state.vertical_rate_fpm,
+            callsign=state.callsign,
+            squawk=state.squawk,
+            on_ground=state.on_ground,
+            aircraft_type=state.aircraft_type,
+            signal_db=signal_db,
+            source=source,
+        )
