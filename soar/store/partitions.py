@@ -1,0 +1,127 @@
+"""Daily partitions of `fixes`, created ahead of time by a maintenance task, never on the hot path.
+
+A fix whose day has no partition lands in `fixes_default`. Creating that day's partition later
+would fail while the default partition holds rows of that day, so `ensure_partitions` moves them
+into the new table before attaching it, in one transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import psycopg
+import structlog
+import trio
+from prometheus_client import Counter
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+log = structlog.get_logger(__name__)
+
+PARTITIONS_CREATED = Counter(
+    "soar_store_partitions_created_total", "Daily fixes partitions created"
+)
+PARTITION_ERRORS = Counter("soar_store_partition_errors_total", "Failed partition maintenance runs")
+
+
+def partition_name(day: dt.date) -> str:
+    return f"fixes_p{day:%Y%m%d}"
+
+
+def _bounds(day: dt.date) -> tuple[dt.datetime, dt.datetime]:
+    start = dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
+    return start, start + dt.timedelta(days=1)
+
+
+def existing_partitions(conn: psycopg.Connection[Any]) -> set[str]:
+    with conn.transaction():
+        rows = conn.execute(
+            "SELECT c.relname FROM pg_inherits i"
+            " JOIN pg_class c ON c.oid = i.inhrelid"
+            " JOIN pg_class p ON p.oid = i.inhparent"
+            " WHERE p.relname = 'fixes'"
+        ).fetchall()
+    return {str(row[0]) for row in rows}
+
+
+def ensure_partitions(
+    conn: psycopg.Connection[Any], from_day: dt.date, days_ahead: int
+) -> list[str]:
+    """Create the daily partitions for `from_day` and the `days_ahead` days after it.
+
+    Returns the names created. Idempotent; each partition is its own transaction, so call it
+    with no transaction open on `conn`.
+    """
+    created: list[str] = []
+    present = existing_partitions(conn)
+    for offset in range(days_ahead + 1):
+        day = from_day + dt.timedelta(days=offset)
+        name = partition_name(day)
+        if name in present:
+            continue
+        start, end = _bounds(day)
+        table = sql.Identifier(name)
+        with conn.transaction():
+            # Same lock order as writers (parent first) so this cannot deadlock with a COPY.
+            conn.execute("LOCK TABLE fixes IN SHARE UPDATE EXCLUSIVE MODE")
+            conn.execute(
+                sql.SQL(
+                    "CREATE TABLE {} (LIKE fixes INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
+                ).format(table)
+            )
+            moved = conn.execute(
+                sql.SQL(
+                    "WITH gone AS (DELETE FROM fixes_default"
+                    " WHERE received_at >= %s AND received_at < %s RETURNING *)"
+                    " INSERT INTO {} SELECT * FROM gone"
+                ).format(table),
+                (start, end),
+            ).rowcount
+            # DDL takes no bind parameters: the bounds go in as literals.
+            conn.execute(
+                sql.SQL(
+                    "ALTER TABLE fixes ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})"
+                ).format(table, sql.Literal(start), sql.Literal(end))
+            )
+        PARTITIONS_CREATED.inc()
+        log.info("partitions.created", partition=name, moved_from_default=moved)
+        created.append(name)
+    return created
+
+
+def drop_partitions_before(conn: psycopg.Connection[Any], day: dt.date) -> list[str]:
+    """Drop daily partitions wholly before `day` (retention). Returns the names dropped."""
+    dropped: list[str] = []
+    for name in sorted(existing_partitions(conn)):
+        if not name.startswith("fixes_p") or len(name) != len("fixes_p20250101"):
+            continue
+        part_day = dt.datetime.strptime(name[len("fixes_p") :], "%Y%m%d").date()
+        if part_day < day:
+            with conn.transaction():
+                conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
+            log.info("partitions.dropped", partition=name)
+            dropped.append(name)
+    return dropped
+
+
+async def maintain_partitions(
+    pool: ConnectionPool, *, days_ahead: int = 7, interval_s: float = 3600.0
+) -> None:
+    """Trio task: keep `days_ahead` days of partitions ahead of today, checking every interval.
+
+    A failed run is logged and counted, and tried again at the next interval.
+    """
+
+    def run_once() -> list[str]:
+        today = dt.datetime.now(dt.UTC).date()
+        with pool.connection() as conn:
+            return ensure_partitions(conn, today - dt.timedelta(days=1), days_ahead + 1)
+
+    while True:
+        try:
+            await trio.to_thread.run_sync(run_once)
+        except (psycopg.Error, OSError) as exc:
+            PARTITION_ERRORS.inc()
+            log.warning("partitions.maintenance_failed", error=str(exc))
+        await trio.sleep(interval_s)

@@ -1,0 +1,231 @@
+"""Every read (and maintenance) query soar runs, in one place.
+
+Sync functions taking a psycopg connection; parameterised SQL only. From trio, call them through
+`trio.to_thread.run_sync` with a connection from the pool:
+
+    def load(shards):
+        with pool.connection() as conn:
+            return open_flights(conn, shards=shards, shard_of=router.shard_of)
+    restored = await trio.to_thread.run_sync(load, [0, 1])
+
+Access paths the indexes are built for (see migrations/0001_initial.sql):
+- aircraft in a bounding box: `point(lon, lat) <@ box(point(west, south), point(east, north))`
+  on `aircraft` (GiST), with `last_fix_at` for recency;
+- an aircraft's fixes by time, and a flight's track: `fixes` primary key
+  (aircraft_id, received_at), e.g. `aircraft_id = f.aircraft_id AND received_at BETWEEN
+  f.first_fix_at AND f.last_fix_at` (plus `flight_id = f.id` to be exact);
+- flights by day: `flights.started_at` (takeoff, or first fix when first seen airborne);
+  by airport: `departure_airport` / `arrival_airport` with `started_at`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from soar.records import (
+    AddressType,
+    Fix,
+    FlightPhase,
+    FlightRow,
+    Protocol,
+    aircraft_key_of_id,
+)
+from soar.store.tables import FLIGHT_COLUMNS, ts
+
+Connection = psycopg.Connection[Any]
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_OPEN = "landing_at IS NULL AND timed_out_at IS NULL AND end_reason IS NULL"
+_COUNTABLE = frozenset(
+    {"aircraft", "fixes", "flights", "receivers", "receiver_statuses", "server_messages"}
+)
+
+
+def us(value: dt.datetime) -> int:
+    return (value - _EPOCH) // dt.timedelta(microseconds=1)
+
+
+def us_or_none(value: dt.datetime | None) -> int | None:
+    return None if value is None else us(value)
+
+
+# ---- restoring tracking state -------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class OpenFlight:
+    """An open flight and its aircraft's latest fixes (oldest first), to restore a shard."""
+
+    flight: FlightRow
+    fixes: list[Fix] = field(default_factory=list)
+
+
+def flight_from_row(row: dict[str, Any]) -> FlightRow:
+    return FlightRow(
+        id=row["id"],
+        aircraft_id=row["aircraft_id"],
+        protocol=Protocol(row["protocol"]),
+        first_fix_us=us(row["first_fix_at"]),
+        last_fix_us=us(row["last_fix_at"]),
+        takeoff_us=us_or_none(row["takeoff_at"]),
+        landing_us=us_or_none(row["landing_at"]),
+        timed_out_us=us_or_none(row["timed_out_at"]),
+        timeout_phase=None if row["timeout_phase"] is None else FlightPhase(row["timeout_phase"]),
+        callsign=row["callsign"],
+        departure_airport=row["departure_airport"],
+        arrival_airport=row["arrival_airport"],
+        takeoff_runway=row["takeoff_runway"],
+        landing_runway=row["landing_runway"],
+        distance_m=row["distance_m"],
+        min_lat=row["min_lat"],
+        min_lon=row["min_lon"],
+        max_lat=row["max_lat"],
+        max_lon=row["max_lon"],
+        min_altitude_ft=row["min_altitude_ft"],
+        max_altitude_ft=row["max_altitude_ft"],
+        max_agl_ft=row["max_agl_ft"],
+        fix_count=row["fix_count"],
+        spurious_reason=row["spurious_reason"],
+        tow_aircraft_id=row["tow_aircraft_id"],
+        release_us=us_or_none(row["release_at"]),
+        release_altitude_ft=row["release_altitude_ft"],
+        release_height_ft=row["release_height_ft"],
+        end_reason=row["end_reason"],
+    )
+
+
+def fix_from_row(row: dict[str, Any]) -> Fix:
+    address_type, address = aircraft_key_of_id(row["aircraft_id"])
+    return Fix(
+        protocol=Protocol(row["protocol"]),
+        address_type=AddressType(address_type),
+        address=address,
+        received_us=us(row["received_at"]),
+        lat=row["lat"],
+        lon=row["lon"],
+        altitude_ft=row["altitude_ft"],
+        ground_speed_kt=row["ground_speed_kt"],
+        track_deg=row["track_deg"],
+        climb_fpm=row["climb_fpm"],
+        turn_rate=row["turn_rate"],
+        callsign=row["callsign"],
+        squawk=row["squawk"],
+        on_ground=row["on_ground"],
+        receiver=row["receiver"],
+        signal_db=row["signal_db"],
+        bit_errors=row["bit_errors"],
+        freq_offset_khz=row["freq_offset_khz"],
+        packet_time=row["packet_time"],
+        source=row["source"],
+        agl_ft=row["agl_ft"],
+        is_active=row["is_active"],
+        flight_id=row["flight_id"],
+    )
+
+
+def open_flights(
+    conn: Connection,
+    *,
+    shards: Collection[int] | None = None,
+    shard_of: Callable[[int], int] | None = None,
+    last_fixes: int = 10,
+    history: dt.timedelta = dt.timedelta(hours=2),
+) -> list[OpenFlight]:
+    """Open flights with their aircraft's last `last_fixes` fixes (within `history` of the
+    flight's last fix), for the shards in `shards` (all when None).
+
+    `shard_of(aircraft_id) -> shard index` is the tracking router's own function, so the store
+    never duplicates the shard hash.
+    """
+    if shards is not None and shard_of is None:
+        raise ValueError("selecting shards needs shard_of")
+    columns = sql.SQL(", ").join(sql.Identifier(name) for name, _ in FLIGHT_COLUMNS)
+    with conn.cursor(row_factory=dict_row) as cur:
+        flights = [
+            flight_from_row(row)
+            for row in cur.execute(
+                sql.SQL("SELECT {} FROM flights WHERE " + _OPEN + " ORDER BY aircraft_id").format(
+                    columns
+                )
+            ).fetchall()
+        ]
+        if shards is not None and shard_of is not None:
+            wanted = set(shards)
+            flights = [f for f in flights if shard_of(f.aircraft_id) in wanted]
+        if not flights:
+            return []
+        by_aircraft = {f.aircraft_id: OpenFlight(f) for f in flights}
+        # One round trip: the latest fixes of every restored aircraft (lateral, index-backed).
+        rows = cur.execute(
+            "SELECT x.* FROM unnest(%s::bigint[], %s::timestamptz[]) AS f(aircraft_id, last_fix_at)"
+            " CROSS JOIN LATERAL ("
+            "   SELECT * FROM fixes"
+            "   WHERE fixes.aircraft_id = f.aircraft_id"
+            "     AND fixes.received_at <= f.last_fix_at"
+            "     AND fixes.received_at > f.last_fix_at - %s"
+            "   ORDER BY fixes.received_at DESC LIMIT %s) AS x"
+            " ORDER BY x.aircraft_id, x.received_at",
+            (
+                [f.aircraft_id for f in flights],
+                [ts(f.last_fix_us) for f in flights],
+                history,
+                last_fixes,
+            ),
+        ).fetchall()
+    for row in rows:
+        by_aircraft[row["aircraft_id"]].fixes.append(fix_from_row(row))
+    return list(by_aircraft.values())
+
+
+# ---- maintenance --------------------------------------------------------------------------
+
+
+def time_out_stale_flights(
+    conn: Connection, now_us: int, older_than: dt.timedelta = dt.timedelta(hours=1)
+) -> int:
+    """Close open flights whose last fix is older than `older_than` at `now_us` as timed out.
+
+    For start-up after downtime: flights left open by a process that stopped are timed out at
+    `now_us` with phase unknown. Returns how many. Commits.
+    """
+    with conn.transaction():
+        cur = conn.execute(
+            "UPDATE flights SET timed_out_at = %s, timeout_phase = coalesce(timeout_phase, %s),"
+            " end_reason = 'timed_out', updated_at = now()"
+            " WHERE " + _OPEN + " AND last_fix_at < %s",
+            (ts(now_us), FlightPhase.UNKNOWN.value, ts(now_us) - older_than),
+        )
+        return max(cur.rowcount, 0)
+
+
+# ---- counts (tests, health) ---------------------------------------------------------------
+
+
+def count_rows(conn: Connection, table: str) -> int:
+    if table not in _COUNTABLE:
+        raise ValueError(f"not a soar table: {table}")
+    row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()
+    return int(row[0]) if row else 0
+
+
+def count_fix_keys(conn: Connection) -> tuple[int, int]:
+    """(rows, distinct (aircraft_id, received_at)) in `fixes`: equal unless something doubled."""
+    row = conn.execute(
+        "SELECT count(*), count(DISTINCT (aircraft_id, received_at)) FROM fixes"
+    ).fetchone()
+    return (int(row[0]), int(row[1])) if row else (0, 0)
+
+
+def fix_keys(conn: Connection) -> set[tuple[int, int]]:
+    """Every stored (aircraft_id, received_us): to compare against what was sent."""
+    return {
+        (aircraft, us(received))
+        for aircraft, received in conn.execute("SELECT aircraft_id, received_at FROM fixes")
+    }
