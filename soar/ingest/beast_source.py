@@ -1,0 +1,98 @@
+"""Beast TCP source (port 30005): deframes with `soar.protocols.beast`, on `tcp.py`.
+
+One `BeastDeframer` per connection: a partial frame left by a dropped connection must not be
+glued to the first bytes of the next one. Each envelope carries one un-escaped frame
+(`BeastFrame.to_bytes()`), stamped with the receive time of the chunk that completed it.
+"""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import structlog
+
+from soar.backoff import Backoff
+from soar.ingest import metrics
+from soar.ingest.tcp import (
+    Connection,
+    EnvelopeSink,
+    NowUs,
+    ReconnectingClient,
+    parse_hostport,
+    wall_clock_us,
+)
+from soar.protocols.beast import BeastDeframer
+from soar.records import Envelope, Protocol
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_PORT = 30005
+
+
+class BeastSource:
+    def __init__(
+        self,
+        server: str,
+        *,
+        source: str | None = None,
+        idle_timeout: float = 300.0,
+        connect_timeout: float = 30.0,
+        backoff: Backoff | None = None,
+        now_us: NowUs = wall_clock_us,
+    ) -> None:
+        host, port = parse_hostport(server, DEFAULT_PORT)
+        self.source = source or f"beast:{host}:{port}"
+        self.client = ReconnectingClient(
+            host,
+            port,
+            source=self.source,
+            protocol=Protocol.BEAST,
+            idle_timeout=idle_timeout,
+            connect_timeout=connect_timeout,
+            backoff=backoff,
+            now_us=now_us,
+        )
+
+    async def run(self, send: EnvelopeSink) -> NoReturn:
+        await self.client.run(lambda conn: self._session(conn, send))
+
+    async def _session(self, conn: Connection, send: EnvelopeSink) -> None:
+        labels = (self.source, Protocol.BEAST.value)
+        messages = metrics.SOURCE_MESSAGES.labels(*labels)
+        garbage = metrics.SOURCE_GARBAGE_BYTES.labels(*labels)
+        resyncs = metrics.SOURCE_REJECTS.labels(*labels, "beast_resync")
+        deframer = BeastDeframer()
+        garbage_seen = resyncs_seen = 0
+        try:
+            while True:
+                data, received_us = await conn.receive()
+                frames = deframer.feed(data)
+                if deframer.resyncs != resyncs_seen:
+                    resyncs.inc(deframer.resyncs - resyncs_seen)
+                    garbage.inc(deframer.garbage_bytes - garbage_seen)
+                    log.warning(
+                        "source.reject",
+                        source=self.source,
+                        protocol=Protocol.BEAST.value,
+                        reason="beast_resync",
+                        garbage_bytes=deframer.garbage_bytes - garbage_seen,
+                    )
+                elif deframer.garbage_bytes != garbage_seen:
+                    garbage.inc(deframer.garbage_bytes - garbage_seen)
+                garbage_seen = deframer.garbage_bytes
+                resyncs_seen = deframer.resyncs
+                for frame in frames:
+                    await send.send(
+                        Envelope(Protocol.BEAST, received_us, frame.to_bytes(), self.source)
+                    )
+                messages.inc(len(frames))
+        finally:
+            if deframer.buffered:
+                metrics.SOURCE_REJECTS.labels(*labels, "truncated_frame").inc()
+                log.warning(
+                    "source.reject",
+                    source=self.source,
+                    protocol=Protocol.BEAST.value,
+                    reason="truncated_frame",
+                    buffered=deframer.buffered,
+                )

@@ -1,0 +1,392 @@
+"""Capture files for `soar replay`: read them as envelopes stamped with their RECORDED times.
+
+Formats (auto-detected from the first bytes, or named explicitly):
+
+- ``ogn``: ``<ISO-8601 time> <APRS line>`` per line (the recorded OGN traces). A time without
+  a zone is UTC.
+- ``sbs``: SBS/BaseStation CSV lines. The time is the message's *generated* date and time
+  (fields 7 and 8, e.g. ``2026/02/24,14:57:36.000``), read as UTC, falling back to the logged
+  date and time (fields 9 and 10); a leading ``<ISO-8601 time> `` before the CSV wins when
+  present (captures recorded the OGN way).
+- ``beast``: a raw Beast byte stream (what port 30005 sends). Beast carries no wall time, only
+  each receiver's 48-bit 12 MHz MLAT counter, so a frame's time is ``start_us`` plus the counter
+  ticks since the first frame (÷ 12 per µs). ``start_us`` defaults to the file's modification
+  time. A counter of 0 (receivers without one) or a jump backwards or of more than an hour
+  (receiver restart, 48-bit wrap) does not move the time; the counter is re-based there.
+- ``archive``: soar's own raw archive (`soar.ingest.archive`): ``received_us<TAB>payload``,
+  payload the line itself for OGN/SBS and hex for Beast; the protocol comes from the file
+  name (``ogn-2026-02-24.log.gz``) unless given.
+
+Any of them may be gzip-compressed: recognised by its magic bytes, whatever the file is called.
+A malformed line or stray bytes are counted in `CaptureStats.rejects` (and the
+`soar_source_rejects_total` metric) and skipped, never an exception.
+"""
+
+from __future__ import annotations
+
+import enum
+import gzip
+import heapq
+import itertools
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import BinaryIO
+
+import structlog
+import trio
+
+from soar.ingest import metrics
+from soar.ingest.tcp import EnvelopeSink
+from soar.protocols.beast import BeastDeframer
+from soar.records import Envelope, Protocol
+
+log = structlog.get_logger(__name__)
+
+GZIP_MAGIC = b"\x1f\x8b"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_BEAST_TICKS_PER_US = 12
+_BEAST_MAX_STEP = 3600 * 12_000_000  # a longer jump is a discontinuity, not elapsed time
+_MLAT_MOD = 1 << 48
+_SBS_TYPES = rb"(?:MSG|SEL|ID|AIR|STA|CLK)"
+_ISO_PREFIX = rb"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d\S*"
+_ARCHIVE_LINE = re.compile(rb"^\d+\t")
+_SBS_LINE = re.compile(rb"^(?:" + _ISO_PREFIX + rb"\s+)?" + _SBS_TYPES + rb",")
+_OGN_LINE = re.compile(rb"^" + _ISO_PREFIX + rb"\s+\S")
+_ARCHIVE_NAME = re.compile(r"^(ogn|sbs|beast)-\d{4}-\d\d-\d\d\.log(?:\.gz)?$")
+_PROGRESS_EVERY = 256
+
+
+class CaptureFormat(enum.StrEnum):
+    OGN = "ogn"
+    SBS = "sbs"
+    BEAST = "beast"
+    ARCHIVE = "archive"
+
+
+@dataclass(slots=True)
+class CaptureStats:
+    messages: int = 0
+    rejects: Counter[str] = field(default_factory=Counter)
+    bytes_read: int = 0  # of the file on disk (compressed, if it is)
+    bytes_total: int = 0
+
+    @property
+    def rejected(self) -> int:
+        return sum(self.rejects.values())
+
+
+def open_capture(path: Path) -> tuple[BinaryIO, BinaryIO]:
+    """(reader of the content, the raw file): gunzips when the file starts with gzip's magic."""
+    raw = path.open("rb")
+    try:
+        magic = raw.read(2)
+        raw.seek(0)
+        if magic == GZIP_MAGIC:
+            return gzip.GzipFile(fileobj=raw, mode="rb"), raw  # type: ignore[return-value]
+    except BaseException:
+        raw.close()
+        raise
+    return raw, raw
+
+
+def detect_format(path: Path) -> CaptureFormat:
+    reader, raw = open_capture(path)
+    with raw, reader:
+        head = reader.read(8192)
+    if head[:1] == b"\x1a":
+        return CaptureFormat.BEAST
+    for line in head.splitlines():
+        if not line.strip():
+            continue
+        if _ARCHIVE_LINE.match(line):
+            return CaptureFormat.ARCHIVE
+        if _SBS_LINE.match(line):
+            return CaptureFormat.SBS
+        if _OGN_LINE.match(line):
+            return CaptureFormat.OGN
+        break
+    raise ValueError(f"{path}: not a capture format soar knows (ogn, sbs, beast, archive)")
+
+
+def iso_to_us(text: str) -> int:
+    """Microseconds since the epoch of an ISO-8601 time; UTC when it names no zone."""
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+class _SbsClock:
+    """SBS date/time fields to µs, caching the start of each day (they repeat on every line)."""
+
+    def __init__(self) -> None:
+        self._days: dict[bytes, int] = {}
+
+    def to_us(self, date: bytes, clock: bytes) -> int:
+        day_us = self._days.get(date)
+        if day_us is None:
+            year, month, day = (int(part) for part in date.split(b"/"))
+            day_us = (datetime(year, month, day, tzinfo=UTC) - _EPOCH) // _MICROSECOND
+            self._days[date] = day_us
+        hours, minutes, seconds = clock.split(b":")
+        whole, _dot, fraction = seconds.partition(b".")
+        micros = int((fraction + b"000000")[:6]) if fraction else 0
+        if not (0 <= int(hours) < 24 and 0 <= int(minutes) < 60 and 0 <= int(whole) < 61):
+            raise ValueError("time out of range")
+        return day_us + ((int(hours) * 60 + int(minutes)) * 60 + int(whole)) * 1_000_000 + micros
+
+
+def iter_capture(
+    path: Path | str,
+    fmt: CaptureFormat | str | None = None,
+    *,
+    source: str | None = None,
+    stats: CaptureStats | None = None,
+    beast_start_us: int | None = None,
+    archive_protocol: Protocol | None = None,
+) -> Iterator[Envelope]:
+    """The envelopes of one capture file, in file order, with their recorded receive times."""
+    path = Path(path)
+    kind = CaptureFormat(fmt) if fmt is not None else detect_format(path)
+    stats = stats if stats is not None else CaptureStats()
+    stats.bytes_total = path.stat().st_size
+    name = source or path.name
+    if kind is CaptureFormat.BEAST:
+        start_us = beast_start_us if beast_start_us is not None else path.stat().st_mtime_ns // 1000
+        yield from _counted(_beast(path, name, start_us, stats), name, Protocol.BEAST, stats)
+        return
+    if kind is CaptureFormat.ARCHIVE:
+        protocol = archive_protocol or _archive_protocol(path)
+        parse: Callable[[bytes], tuple[int, bytes]] = _archive_parser(protocol)
+    elif kind is CaptureFormat.OGN:
+        protocol, parse = Protocol.OGN, _parse_ogn
+    else:
+        protocol, parse = Protocol.SBS, _sbs_parser()
+    yield from _counted(_lines(path, name, protocol, parse, stats), name, protocol, stats)
+
+
+def _counted(
+    envelopes: Iterator[Envelope], name: str, protocol: Protocol, stats: CaptureStats
+) -> Iterator[Envelope]:
+    counter = metrics.SOURCE_MESSAGES.labels(name, protocol.value)
+    for envelope in envelopes:
+        stats.messages += 1
+        counter.inc()
+        yield envelope
+
+
+def _reject(stats: CaptureStats, name: str, protocol: Protocol, reason: str, raw: bytes) -> None:
+    stats.rejects[reason] += 1
+    metrics.SOURCE_REJECTS.labels(name, protocol.value, reason).inc()
+    if stats.rejects[reason] <= 10:  # enough to see what is wrong without flooding the log
+        log.warning("capture.reject", source=name, reason=reason, raw=raw[:200])
+
+
+def _lines(
+    path: Path,
+    name: str,
+    protocol: Protocol,
+    parse: Callable[[bytes], tuple[int, bytes]],
+    stats: CaptureStats,
+) -> Iterator[Envelope]:
+    reader, raw = open_capture(path)
+    with raw, reader:
+        try:
+            for number, line in enumerate(reader):
+                if number % _PROGRESS_EVERY == 0:
+                    stats.bytes_read = raw.tell()
+                line = line.rstrip(b"\r\n")
+                if not line.strip():
+                    continue
+                try:
+                    received_us, data = parse(line)
+                except (ValueError, IndexError) as exc:
+                    _reject(
+                        stats, name, protocol, str(exc.args[0]) if exc.args else "bad_line", line
+                    )
+                    continue
+                yield Envelope(protocol, received_us, data, name)
+        except (OSError, EOFError) as exc:  # a truncated gzip, a bad CRC
+            _reject(stats, name, protocol, "unreadable", repr(exc).encode())
+        stats.bytes_read = stats.bytes_total
+
+
+def _parse_ogn(line: bytes) -> tuple[int, bytes]:
+    stamp, _sep, rest = line.partition(b" ")
+    try:
+        received_us = iso_to_us(stamp.decode("ascii"))
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError("bad_timestamp") from None
+    rest = rest.lstrip(b" ")
+    if not rest:
+        raise ValueError("empty_line")
+    return received_us, rest
+
+
+def _sbs_parser() -> Callable[[bytes], tuple[int, bytes]]:
+    clock = _SbsClock()
+
+    def parse(line: bytes) -> tuple[int, bytes]:
+        if line[:1].isdigit():  # a leading ISO time, the OGN capture way
+            stamp, _sep, rest = line.partition(b" ")
+            try:
+                return iso_to_us(stamp.decode("ascii")), rest.lstrip(b" ")
+            except (ValueError, UnicodeDecodeError):
+                raise ValueError("bad_timestamp") from None
+        fields = line.split(b",")
+        if len(fields) < 10:
+            raise ValueError("too_few_fields")
+        for date, time_of_day in ((fields[6], fields[7]), (fields[8], fields[9])):
+            if date and time_of_day:
+                try:
+                    return clock.to_us(date, time_of_day), line
+                except ValueError:
+                    raise ValueError("bad_timestamp") from None
+        raise ValueError("no_timestamp")
+
+    return parse
+
+
+def _archive_protocol(path: Path) -> Protocol:
+    match = _ARCHIVE_NAME.match(path.name)
+    if match is None:
+        raise ValueError(
+            f"{path}: cannot tell the protocol of an archive file not named "
+            "<protocol>-YYYY-MM-DD.log[.gz]; pass archive_protocol"
+        )
+    return Protocol(match.group(1))
+
+
+def _archive_parser(protocol: Protocol) -> Callable[[bytes], tuple[int, bytes]]:
+    def parse(line: bytes) -> tuple[int, bytes]:
+        stamp, tab, payload = line.partition(b"\t")
+        if not tab or not stamp.isdigit():
+            raise ValueError("bad_timestamp")
+        if protocol is Protocol.BEAST:
+            try:
+                payload = bytes.fromhex(payload.decode("ascii"))
+            except (ValueError, UnicodeDecodeError):
+                raise ValueError("bad_hex") from None
+        if not payload:
+            raise ValueError("empty_line")
+        return int(stamp), payload
+
+    return parse
+
+
+def _beast(path: Path, name: str, start_us: int, stats: CaptureStats) -> Iterator[Envelope]:
+    reader, raw = open_capture(path)
+    deframer = BeastDeframer()
+    resyncs = 0
+    ticks = 0  # 12 MHz ticks since the first frame, summed step by step across re-bases
+    last_mlat: int | None = None
+    with raw, reader:
+        while True:
+            try:
+                chunk = reader.read(65536)
+            except (OSError, EOFError) as exc:
+                _reject(stats, name, Protocol.BEAST, "unreadable", repr(exc).encode())
+                break
+            stats.bytes_read = raw.tell()
+            if not chunk:
+                break
+            frames = deframer.feed(chunk)
+            if deframer.resyncs != resyncs:
+                for _ in range(deframer.resyncs - resyncs):
+                    _reject(stats, name, Protocol.BEAST, "beast_resync", b"")
+                resyncs = deframer.resyncs
+            for frame in frames:
+                if frame.mlat:
+                    if last_mlat is not None:
+                        step = (frame.mlat - last_mlat) % _MLAT_MOD
+                        if step <= _BEAST_MAX_STEP:  # else: restart or wrap, time stands
+                            ticks += step
+                    last_mlat = frame.mlat
+                received_us = start_us + ticks // _BEAST_TICKS_PER_US
+                yield Envelope(Protocol.BEAST, received_us, frame.to_bytes(), name)
+    if deframer.buffered:
+        _reject(stats, name, Protocol.BEAST, "truncated_frame", b"")
+
+
+# ---- pacing ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True, frozen=True)
+class ReplayProgress:
+    messages: int
+    rejects: int
+    bytes_read: int
+    bytes_total: int
+    recorded_us: int | None  # the recorded time replay has reached
+
+
+def _next_batch(envelopes: Iterator[Envelope], size: int) -> list[Envelope]:
+    return list(itertools.islice(envelopes, size))
+
+
+async def replay(
+    paths: Sequence[Path | str],
+    send: EnvelopeSink,
+    speed: float | None = None,
+    *,
+    fmt: CaptureFormat | str | None = None,
+    progress: Callable[[ReplayProgress], None] | None = None,
+    batch_size: int = 1000,
+    beast_start_us: int | None = None,
+) -> list[CaptureStats]:
+    """Send every envelope of `paths`, merged by recorded time, paced on trio's clock.
+
+    `speed` None sends as fast as the consumer takes them; otherwise recorded time runs
+    `speed` times faster than trio's clock (1.0 = real time). Each file is assumed to be in
+    time order (captures are written as received); several files are merged by time. Files
+    are read in a worker thread in batches, so decompression does not stall the event loop.
+    Returns each file's stats.
+    """
+    if speed is not None and speed <= 0:
+        raise ValueError(f"replay speed must be positive, got {speed}")
+    stats = [CaptureStats() for _ in paths]
+    sources: Iterable[Iterator[Envelope]] = [
+        iter_capture(p, fmt, stats=s, beast_start_us=beast_start_us)
+        for p, s in zip(paths, stats, strict=True)
+    ]
+    merged = heapq.merge(*sources, key=lambda env: env.received_us)
+    first_us: int | None = None
+    started = trio.current_time()
+    recorded_us: int | None = None
+    while batch := await trio.to_thread.run_sync(_next_batch, merged, batch_size):
+        for envelope in batch:
+            recorded_us = envelope.received_us
+            if speed is not None:
+                if first_us is None:
+                    first_us = recorded_us
+                    started = trio.current_time()
+                due = started + (recorded_us - first_us) / 1e6 / speed
+                if due > trio.current_time():
+                    await trio.sleep_until(due)
+            await send.send(envelope)
+        if progress is not None:
+            progress(_progress(stats, recorded_us))
+    if progress is not None:
+        progress(_progress(stats, recorded_us))
+    log.info(
+        "replay.done",
+        files=len(stats),
+        messages=sum(s.messages for s in stats),
+        rejects=sum(s.rejected for s in stats),
+    )
+    return stats
+
+
+def _progress(stats: list[CaptureStats], recorded_us: int | None) -> ReplayProgress:
+    return ReplayProgress(
+        messages=sum(s.messages for s in stats),
+        rejects=sum(s.rejected for s in stats),
+        bytes_read=sum(s.bytes_read for s in stats),
+        bytes_total=sum(s.bytes_total for s in stats),
+        recorded_us=recorded_us,
+    )
