@@ -1,0 +1,112 @@
+"""The all-in-one process: the supervision tree in one place.
+
+    run_all_in_one
+    ├── database (embedded PostgreSQL or SOAR_DATABASE_URL; migrations applied first)
+    ├── signals          SIGTERM/SIGINT -> orderly shutdown
+    ├── web              hypercorn (trio worker) serving the quart-trio app
+    └── pipeline         soar.pipeline.Pipeline: its own supervisors
+        ├── sources      per protocol: feed clients -> envelopes (cancelled first on shutdown)
+        └── core         decoders -> shard router -> shard owners -> store writer / live hub
+
+Shutdown order: cancel the sources, let the core drain (every stage ends when its input closes,
+the writer flushes last), stop the web server, stop the embedded PostgreSQL; all within
+`shutdown_deadline` seconds.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from soar.config import Settings
+from soar.database import Database, open_database
+from soar.web.app import WebContext, create_app
+
+log = structlog.get_logger(__name__)
+
+
+def migrate_command(settings: Settings) -> int:
+    db = open_database(settings)  # applies the migrations
+    db.stop()
+    return 0
+
+
+async def serve_web(
+    settings: Settings,
+    ctx: WebContext,
+    stop: trio.Event,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    config = HypercornConfig()
+    config.bind = [settings.http_addr]
+    config.accesslog = None
+    config.errorlog = None
+    config.graceful_timeout = 5.0
+    app = create_app(ctx)
+    await hypercorn_serve(app, config, shutdown_trigger=stop.wait, task_status=task_status)
+
+
+async def _watch_signals(shutdown: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("shutdown.requested", signal=signal.Signals(signum).name)
+            shutdown.set()
+
+
+async def run_all_in_one(settings: Settings, shutdown: trio.Event | None = None) -> int:
+    """Run everything until SIGTERM/SIGINT (or `shutdown` is set); return the exit code."""
+    db: Database = await trio.to_thread.run_sync(open_database, settings)
+    try:
+        return await _run(settings, db, shutdown or trio.Event())
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(db.stop)
+
+
+async def _run(settings: Settings, db: Database, shutdown: trio.Event) -> int:
+    from soar.pipeline import Pipeline
+    from soar.web.live import LiveHub
+
+    pipeline = Pipeline(settings, db.url)
+    hub = LiveHub(settings.live_addr)
+    ready_checks: dict[str, Callable[[], bool]] = {
+        "database": pipeline.database_ready,
+        "migrations": lambda: True,  # open_database applied them before anything started
+    }
+    ctx = WebContext(tree=pipeline.tree, ready_checks=ready_checks, pool=None, live=hub)
+    web_stop = trio.Event()
+    exit_code = 0
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch_signals, shutdown)
+        await pipeline.open()
+        ctx.pool = pipeline.pool
+        await nursery.start(hub.run)
+        bound = await nursery.start(serve_web, settings, ctx, web_stop)
+        log.info("soar.started", http=bound, database="embedded" if db.embedded else "external")
+
+        async with trio.open_nursery() as core:
+            await core.start(pipeline.run)
+            await shutdown.wait()
+            log.info("shutdown.draining", deadline_s=settings.shutdown_deadline)
+            with trio.move_on_after(settings.shutdown_deadline) as drain:
+                await pipeline.drain()
+            if drain.cancelled_caught:
+                log.error("shutdown.deadline_exceeded", deadline_s=settings.shutdown_deadline)
+                exit_code = 1
+                core.cancel_scope.cancel()
+        web_stop.set()
+        await pipeline.close()
+        nursery.cancel_scope.cancel()  # the signal watcher
+    log.info("soar.stopped", exit_code=exit_code)
+    return exit_code
+
+
+def tree_of(*parts: tuple[str, Callable[[], dict[str, Any]]]) -> dict[str, Any]:
+    return {name: fn() for name, fn in parts}

@@ -1,0 +1,66 @@
+"""`soar bench [all|protocols|store|pipeline]`: each figure beside its baseline, same run."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from soar.config import Settings
+
+
+def testdata_dir() -> Path:
+    here = Path(__file__).resolve().parents[2]
+    return Path(os.environ.get("SOAR_TESTDATA", str(here.parent / "shared" / "data")))
+
+
+def bench_command(settings: Settings, part: str, seconds: float | None) -> int:
+    from soar.cli import UserError
+
+    data = testdata_dir()
+    if not data.is_dir():
+        raise UserError(f"SOAR_TESTDATA: the benchmarks replay the real captures; none at {data}")
+    if part in ("all", "protocols"):
+        from soar.bench import protocols
+
+        print("## Protocol parsers (rate beside baseline, same run)\n")
+        print(protocols.format_table(protocols.run(data, seconds or protocols.DEFAULT_SECONDS)))
+    if part in ("all", "store"):
+        from soar.bench import store
+
+        print("\n## Store writer (fixes/s committed beside raw binary COPY, same database)\n")
+        with _database(settings) as url:
+            for chunk in (100, 1):
+                print(store.run(url, 200_000, data=data, chunk=chunk, repeats=2).summary())
+    if part in ("all", "pipeline"):
+        from soar.bench import pipeline
+
+        print("\n## End to end (socket -> decode -> shard -> committed)\n")
+        with _database(settings) as url:
+            print(pipeline.format_table(pipeline.run(url, data, seconds or 20.0)))
+    return 0
+
+
+class _database:
+    """The configured database, or a throwaway embedded PostgreSQL (never the service's own)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._embedded: object | None = None
+
+    def __enter__(self) -> str:
+        if self.settings.database_url:
+            return self.settings.database_url
+        from soar.store.embedded import EmbeddedPostgres
+
+        self._tmp = tempfile.TemporaryDirectory(prefix="soar-bench-")
+        embedded = EmbeddedPostgres()
+        self._embedded = embedded
+        return embedded.start(Path(self._tmp.name) / "pg")
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._embedded is not None:
+            self._embedded.stop()  # type: ignore[attr-defined]
+        if self._tmp is not None:
+            self._tmp.cleanup()

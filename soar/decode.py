@@ -1,0 +1,140 @@
+"""The decode step of each protocol pipeline: envelope in, routable items and store rows out.
+
+Stateless per message except for the receivers a via path names, which are coalesced here so
+that `receivers.latest_packet_at` costs one row per receiver per flush, not a write per fix.
+ADS-B CPR and SBS accumulation are stateful per aircraft and so happen in the shards; this step
+only finds the aircraft address to route by.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter as CounterDict
+from dataclasses import dataclass, field
+
+import structlog
+from prometheus_client import Counter
+
+from soar.protocols import beast, modes, ogn, sbs
+from soar.records import (
+    AddressType,
+    Envelope,
+    Fix,
+    Protocol,
+    ReceiverRow,
+    ReceiverStatusRow,
+    ServerMessageRow,
+    aircraft_id,
+)
+from soar.tracking.inputs import ModeSInput, SbsInput
+
+log = structlog.get_logger(__name__)
+
+MESSAGES = Counter("soar_messages_decoded_total", "Envelopes through the decode step", ["protocol"])
+REJECTS = Counter(
+    "soar_messages_rejected_total", "Messages rejected by the decode step", ["protocol", "reason"]
+)
+
+ShardItem = Fix | ModeSInput | SbsInput
+UNUSED = Counter(
+    "soar_messages_unused_total", "Messages parsed but not stored (weather, tracker status)",
+    ["protocol", "kind"],
+)
+
+StoreRow = ReceiverRow | ReceiverStatusRow | ServerMessageRow
+
+RECEIVER_FLUSH_US = 5_000_000
+
+
+@dataclass(slots=True)
+class Decoded:
+    """What one envelope became: items for the shards (with their aircraft id) and store rows."""
+
+    shard_items: list[tuple[int, ShardItem]] = field(default_factory=list)
+    store_rows: list[StoreRow] = field(default_factory=list)
+
+
+class Decoder:
+    """One per protocol pipeline (it keeps the receiver coalescing state of that pipeline)."""
+
+    def __init__(self, protocol: Protocol) -> None:
+        self.protocol = protocol
+        self.messages = 0
+        self.rejects: CounterDict[str] = CounterDict()
+        self._receivers_seen: dict[str, int] = {}
+        self._last_receiver_flush_us = 0
+        self._messages_metric = MESSAGES.labels(protocol=protocol.value)
+
+    def decode(self, env: Envelope) -> Decoded:
+        self.messages += 1
+        self._messages_metric.inc()
+        out = Decoded()
+        if env.protocol is Protocol.OGN:
+            self._decode_ogn(env, out)
+        elif env.protocol is Protocol.BEAST:
+            self._decode_beast(env, out)
+        else:
+            self._decode_sbs(env, out)
+        if env.received_us - self._last_receiver_flush_us >= RECEIVER_FLUSH_US:
+            out.store_rows.extend(self.flush_receivers())
+            self._last_receiver_flush_us = env.received_us
+        return out
+
+    def flush_receivers(self) -> list[StoreRow]:
+        rows: list[StoreRow] = [ReceiverRow(name, t) for name, t in self._receivers_seen.items()]
+        self._receivers_seen.clear()
+        return rows
+
+    def reject(self, reason: str, raw: bytes | str) -> None:
+        self.rejects[reason] += 1
+        REJECTS.labels(protocol=self.protocol.value, reason=reason).inc()
+        log.debug("message.rejected", protocol=self.protocol.value, reason=reason, raw=str(raw)[:200])
+
+    def _decode_ogn(self, env: Envelope, out: Decoded) -> None:
+        text = env.data.decode("utf-8", errors="replace")
+        parsed = ogn.parse_line(text)
+        if isinstance(parsed, ogn.AircraftBeacon):
+            fix = ogn.to_fix(parsed, env.received_us, env.source)
+            if fix.receiver:
+                self._receivers_seen[fix.receiver] = env.received_us
+            out.shard_items.append((fix.aircraft_id, fix))
+        elif isinstance(parsed, ogn.ReceiverBeacon):
+            out.store_rows.append(ogn.receiver_row(parsed, env.received_us))
+            if parsed.status is not None:
+                out.store_rows.append(ogn.receiver_status_row(parsed.status, env.received_us))
+        elif isinstance(parsed, ogn.ReceiverStatus):
+            out.store_rows.append(ogn.receiver_status_row(parsed, env.received_us))
+        elif isinstance(parsed, ogn.ServerLine):
+            out.store_rows.append(ServerMessageRow(env.received_us, env.source, parsed.text))
+        elif isinstance(parsed, ogn.AircraftStatus | ogn.WeatherBeacon):
+            # Parsed and understood, but soar keeps no table for them (yet): counted, not lost.
+            UNUSED.labels(protocol=self.protocol.value, kind=type(parsed).__name__).inc()
+        else:
+            self.reject(parsed.reason, text)
+
+    def _decode_beast(self, env: Envelope, out: Decoded) -> None:
+        try:
+            frame = beast.BeastFrame.from_bytes(env.data)
+        except ValueError:
+            self.reject("beast_bad_frame", env.data)
+            return
+        if frame.kind == beast.MODE_AC:
+            self.reject("mode_ac", env.data)  # no address to track it by
+            return
+        address = modes.icao_address(frame.payload)
+        if address is None:
+            self.reject("modes_no_address", frame.payload.hex())
+            return
+        # The signal byte is an amplitude: readsb/dump1090 report it as dBFS of its square.
+        signal_db = 20 * math.log10(frame.signal / 255) if frame.signal else None
+        item = ModeSInput(frame.payload, env.received_us, env.source, signal_db)
+        out.shard_items.append((aircraft_id(AddressType.ICAO, address), item))
+
+    def _decode_sbs(self, env: Envelope, out: Decoded) -> None:
+        text = env.data.decode("utf-8", errors="replace")
+        parsed = sbs.parse_line(text)
+        if isinstance(parsed, sbs.SbsMessage):
+            item = SbsInput(parsed, env.received_us, env.source)
+            out.shard_items.append((aircraft_id(AddressType.ICAO, parsed.icao), item))
+        else:
+            self.reject(parsed.reason, text)

@@ -1,0 +1,175 @@
+"""Spill to disk instead of blocking or dropping: the buffer between a source and its pipeline.
+
+A source hands every envelope to `OverflowSink.send`. While the pipeline's channel has room and
+nothing is spooled, the envelope goes straight into the channel. When the channel is full, the
+envelope (and every later one, to keep the order) is appended to the protocol's `DiskSpool`; the
+`drain` task feeds spooled envelopes back into the channel, oldest first, as pressure falls, and
+switches back to the direct path once the spool is empty. The spool survives a restart, so what
+was spooled when the process stopped is replayed when it starts again.
+
+If the spool itself fails (disk full, directory read-only), the error is logged and counted once
+per failure and the source falls back to waiting on the channel: slower, never lossy.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from pathlib import Path
+
+import structlog
+import trio
+from prometheus_client import Counter, Gauge
+
+from soar.records import Envelope, Protocol
+from soar.spool import DiskSpool, SpoolError
+
+log = structlog.get_logger(__name__)
+
+SPOOLED = Counter("soar_overflow_spooled_total", "Envelopes spilled to the disk spool", ["protocol"])
+SPOOL_ERRORS = Counter(
+    "soar_overflow_spool_errors_total", "Failures writing or reading the overflow spool", ["protocol"]
+)
+SPOOL_DEPTH = Gauge("soar_overflow_spool_depth", "Envelopes waiting in the overflow spool", ["protocol"])
+SPOOL_DROPPED = Gauge(
+    "soar_overflow_spool_dropped", "Envelopes dropped because the overflow spool was full", ["protocol"]
+)
+SPOOL_CORRUPT = Gauge(
+    "soar_overflow_spool_corrupt", "Corrupt overflow spool records skipped", ["protocol"]
+)
+
+_HEADER = struct.Struct(">BqH")  # protocol code, received_us, source length
+_PROTOCOLS = list(Protocol)
+
+
+def encode_envelope(env: Envelope) -> bytes:
+    source = env.source.encode()
+    return _HEADER.pack(_PROTOCOLS.index(env.protocol), env.received_us, len(source)) + source + env.data
+
+
+def decode_envelope(record: bytes) -> Envelope:
+    code, received_us, source_len = _HEADER.unpack_from(record)
+    start = _HEADER.size
+    source = record[start : start + source_len].decode()
+    return Envelope(_PROTOCOLS[code], received_us, record[start + source_len :], source)
+
+
+class OverflowSink:
+    """The envelope sink a protocol's sources write to."""
+
+    def __init__(
+        self,
+        protocol: Protocol,
+        send: trio.MemorySendChannel[Envelope],
+        spool_dir: Path | None,
+        spool_max_bytes: int,
+    ) -> None:
+        self.protocol = protocol
+        self._send = send
+        self._spool_dir = spool_dir
+        self._spool_max_bytes = spool_max_bytes
+        self._spool: DiskSpool | None = None
+        self._spooling = False
+        self._wake = trio.Event()
+        self._in_flight: deque[bytes] = deque()
+        self._labels = {"protocol": protocol.value}
+
+    def open(self) -> None:
+        """Open the spool (blocking); whatever a previous run left in it will be replayed."""
+        if self._spool_dir is None:
+            return
+        try:
+            self._spool = DiskSpool(self._spool_dir, max_bytes=self._spool_max_bytes)
+        except (SpoolError, OSError) as exc:
+            SPOOL_ERRORS.labels(**self._labels).inc()
+            log.error("overflow.spool_unavailable", protocol=self.protocol.value, error=str(exc))
+            return
+        if self._spool.depth_records:
+            self._spooling = True
+            log.info("overflow.spool_resumed", protocol=self.protocol.value,
+                     records=self._spool.depth_records)
+        self._update_gauges()
+
+    async def send(self, env: Envelope) -> None:
+        if not self._spooling:
+            try:
+                self._send.send_nowait(env)
+                return
+            except trio.WouldBlock:
+                pass
+        if self._spool is not None:
+            try:
+                self._spool.append(encode_envelope(env))
+            except (SpoolError, OSError) as exc:
+                SPOOL_ERRORS.labels(**self._labels).inc()
+                log.error("overflow.spool_write_failed", protocol=self.protocol.value, error=str(exc))
+            else:
+                SPOOLED.labels(**self._labels).inc()
+                self._spooling = True
+                self._wake.set()
+                return
+        # No usable spool: wait for room rather than lose the envelope.
+        await self._send.send(env)
+
+    async def drain(self) -> None:
+        """Feed spooled envelopes back into the channel, oldest first. Runs for ever."""
+        while True:
+            if not self._spooling or self._spool is None:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                continue
+            try:
+                records = self._spool.read(256)
+            except (SpoolError, OSError) as exc:
+                SPOOL_ERRORS.labels(**self._labels).inc()
+                log.error("overflow.spool_read_failed", protocol=self.protocol.value, error=str(exc))
+                await trio.sleep(1.0)
+                continue
+            if not records:
+                self._spooling = False  # checked and flipped with no await between: no race
+                self._update_gauges()
+                continue
+            self._in_flight.extend(records)
+            await self._send_in_flight()
+
+    async def _send_in_flight(self) -> None:
+        """Send the records read but not yet sent, then acknowledge them to the spool. If this
+        is cancelled half-way, `flush` carries on from the first record not sent."""
+        assert self._spool is not None
+        while self._in_flight:
+            record = self._in_flight[0]
+            try:
+                env = decode_envelope(record)
+            except (struct.error, UnicodeDecodeError, IndexError):
+                SPOOL_ERRORS.labels(**self._labels).inc()
+                log.error("overflow.spool_record_undecodable", protocol=self.protocol.value,
+                          record=record[:64].hex())
+            else:
+                await self._send.send(env)
+            self._in_flight.popleft()
+        self._spool.commit()
+        self._update_gauges()
+
+    async def flush(self) -> None:
+        """On shutdown: put everything spooled into the channel before it closes."""
+        if self._spool is None:
+            return
+        await self._send_in_flight()
+        while self._spooling:
+            records = self._spool.read(256)
+            if not records:
+                self._spooling = False
+                break
+            self._in_flight.extend(records)
+            await self._send_in_flight()
+
+    def _update_gauges(self) -> None:
+        if self._spool is None:
+            return
+        SPOOL_DEPTH.labels(**self._labels).set(self._spool.depth_records)
+        SPOOL_DROPPED.labels(**self._labels).set(self._spool.dropped_records)
+        SPOOL_CORRUPT.labels(**self._labels).set(self._spool.corrupt_records)
+
+    @property
+    def depth(self) -> int:
+        return self._spool.depth_records if self._spool is not None else 0
