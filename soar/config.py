@@ -77,8 +77,18 @@ class Settings:
         "inproc://soar-live",
         "pynng address live fixes are published on (tcp://host:port in split mode)",
     )
+    track_endpoints: list[str] = _list_setting(
+        "Split mode shard map: the pynng addresses of the `soar track` processes, in hash order"
+    )
+    track_index: int = _setting(0, "Split mode: which entry of track_endpoints this track is")
+    live_sources: list[str] = _list_setting(
+        "Split mode: pynng addresses `soar web` subscribes to (each track's live_addr)"
+    )
     ddb_url: str | None = _setting(
-        None, "OGN device database URL or file refreshed daily; unset = no refresh"
+        None, "OGN device database URL or file to refresh daily (`soar ddb import` loads it once)"
+    )
+    tow_registrations: list[str] = _list_setting(
+        "Registrations of the club's tow planes (OGN aircraft type 2 counts as a tow plane anyway)"
     )
 
     @property
@@ -219,6 +229,8 @@ def _validate(s: Settings) -> None:
     for name in ("channel_size", "batch_rows", "spool_max_bytes"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{name}: must be positive")
+    if s.track_endpoints and not 0 <= s.track_index < len(s.track_endpoints):
+        raise ConfigError("track_index: must name an entry of track_endpoints")
     if s.shards < 0:
         raise ConfigError("shards: must be 0 (automatic) or positive")
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 
 from soar.config import Settings
 from soar.decode import Decoder, StoreRow
@@ -45,6 +45,12 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 QUEUE_DEPTH = Gauge("soar_queue_depth", "Items waiting in a pipeline channel", ["stage"])
+MISROUTED = Counter(
+    "soar_pipeline_misrouted_total", "Inputs for an aircraft another track process owns"
+)
+ARCHIVE_DROPPED = Counter(
+    "soar_archive_dropped_total", "Envelopes not archived because the archive fell behind", ["protocol"]
+)
 
 TICK_EVERY_US = 30_000_000
 
@@ -94,8 +100,10 @@ class Pipeline:
         from soar.store.tables import AircraftFamily, FixFamily, FlightFamily, ReceiverFamily
         from soar.tracking.agl import AglCalculator
         from soar.tracking.airports import default_index
+        from soar.tracking.privacy import PrivacyRegistry
         from soar.tracking.shard import Shard, ShardSinks
         from soar.tracking.terrain import Terrain
+        from soar.tracking.tow import TowDetector, TowService
 
         self.settings = settings
         self.database_url = database_url
@@ -112,14 +120,21 @@ class Pipeline:
         self.envelopes: dict[Protocol, tuple[trio.MemorySendChannel[Envelope], trio.MemoryReceiveChannel[Envelope]]] = {
             p: trio.open_memory_channel[Envelope](size) for p in Protocol
         }
+        # The raw archive sees every envelope as it arrives, before any spooling.
+        self.archive_channel = trio.open_memory_channel[Envelope](size) if settings.archive_raw else None
         self.sinks = {
             p: OverflowSink(p, self.envelopes[p][0], data_dir / "spool" / "ingest" / p.value,
-                            settings.spool_max_bytes)
+                            settings.spool_max_bytes,
+                            tee=self._archive if self.archive_channel is not None else None)
             for p in Protocol
         }
         self.decoders = {p: Decoder(p) for p in Protocol}
 
         n = settings.shard_count
+        # Split mode: this process owns slice `track_index` of `len(track_endpoints)` equal
+        # slices of the hash space, i.e. global shards k*n .. k*n+n-1 of n*K.
+        self.slice_count = max(1, len(settings.track_endpoints))
+        self.slice_index = settings.track_index if settings.track_endpoints else 0
         self.shard_channels = [trio.open_memory_channel[ShardInput](size) for _ in range(n)]
         self.fix_channel = trio.open_memory_channel[Fix](size)
         self.flight_channel = trio.open_memory_channel[FlightRow](size)
@@ -134,10 +149,6 @@ class Pipeline:
             "receivers": (ReceiverFamily(), self.receiver_channel[1]),
         }
         self.writers: dict[str, StoreWriter[Any]] = {}
-        self.shard_sinks = ShardSinks(
-            fixes=self.fix_channel[0], flights=self.flight_channel[0],
-            aircraft=self.aircraft_channel[0], live=self.live.offer,
-        )
         agl = AglCalculator(
             Terrain(settings.elevation_dir) if settings.elevation_dir else None, default_index()
         )
@@ -148,7 +159,16 @@ class Pipeline:
         )
         # One AGL calculator for all shards: airports and terrain tiles are read-only data
         # (the tile cache fills on first use and is never changed by a shard's aircraft state).
-        self.shards = [Shard(i, agl=agl, modes_reference=reference) for i in range(n)]
+        self.agl = agl
+        self.privacy = PrivacyRegistry()
+        self.tow = TowService(TowDetector(agl.airports, frozenset()))
+        self.shard_sinks = ShardSinks(
+            fixes=self.fix_channel[0], flights=self.flight_channel[0],
+            aircraft=self.aircraft_channel[0], live=self.live.offer, tow=self.tow.offer,
+        )
+        self.shards = [
+            Shard(i, agl=agl, modes_reference=reference, privacy=self.privacy) for i in range(n)
+        ]
         self._shard_started = [False] * n
 
         self.sources_sup = Supervisor(
@@ -168,6 +188,24 @@ class Pipeline:
         )
         self.writers_sup: Supervisor | None = None
         self.live_sup = Supervisor("live", [ChildSpec("live.publisher", self.live.run)])
+        maintenance = [ChildSpec("partitions", self._maintain_partitions)]
+        if settings.ddb_url:
+            maintenance.append(ChildSpec("ddb.refresh", self._refresh_ddb))
+        self.maintenance_sup = Supervisor("maintenance", maintenance)
+        self.tow_sup = Supervisor("tow", [ChildSpec(
+            "tow", functools.partial(self.tow.run, [send for send, _ in self.shard_channels],
+                                     self.local_shard),
+            RestartPolicy.TRANSIENT,
+        )])
+        self.archive_sup: Supervisor | None = None
+        if self.archive_channel is not None:
+            from soar.ingest.archive import RawArchive
+
+            archive = RawArchive(data_dir / "archive")
+            receive_archive = self.archive_channel[1]
+            self.archive_sup = Supervisor("archive", [ChildSpec(
+                "archive", functools.partial(archive.run, receive_archive), RestartPolicy.TRANSIENT,
+            )])
         self.spool_sup = Supervisor(
             "spools",
             [ChildSpec(f"spool.{p.value}", self.sinks[p].drain) for p in Protocol],
@@ -206,6 +244,12 @@ class Pipeline:
             [ChildSpec(f"writer.{name}", functools.partial(w.run, self._writer_inputs[name][1]),
                        RestartPolicy.TRANSIENT) for name, w in self.writers.items()],
         )
+        from soar.ddb import load_privacy, tow_ids_for
+
+        self.privacy.replace(await trio.to_thread.run_sync(load_privacy, self.database_url))
+        self.tow.detector.tow_ids = await trio.to_thread.run_sync(
+            tow_ids_for, self.database_url, self.settings.tow_registrations
+        )
         for sink in self.sinks.values():
             await trio.to_thread.run_sync(sink.open)
         restored = await self._restore(range(len(self.shards)), now_us=wall_clock_us())
@@ -217,16 +261,14 @@ class Pipeline:
         than 1 h before `now_us` are closed as timed out by the shard."""
         from soar.store.queries import open_flights
 
-        n = len(self.shards)
-
         def load() -> list[Any]:
             with self.pool.connection() as conn:
-                return open_flights(conn, shards=list(shards), shard_of=lambda a: shard_of(a, n))
+                return open_flights(conn, shards=list(shards), shard_of=self.owner_shard)
 
         found = await trio.to_thread.run_sync(load)
         by_shard: dict[int, list[tuple[FlightRow, list[Fix]]]] = {i: [] for i in shards}
         for item in found:
-            by_shard[shard_of(item.flight.aircraft_id, n)].append((item.flight, item.fixes))
+            by_shard[self.owner_shard(item.flight.aircraft_id)].append((item.flight, item.fixes))
         for index, flights in by_shard.items():
             self.shards[index].restore(flights, now_us=now_us)
         return len(found)
@@ -240,32 +282,41 @@ class Pipeline:
         assert self.writers_sup is not None, "open() first"
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_queues)
+            nursery.start_soon(self.maintenance_sup.run)
             async with trio.open_nursery() as stages:
                 stages.start_soon(self._stage, self.writers_sup, [])
                 stages.start_soon(self._stage, self.live_sup, [])
+                stages.start_soon(self.tow_sup.run)
                 stages.start_soon(
                     self._stage, self.shards_sup,
                     [self.fix_channel[0], self.flight_channel[0], self.aircraft_channel[0]],
-                    self.live_sup,
+                    self.live_sup, self.tow.close,
                 )
                 stages.start_soon(
                     self._stage, self.decoders_sup,
                     [*(send for send, _ in self.shard_channels), self.receiver_channel[0]],
                 )
                 stages.start_soon(self._run_sources)
+                if self.archive_sup is not None:
+                    stages.start_soon(self.archive_sup.run)
                 task_status.started()
             nursery.cancel_scope.cancel()  # the queue watcher
         self._core_done.set()
 
     @staticmethod
     async def _stage(
-        sup: Supervisor, close_after: list[Any], stop_after: Supervisor | None = None
+        sup: Supervisor,
+        close_after: list[Any],
+        stop_after: Supervisor | None = None,
+        then: Callable[[], None] | None = None,
     ) -> None:
         await sup.run()
         for channel in close_after:
             await channel.aclose()
         if stop_after is not None:
             stop_after.stop()
+        if then is not None:
+            then()
 
     async def _run_sources(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -280,6 +331,8 @@ class Pipeline:
             await sink.flush()
         for send, _ in self.envelopes.values():
             await send.aclose()
+        if self.archive_channel is not None:
+            await self.archive_channel[0].aclose()
         self._sources_done.set()
 
     async def drain(self) -> None:
@@ -299,7 +352,7 @@ class Pipeline:
         receive = self.envelopes[protocol][1]
         shard_sends = [send for send, _ in self.shard_channels]
         store = self.receiver_channel[0]
-        n = len(shard_sends)
+        local = self.local_shard
         last_tick_us = 0
         async for env in receive:
             if env.received_us - last_tick_us >= TICK_EVERY_US:
@@ -310,11 +363,27 @@ class Pipeline:
                     await send.send(ClockTick(env.received_us))
             decoded = decoder.decode(env)
             for ident, item in decoded.shard_items:
-                await shard_sends[shard_of(ident, n)].send(item)
+                await shard_sends[local(ident)].send(item)
             for row in decoded.store_rows:
                 await store.send(row)
         for row in decoder.flush_receivers():
             await store.send(row)
+
+    def owner_shard(self, ident: int) -> int:
+        """This process's shard for `ident`, or -1 when another process owns it."""
+        n = len(self.shards)
+        local = shard_of(ident, n * self.slice_count) - self.slice_index * n
+        return local if 0 <= local < n else -1
+
+    def local_shard(self, ident: int) -> int:
+        local = self.owner_shard(ident)
+        if local < 0:
+            # The ingest side routed it to the wrong process (a shard map that differs between
+            # processes): process it anyway, rather than lose it, and make it visible.
+            MISROUTED.inc()
+            log.warning("pipeline.misrouted", aircraft=f"{ident:08x}", slice=self.slice_index)
+            return shard_of(ident, len(self.shards))
+        return local
 
     async def _run_shard(self, index: int) -> None:
         if self._shard_started[index]:
@@ -328,6 +397,24 @@ class Pipeline:
         # A clone, so that a crashed shard closing its end does not close the channel the
         # decoders send to; the restarted shard reads on from where the other stopped.
         await self.shards[index].run(self.shard_channels[index][1].clone(), self.shard_sinks)
+
+    def _archive(self, env: Envelope) -> None:
+        assert self.archive_channel is not None
+        try:
+            self.archive_channel[0].send_nowait(env)
+        except trio.WouldBlock:
+            # The archive is a record, not the data path: it never slows a feed. Counted.
+            ARCHIVE_DROPPED.labels(protocol=env.protocol.value).inc()
+
+    async def _refresh_ddb(self) -> None:
+        from soar.ddb import refresh_forever
+
+        await refresh_forever(self.database_url, self.settings.ddb_url, self.privacy.replace)
+
+    async def _maintain_partitions(self) -> None:
+        from soar.store.partitions import maintain_partitions
+
+        await maintain_partitions(self.pool)
 
     async def _watch_queues(self) -> None:
         while True:
@@ -375,7 +462,10 @@ class Pipeline:
     # -- what the web side shows ---------------------------------------------------------------
 
     def tree(self) -> dict[str, Any]:
-        sups = [self.sources_sup, self.spool_sup, self.decoders_sup, self.shards_sup, self.live_sup]
+        sups = [self.sources_sup, self.spool_sup, self.decoders_sup, self.shards_sup, self.live_sup,
+                self.tow_sup, self.maintenance_sup]
+        if self.archive_sup is not None:
+            sups.append(self.archive_sup)
         if self.writers_sup is not None:
             sups.append(self.writers_sup)
         return {sup.name: sup.tree() for sup in sups}

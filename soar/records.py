@@ -119,6 +119,9 @@ class Fix:
     agl_ft: float | None = None
     is_active: bool | None = None
     flight_id: uuid.UUID | None = None
+    # set by the tracking core: the owner asked not to be identified (DDB identified = N, or
+    # the stealth bit); stored and shown without registration, competition number, callsign
+    anonymous: bool = False
 
     @property
     def aircraft_id(self) -> int:
@@ -164,7 +167,7 @@ class FlightRow:
     release_us: int | None = None
     release_altitude_ft: float | None = None
     release_height_ft: float | None = None  # above the departure airfield
-    end_reason: str | None = None  # landed | timed_out | split_callsign | split_gap | shutdown
+    end_reason: str | None = None  # landed | landed_out_of_coverage | timed_out | split_callsign | split_gap | shutdown
 
     @property
     def is_open(self) -> bool:

@@ -145,6 +145,9 @@ class StoreWriter(Generic[T]):
         self.on_commit = on_commit
         self.pending_batches = pending_batches
         self._up = True
+        self._holding = 0
+        self._batches_sent = 0
+        self._batches_settled = 0
         self._staged: WeakSet[psycopg.Connection[Any]] = WeakSet()
         STORE_UP.labels(self.name).set(1)
         SPOOL_DEPTH.labels(self.name).set(self.spool.depth)
@@ -153,6 +156,11 @@ class StoreWriter(Generic[T]):
     def healthy(self) -> bool:
         """The database took the last attempt (for /readyz)."""
         return self._up
+
+    @property
+    def idle(self) -> bool:
+        """Nothing taken from the input is waiting: all committed or spooled to disk."""
+        return self._holding == 0 and self._batches_sent == self._batches_settled
 
     @property
     def spool_depth(self) -> int:
@@ -209,12 +217,17 @@ class StoreWriter(Generic[T]):
                         take(receive.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
+                self._holding = len(pending)
                 if len(pending) >= max_rows or trio.current_time() >= deadline:
+                    self._batches_sent += 1
                     await send_batch.send(pending)
                     pending = []
+                    self._holding = 0
                     deadline = math.inf
         if pending:
+            self._batches_sent += 1
             await send_batch.send(pending)
+            self._holding = 0
 
     async def _commit_loop(self, batches: trio.MemoryReceiveChannel[list[T]]) -> None:
         input_open = True
@@ -234,6 +247,7 @@ class StoreWriter(Generic[T]):
                     await self._commit(prepared, direct=True)
                 except Outage:
                     await self._spool_append(prepared)
+                self._batches_settled += 1  # committed, or safe in the on-disk spool
 
     async def _drain_spool(
         self, batches: trio.MemoryReceiveChannel[list[T]], input_open: bool

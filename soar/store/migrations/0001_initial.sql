@@ -15,7 +15,7 @@ CREATE TABLE aircraft (
     category           text,  -- ADS-B emitter category, when known
     device_type        text,  -- tracker device family (FLARM, OGN tracker, SafeSky, ...)
     tracked            boolean NOT NULL DEFAULT true,
-    identified         boolean NOT NULL DEFAULT false,
+    identified         boolean NOT NULL DEFAULT true,  -- false only when the DDB says so
     protocol           text CHECK (protocol IN ('ogn', 'beast', 'sbs')),
     first_seen_at      timestamptz NOT NULL DEFAULT now(),
     last_fix_at        timestamptz,

@@ -1,0 +1,754 @@
+"""The flight state machine of one aircraft: fixes in, flight events out.
+
+Pure: no I/O, no clock. Time is the fix clock only — the receive time of the fixes fed in
+(`on_fix`) and the shard's newest fix time (`on_clock`). The shard owns one machine per
+aircraft and turns the returned events into rows and messages.
+
+Rules (DESIGN "Flight state machine"):
+
+* Active (airborne). OGN and ADS-B without air/ground: AGL ≥ 250 ft, or ground speed ≥ 25 kt
+  (≥ 80 kt when the fix has no altitude at all). With AGL unknown the speed decides alone.
+  ADS-B/SBS with the transponder's air/ground state: that state, debounced — it changes only
+  after `DEBOUNCE_REPORTS` consecutive agreeing reports, so a flapping bit does not make
+  flights.
+* Takeoff: an active fix after ≥ 3 inactive fixes (ADS-B air/ground: 1) opens a flight with
+  its takeoff time. With less history, an active fix opens a flight with a takeoff time only
+  if AGL < 100 ft; otherwise the flight is "first seen airborne" (`takeoff_us` None).
+  Inactive fixes older than `HISTORY_WINDOW_US` before the active fix are not history: the
+  aircraft took off at some unseen moment in between.
+* Landing: 5 consecutive inactive fixes (inactive implies AGL < 250 ft when AGL is known);
+  ADS-B air/ground: the debounced switch to ground. The landing time is the first fix of
+  the inactive run (ADS-B: the first ground report).
+* Timeout: no fix for 1 h on the fix clock. `timed_out_us` is the deadline itself
+  (last fix + 1 h), so it does not depend on when the shard happened to sweep. The phase
+  comes from the climb of the last fixes.
+* Landed out of coverage: a flight that times out (or is split by a gap) while descending,
+  whose last fix meets the ground within 10 min at its descent rate from at most 5,000 ft
+  (`soar.tracking.unseen`), is closed as landed, not timed out: `landing_us` = the projected
+  touchdown, `end_reason` = "landed_out_of_coverage", `arrival_airport` = the nearest
+  airport it could reach in that time (or None).
+* Takeoff out of coverage: an aircraft whose last flight ended with a landing (seen or
+  projected, remembered up to 48 h by the shard) is on the ground; when it is next seen
+  airborne without the ground history for a normal takeoff, and its first fix climbs from at
+  most 5,000 ft at a rate that meets the ground at most 10 min back, the flight opens with
+  `takeoff_us` = that projected liftoff (never before the aircraft's previous fix) and the
+  reachable airport as departure. First seen higher, level or without a climb rate, it is
+  "first seen airborne": it took off at some unknown time, and a made-up time is worse than
+  none.
+* A timed-out flight is resumed (the same flight goes on) when the aircraft comes back within
+  2 h of its last fix, airborne, having moved at least 30 % of speed x gap and not having
+  been slow: an airliner that crossed a hole in receiver coverage is one flight, not two.
+* Splits: callsign change; a 30 min-1 h gap after which the aircraft was slow (≤ 25 kt) or
+  moved < 30 % of speed x gap; any gap > 2 h (never resumed).
+* Duplicates: a fix less than 1 s after (or before) the previous accepted one is dropped.
+* Spurious flights are marked with `spurious_reason` when they end, never deleted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from soar.records import Fix, FlightPhase, FlightRow, Protocol
+from soar.tracking.geo import METRES_PER_NM, circular_mean_deg, distance_m
+from soar.tracking.unseen import NearestAirport, project_to_ground
+
+SECOND = 1_000_000
+MINUTE = 60 * SECOND
+HOUR = 60 * MINUTE
+
+ACTIVE_SPEED_KT = 25.0
+ACTIVE_SPEED_NO_ALTITUDE_KT = 80.0
+ACTIVE_AGL_FT = 250.0
+TAKEOFF_HISTORY_FIXES = 3
+TAKEOFF_HISTORY_FIXES_ADSB = 1
+TAKEOFF_LOW_AGL_FT = 100.0
+HISTORY_WINDOW_US = 5 * MINUTE
+LANDING_FIXES = 5
+DEBOUNCE_REPORTS = 2
+TIMEOUT_US = HOUR
+SPLIT_MIN_GAP_US = 30 * MINUTE
+SPLIT_MAX_GAP_US = 2 * HOUR
+SLOW_KT = 25.0
+MIN_PROGRESS = 0.30
+DUPLICATE_US = SECOND
+ENRICH_WINDOW_US = 20 * SECOND
+PHASE_WINDOW_US = 2 * MINUTE
+RUNWAY_MIN_SPEED_KT = 25.0
+PHASE_CLIMB_FPM = 250.0
+
+SPURIOUS_DURATION_US = 120 * SECOND
+SPURIOUS_ALTITUDE_RANGE_FT = 50.0
+SPURIOUS_MAX_AGL_FT = 100.0
+SPURIOUS_PATH_M = 500.0
+IMPOSSIBLE_ALTITUDE_FT = (-2_000.0, 80_000.0)
+IMPOSSIBLE_SPEED_KT = 1_000.0
+IMPOSSIBLE_SEGMENT_KT = 2_000.0
+
+ADSB_PROTOCOLS = frozenset({Protocol.BEAST, Protocol.SBS})
+
+
+class FlightState(enum.StrEnum):
+    NEW = "new"  # no usable history
+    ON_GROUND = "on_ground"  # no open flight, last fixes inactive
+    FLYING = "flying"  # open flight, last fix active
+    LANDING = "landing"  # open flight, counting inactive fixes
+    TIMED_OUT = "timed_out"  # flight closed by timeout, may still be resumed
+
+
+# (from, to, label) — the machine drawn for docs/flight-states.md
+TRANSITIONS: tuple[tuple[FlightState, FlightState, str], ...] = (
+    (FlightState.NEW, FlightState.ON_GROUND, "inactive fix"),
+    (
+        FlightState.NEW,
+        FlightState.FLYING,
+        "active fix: takeoff if AGL < 100 ft, else first seen airborne",
+    ),
+    (FlightState.ON_GROUND, FlightState.ON_GROUND, "inactive fix"),
+    (FlightState.ON_GROUND, FlightState.FLYING, "active fix after ≥ 3 inactive (ADS-B 1): takeoff"),
+    (FlightState.ON_GROUND, FlightState.NEW, "gap > 5 min (history too old)"),
+    (FlightState.FLYING, FlightState.FLYING, "active fix"),
+    (FlightState.FLYING, FlightState.LANDING, "inactive fix"),
+    (FlightState.LANDING, FlightState.FLYING, "active fix"),
+    (
+        FlightState.LANDING,
+        FlightState.ON_GROUND,
+        "5th inactive fix (ADS-B: debounced ground): landed",
+    ),
+    (FlightState.FLYING, FlightState.TIMED_OUT, "no fix for 1 h (fix clock)"),
+    (FlightState.LANDING, FlightState.TIMED_OUT, "no fix for 1 h (fix clock)"),
+    (
+        FlightState.TIMED_OUT,
+        FlightState.FLYING,
+        "active fix ≤ 2 h after, moved ≥ 30 % of speed x gap: resumed",
+    ),
+    (FlightState.TIMED_OUT, FlightState.NEW, "any other fix"),
+    (
+        FlightState.FLYING,
+        FlightState.ON_GROUND,
+        "no fix for 1 h (or split gap) descending, ground ≤ 10 min ahead: landed out of coverage",
+    ),
+    (
+        FlightState.NEW,
+        FlightState.FLYING,
+        "active fix after a landing, ground ≤ 10 min back at its climb: takeoff out of coverage",
+    ),
+    (
+        FlightState.FLYING,
+        FlightState.NEW,
+        "split: callsign change, 30 min-1 h gap slow or not moving",
+    ),
+)
+
+
+def mermaid_diagram() -> str:
+    """The state diagram in Mermaid, generated from `TRANSITIONS` so it cannot drift."""
+    lines = ["stateDiagram-v2", f"    [*] --> {FlightState.NEW.value}"]
+    for source, target, label in TRANSITIONS:
+        lines.append(f"    {source.value} --> {target.value}: {label}")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------- events
+
+
+@dataclass(slots=True, frozen=True)
+class FixAccepted:
+    """A fix to store (and publish unless stealth), with agl_ft, is_active, flight_id set."""
+
+    fix: Fix
+
+
+@dataclass(slots=True, frozen=True)
+class FixDropped:
+    fix: Fix
+    reason: str  # duplicate | out_of_order
+
+
+@dataclass(slots=True, frozen=True)
+class FlightOpened:
+    row: FlightRow  # a snapshot: later changes to the flight are new events
+    how: str  # takeoff | first_seen | resumed
+
+
+@dataclass(slots=True, frozen=True)
+class FlightUpdated:
+    row: FlightRow
+
+
+@dataclass(slots=True, frozen=True)
+class FlightClosed:
+    row: FlightRow
+    reason: str  # landed | timed_out | split_callsign | split_gap
+
+
+@dataclass(slots=True, frozen=True)
+class EnrichmentDue:
+    """Takeoff/landing data for the airport and runway lookup, off the hot path."""
+
+    aircraft_id: int
+    flight_id: uuid.UUID
+    kind: str  # takeoff | landing
+    time_us: int
+    lat: float
+    lon: float
+    tracks_deg: tuple[float, ...]  # tracks of the fixes within ±20 s
+
+
+Event = FixAccepted | FixDropped | FlightOpened | FlightUpdated | FlightClosed | EnrichmentDue
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+class AirGroundDebouncer:
+    """The transponder's air/ground bit, changed only after consecutive agreeing reports."""
+
+    __slots__ = ("_pending", "_pending_count", "_pending_since_us", "on_ground", "since_us")
+
+    def __init__(self) -> None:
+        self.on_ground: bool | None = None
+        self.since_us = 0  # time of the first report of the current state
+        self._pending: bool | None = None
+        self._pending_count = 0
+        self._pending_since_us = 0
+
+    def report(self, on_ground: bool, time_us: int) -> bool:
+        """Feed one report; True when the debounced state changed."""
+        if self.on_ground is None:
+            self.on_ground, self.since_us = on_ground, time_us
+            return False
+        if on_ground == self.on_ground:
+            self._pending, self._pending_count = None, 0
+            return False
+        if self._pending is not on_ground:
+            self._pending, self._pending_count, self._pending_since_us = on_ground, 0, time_us
+        self._pending_count += 1
+        if self._pending_count >= DEBOUNCE_REPORTS:
+            self.on_ground, self.since_us = on_ground, self._pending_since_us
+            self._pending, self._pending_count = None, 0
+            return True
+        return False
+
+
+def classify_speed_agl(fix: Fix) -> bool | None:
+    """Active by AGL and ground speed (OGN rule); None when nothing tells."""
+    if fix.agl_ft is not None and fix.agl_ft >= ACTIVE_AGL_FT:
+        return True
+    speed = fix.ground_speed_kt
+    if speed is None:
+        return None
+    if fix.altitude_ft is None:
+        return speed >= ACTIVE_SPEED_NO_ALTITUDE_KT
+    return speed >= ACTIVE_SPEED_KT
+
+
+def recent_climb_fpm(recent: deque[Fix], flight_id: uuid.UUID) -> float | None:
+    """The flight's vertical rate over its last 2 minutes: the mean reported climb, else the
+    altitude slope; None when neither is known."""
+    mine = [f for f in recent if f.flight_id == flight_id]
+    if not mine:
+        return None
+    newest = mine[-1].received_us
+    window = [f for f in mine if newest - f.received_us <= PHASE_WINDOW_US]
+    climbs = [f.climb_fpm for f in window if f.climb_fpm is not None]
+    climb: float | None = None
+    if climbs:
+        climb = sum(climbs) / len(climbs)
+    else:
+        with_alt = [f for f in window if f.altitude_ft is not None]
+        if len(with_alt) >= 2 and with_alt[-1].received_us > with_alt[0].received_us:
+            dt_min = (with_alt[-1].received_us - with_alt[0].received_us) / MINUTE
+            assert with_alt[-1].altitude_ft is not None and with_alt[0].altitude_ft is not None
+            climb = (with_alt[-1].altitude_ft - with_alt[0].altitude_ft) / dt_min
+    return climb
+
+
+def phase_of(recent: deque[Fix], flight_id: uuid.UUID) -> FlightPhase:
+    """Climbing / cruising / descending from the flight's fixes of its last 2 minutes."""
+    if not any(f.flight_id == flight_id for f in recent):
+        return FlightPhase.UNKNOWN
+    climb = recent_climb_fpm(recent, flight_id)
+    if climb is None:
+        return FlightPhase.UNKNOWN
+    if climb >= PHASE_CLIMB_FPM:
+        return FlightPhase.CLIMBING
+    if climb <= -PHASE_CLIMB_FPM:
+        return FlightPhase.DESCENDING
+    return FlightPhase.CRUISING
+
+
+def _progress_ok(last: Fix, fix: Fix) -> bool:
+    """Not slow before the gap, and moved ≥ 30 % of what its speed allowed in the gap."""
+    speed = last.ground_speed_kt if last.ground_speed_kt is not None else fix.ground_speed_kt
+    if speed is None or speed <= SLOW_KT:
+        return False
+    gap_h = (fix.received_us - last.received_us) / HOUR
+    possible_m = speed * METRES_PER_NM * gap_h
+    moved_m = distance_m(last.lat, last.lon, fix.lat, fix.lon)
+    return moved_m >= MIN_PROGRESS * possible_m
+
+
+@dataclass(slots=True)
+class _Pending:
+    kind: str
+    time_us: int
+    lat: float
+    lon: float
+    flight_id: uuid.UUID
+
+
+@dataclass(slots=True)
+class _FlightStats:
+    """What the spurious check needs beyond the row."""
+
+    max_speed_kt: float = 0.0
+    max_segment_kt: float = 0.0
+    has_altitude: bool = False
+
+
+# ---------------------------------------------------------------------------------- machine
+
+
+class FlightStateMachine:
+    """The flights of one aircraft. `on_fix` and `on_clock` return what the shard must emit."""
+
+    def __init__(
+        self,
+        aircraft_id: int,
+        new_id: Callable[[], uuid.UUID] = uuid.uuid4,
+        update_every_us: int = 60 * SECOND,
+        airports: NearestAirport | None = None,
+    ) -> None:
+        self.aircraft_id = aircraft_id
+        self._new_id = new_id
+        self._airports = airports
+        #: when the aircraft's last flight ended with a landing (seen or projected) and it has
+        #: not been airborne since: it is known to be on the ground
+        self.landed_us: int | None = None
+        #: the open flight's takeoff was seen (not projected, not first seen airborne)
+        self.takeoff_observed = False
+        self._update_every_us = update_every_us
+        self.state = FlightState.NEW
+        self.flight: FlightRow | None = None  # open, or timed out and resumable
+        self.last_fix: Fix | None = None  # newest accepted fix
+        self.inactive_run = 0
+        self.inactive_since_us = 0
+        self.last_inactive_us = 0
+        self.air_ground = AirGroundDebouncer()
+        self.recent: deque[Fix] = deque(maxlen=64)
+        self._stats = _FlightStats()
+        self._flight_last_fix: Fix | None = None
+        self._last_update_us = 0
+        self._pending: list[_Pending] = []
+        self._closed: dict[uuid.UUID, FlightRow] = {}  # recently closed, for enrichment
+
+    # -- queries
+
+    @property
+    def open_flight(self) -> FlightRow | None:
+        if self.flight is not None and self.flight.is_open:
+            return self.flight
+        return None
+
+    def idle(self, now_us: int, expire_us: int = SPLIT_MAX_GAP_US) -> bool:
+        """Nothing left to decide: no open flight, no pending work, silent for `expire_us`."""
+        if self.open_flight is not None or self._pending:
+            return False
+        return self.last_fix is None or now_us - self.last_fix.received_us > expire_us
+
+    # -- inputs
+
+    def on_fix(self, fix: Fix) -> list[Event]:
+        events: list[Event] = []
+        last = self.last_fix
+        if last is not None:
+            dt = fix.received_us - last.received_us
+            if dt < 0:
+                return [FixDropped(fix, "out_of_order")]
+            if dt < DUPLICATE_US:
+                return [FixDropped(fix, "duplicate")]
+            self._before_fix(fix, last, events)
+        active = self._classify(fix)
+        fix.is_active = active
+        # before `fix` joins `recent`: a request made now only wants fixes within ±20 s
+        self._pending_due(fix.received_us, events)
+        if self.open_flight is not None:
+            self._in_flight(fix, active, events)
+        elif active:
+            self._start(fix, events)
+        else:
+            self._on_ground(fix, active)
+        self.last_fix = fix
+        self.recent.append(fix)
+        events.append(FixAccepted(fix))
+        return events
+
+    def on_clock(self, now_us: int) -> list[Event]:
+        """Timeouts and due enrichment, with the shard's fix clock at `now_us`."""
+        events: list[Event] = []
+        flight = self.open_flight
+        if flight is not None and now_us - flight.last_fix_us >= TIMEOUT_US:
+            self._time_out(flight, events)
+        self._pending_due(now_us, events)
+        return events
+
+    def apply_enrichment(
+        self,
+        flight_id: uuid.UUID,
+        kind: str,
+        airport: str | None,
+        runway: str | None,
+    ) -> list[Event]:
+        row = self.flight if self.flight is not None and self.flight.id == flight_id else None
+        row = row or self._closed.get(flight_id)
+        if row is None:
+            return []
+        if kind == "takeoff":
+            row.departure_airport = airport or row.departure_airport
+            row.takeoff_runway = runway or row.takeoff_runway
+        else:
+            row.arrival_airport = airport or row.arrival_airport
+            row.landing_runway = runway or row.landing_runway
+        if row is not self.flight:
+            self._closed.pop(flight_id, None)
+        return [FlightUpdated(dataclasses.replace(row))]
+
+    def apply_tow(
+        self,
+        flight_id: uuid.UUID,
+        tow_aircraft_id: int,
+        release_us: int,
+        altitude_ft: float | None,
+        height_ft: float | None,
+    ) -> list[Event]:
+        """Record an aerotow (from the `TowDetector`) on the flight, open or recently closed."""
+        row = self.flight if self.flight is not None and self.flight.id == flight_id else None
+        row = row or self._closed.get(flight_id)
+        if row is None:
+            return []
+        row.tow_aircraft_id = tow_aircraft_id
+        row.release_us = release_us
+        row.release_altitude_ft = altitude_ft
+        row.release_height_ft = height_ft
+        return [FlightUpdated(dataclasses.replace(row))]
+
+    @classmethod
+    def restore(
+        cls,
+        row: FlightRow,
+        fixes: list[Fix],
+        new_id: Callable[[], uuid.UUID] = uuid.uuid4,
+        airports: NearestAirport | None = None,
+    ) -> FlightStateMachine:
+        """A machine resuming an open flight after a restart, from its row and last fixes."""
+        machine = cls(row.aircraft_id, new_id, airports=airports)
+        machine.flight = dataclasses.replace(row)
+        ordered = sorted(fixes, key=lambda f: f.received_us)
+        for fix in ordered:
+            if fix.on_ground is not None and fix.protocol in ADSB_PROTOCOLS:
+                machine.air_ground.report(fix.on_ground, fix.received_us)
+            if fix.is_active is False:
+                if machine.inactive_run == 0:
+                    machine.inactive_since_us = fix.received_us
+                machine.inactive_run += 1
+                machine.last_inactive_us = fix.received_us
+            elif fix.is_active:
+                machine.inactive_run = 0
+            machine.recent.append(fix)
+        if ordered:
+            machine.last_fix = ordered[-1]
+            machine._flight_last_fix = ordered[-1]
+        machine.state = FlightState.LANDING if machine.inactive_run else FlightState.FLYING
+        machine._last_update_us = row.last_fix_us
+        return machine
+
+    # -- internals
+
+    def _classify(self, fix: Fix) -> bool | None:
+        if fix.protocol in ADSB_PROTOCOLS:
+            if fix.on_ground is not None:
+                self.air_ground.report(fix.on_ground, fix.received_us)
+            if self.air_ground.on_ground is not None:
+                return not self.air_ground.on_ground
+        return classify_speed_agl(fix)
+
+    def _adsb_air_ground(self, fix: Fix) -> bool:
+        return fix.protocol in ADSB_PROTOCOLS and self.air_ground.on_ground is not None
+
+    def _before_fix(self, fix: Fix, last: Fix, events: list[Event]) -> None:
+        """Timeouts, resumption and splits decided by the gap since the previous fix."""
+        gap = fix.received_us - last.received_us
+        flight = self.open_flight
+        if flight is not None and gap >= TIMEOUT_US:
+            self._time_out(flight, events)
+        flight = self.open_flight
+        if flight is not None:
+            if gap >= SPLIT_MIN_GAP_US and not _progress_ok(last, fix):
+                if not self._landed_unseen(flight, events):
+                    self._close(flight, "split_gap", events)
+                self._reset_history()
+            elif fix.callsign and flight.callsign and fix.callsign != flight.callsign:
+                self._close(flight, "split_callsign", events)
+                self._reset_history()
+        elif self.state is FlightState.TIMED_OUT and self.flight is not None:
+            timed_out = self.flight
+            if (
+                gap <= SPLIT_MAX_GAP_US
+                and self._classify_peek(fix)
+                and _progress_ok(last, fix)
+                and not (fix.callsign and timed_out.callsign and fix.callsign != timed_out.callsign)
+            ):
+                timed_out.timed_out_us = None
+                timed_out.timeout_phase = None
+                timed_out.end_reason = None
+                timed_out.spurious_reason = None
+                self._closed.pop(timed_out.id, None)
+                self.state = FlightState.FLYING
+                events.append(FlightOpened(dataclasses.replace(timed_out), "resumed"))
+            else:
+                self.flight = None
+                self._reset_history()
+        elif gap > HISTORY_WINDOW_US:
+            self._reset_history()
+
+    def _classify_peek(self, fix: Fix) -> bool:
+        """Whether the fix looks airborne, without feeding the debouncer."""
+        if fix.protocol in ADSB_PROTOCOLS and fix.on_ground is not None:
+            return not fix.on_ground
+        return bool(classify_speed_agl(fix))
+
+    def _reset_history(self) -> None:
+        self.state = FlightState.NEW
+        self.inactive_run = 0
+        self.recent.clear()
+
+    def _on_ground(self, fix: Fix, active: bool | None) -> None:
+        if active is None:
+            return
+        if self.inactive_run == 0:
+            self.inactive_since_us = fix.received_us
+        self.inactive_run += 1
+        self.last_inactive_us = fix.received_us
+        self.state = FlightState.ON_GROUND
+
+    def _start(self, fix: Fix, events: list[Event]) -> None:
+        needed = TAKEOFF_HISTORY_FIXES_ADSB if self._adsb_air_ground(fix) else TAKEOFF_HISTORY_FIXES
+        recent_history = (
+            self.inactive_run > 0 and fix.received_us - self.last_inactive_us <= HISTORY_WINDOW_US
+        )
+        takeoff_us: int | None = None
+        how = "takeoff"
+        departure: str | None = None
+        if recent_history and self.inactive_run >= needed:
+            takeoff_us = self.air_ground.since_us if self._adsb_air_ground(fix) else fix.received_us
+        elif fix.agl_ft is not None and fix.agl_ft < TAKEOFF_LOW_AGL_FT:
+            takeoff_us = fix.received_us
+        elif self.landed_us is not None:
+            liftoff = project_to_ground(fix, fix.climb_fpm, self._airports)
+            if liftoff is not None and fix.climb_fpm is not None and fix.climb_fpm > 0:
+                # it was on the ground, or at least seen, at its previous fix
+                floor = self.last_fix.received_us if self.last_fix is not None else self.landed_us
+                takeoff_us = max(liftoff.time_us, floor)
+                departure = liftoff.airport
+                how = "takeoff_out_of_coverage"
+        self.landed_us = None
+        self.takeoff_observed = takeoff_us is not None and how == "takeoff"
+        row = FlightRow(
+            id=self._new_id(),
+            aircraft_id=self.aircraft_id,
+            protocol=fix.protocol,
+            first_fix_us=fix.received_us,
+            last_fix_us=fix.received_us,
+            takeoff_us=takeoff_us,
+            callsign=fix.callsign or None,
+            departure_airport=departure,
+        )
+        self.flight = row
+        self._stats = _FlightStats()
+        self._flight_last_fix = None
+        self.inactive_run = 0
+        self.state = FlightState.FLYING
+        self._add_to_flight(row, fix)
+        self._last_update_us = fix.received_us
+        events.append(FlightOpened(dataclasses.replace(row), how if takeoff_us else "first_seen"))
+        if takeoff_us is not None and how == "takeoff":
+            self._pending.append(_Pending("takeoff", takeoff_us, fix.lat, fix.lon, row.id))
+
+    def _in_flight(self, fix: Fix, active: bool | None, events: list[Event]) -> None:
+        row = self.open_flight
+        assert row is not None
+        self._add_to_flight(row, fix)
+        if active is None:
+            return
+        if active:
+            self.inactive_run = 0
+            self.state = FlightState.FLYING
+        else:
+            if self.inactive_run == 0:
+                self.inactive_since_us = fix.received_us
+            self.inactive_run += 1
+            self.last_inactive_us = fix.received_us
+            self.state = FlightState.LANDING
+            if self._adsb_air_ground(fix):
+                self._land(row, self.air_ground.since_us, fix, events)
+                return
+            if self.inactive_run >= LANDING_FIXES:
+                self._land(row, self.inactive_since_us, fix, events)
+                return
+        if fix.received_us - self._last_update_us >= self._update_every_us:
+            self._last_update_us = fix.received_us
+            events.append(FlightUpdated(dataclasses.replace(row)))
+
+    def _add_to_flight(self, row: FlightRow, fix: Fix) -> None:
+        fix.flight_id = row.id
+        previous = self._flight_last_fix
+        if previous is not None:
+            step = distance_m(previous.lat, previous.lon, fix.lat, fix.lon)
+            row.distance_m += step
+            dt_h = (fix.received_us - previous.received_us) / HOUR
+            if dt_h > 0:
+                self._stats.max_segment_kt = max(
+                    self._stats.max_segment_kt, step / METRES_PER_NM / dt_h
+                )
+        self._flight_last_fix = fix
+        row.last_fix_us = fix.received_us
+        row.fix_count += 1
+        if not row.callsign and fix.callsign:
+            row.callsign = fix.callsign
+        row.min_lat = fix.lat if row.min_lat is None else min(row.min_lat, fix.lat)
+        row.max_lat = fix.lat if row.max_lat is None else max(row.max_lat, fix.lat)
+        row.min_lon = fix.lon if row.min_lon is None else min(row.min_lon, fix.lon)
+        row.max_lon = fix.lon if row.max_lon is None else max(row.max_lon, fix.lon)
+        if fix.altitude_ft is not None:
+            self._stats.has_altitude = True
+            alt = fix.altitude_ft
+            row.min_altitude_ft = (
+                alt if row.min_altitude_ft is None else min(row.min_altitude_ft, alt)
+            )
+            row.max_altitude_ft = (
+                alt if row.max_altitude_ft is None else max(row.max_altitude_ft, alt)
+            )
+        if fix.agl_ft is not None:
+            row.max_agl_ft = (
+                fix.agl_ft if row.max_agl_ft is None else max(row.max_agl_ft, fix.agl_ft)
+            )
+        if fix.ground_speed_kt is not None:
+            self._stats.max_speed_kt = max(self._stats.max_speed_kt, fix.ground_speed_kt)
+
+    def _land(self, row: FlightRow, landing_us: int, fix: Fix, events: list[Event]) -> None:
+        row.landing_us = landing_us
+        self._pending.append(_Pending("landing", landing_us, fix.lat, fix.lon, row.id))
+        self._close(row, "landed", events)
+        self.state = FlightState.ON_GROUND
+        self.landed_us = landing_us
+
+    def _landed_unseen(self, row: FlightRow, events: list[Event]) -> bool:
+        """Close `row` as landed out of coverage when its last fix projects to the ground."""
+        last = self._flight_last_fix
+        if last is None or phase_of(self.recent, row.id) is not FlightPhase.DESCENDING:
+            return False
+        touchdown = project_to_ground(last, recent_climb_fpm(self.recent, row.id), self._airports)
+        if touchdown is None:
+            return False
+        row.landing_us = touchdown.time_us
+        row.arrival_airport = touchdown.airport or row.arrival_airport
+        self._close(row, "landed_out_of_coverage", events)
+        self.state = FlightState.ON_GROUND
+        self.landed_us = touchdown.time_us
+        return True
+
+    def _time_out(self, row: FlightRow, events: list[Event]) -> None:
+        if self._landed_unseen(row, events):
+            return
+        row.timed_out_us = row.last_fix_us + TIMEOUT_US
+        row.timeout_phase = phase_of(self.recent, row.id)
+        self._close(row, "timed_out", events)
+        self.state = FlightState.TIMED_OUT
+
+    def _close(self, row: FlightRow, reason: str, events: list[Event]) -> None:
+        row.end_reason = reason
+        row.spurious_reason = spurious_reason(row, self._stats)
+        self._closed[row.id] = row
+        while len(self._closed) > 4:
+            del self._closed[next(iter(self._closed))]
+        events.append(FlightClosed(dataclasses.replace(row), reason))
+        if reason != "timed_out":
+            self.flight = None
+
+    def _pending_due(self, now_us: int, events: list[Event]) -> None:
+        """Enrichment requests whose ±20 s window has passed."""
+        if not self._pending:
+            return
+        keep: list[_Pending] = []
+        for pending in self._pending:
+            if now_us - pending.time_us <= ENRICH_WINDOW_US:
+                keep.append(pending)
+                continue
+            tracks = tuple(
+                f.track_deg
+                for f in self.recent
+                if f.track_deg is not None
+                and abs(f.received_us - pending.time_us) <= ENRICH_WINDOW_US
+                # on the runway or just above it; taxiing and turning off say nothing
+                and f.ground_speed_kt is not None
+                and f.ground_speed_kt >= RUNWAY_MIN_SPEED_KT
+            )
+            events.append(
+                EnrichmentDue(
+                    self.aircraft_id,
+                    pending.flight_id,
+                    pending.kind,
+                    pending.time_us,
+                    pending.lat,
+                    pending.lon,
+                    tracks,
+                )
+            )
+        self._pending = keep
+
+
+def spurious_reason(row: FlightRow, stats: _FlightStats) -> str | None:
+    """Why a closed flight is probably not a flight (comma-separated), or None."""
+    reasons: list[str] = []
+    start = row.takeoff_us if row.takeoff_us is not None else row.first_fix_us
+    end = row.landing_us if row.landing_us is not None else row.last_fix_us
+    duration = end - start
+    if duration < SPURIOUS_DURATION_US:
+        reasons.append("short_duration")
+    if row.distance_m < SPURIOUS_PATH_M:
+        reasons.append("short_path")
+    # a flight first seen airborne was airborne when seen: a level cruise is no evidence
+    # against it; one that started on the ground must have climbed
+    if row.takeoff_us is not None:
+        if (
+            stats.has_altitude
+            and row.max_altitude_ft is not None
+            and row.min_altitude_ft is not None
+            and row.max_altitude_ft - row.min_altitude_ft < SPURIOUS_ALTITUDE_RANGE_FT
+        ):
+            reasons.append("flat_altitude")
+        if row.max_agl_ft is not None and row.max_agl_ft < SPURIOUS_MAX_AGL_FT:
+            reasons.append("low_agl")
+    low, high = IMPOSSIBLE_ALTITUDE_FT
+    if (row.max_altitude_ft is not None and row.max_altitude_ft > high) or (
+        row.min_altitude_ft is not None and row.min_altitude_ft < low
+    ):
+        reasons.append("impossible_altitude")
+    if stats.max_speed_kt > IMPOSSIBLE_SPEED_KT or stats.max_segment_kt > IMPOSSIBLE_SEGMENT_KT:
+        reasons.append("impossible_speed")
+    return ",".join(reasons) or None
+
+
+def runway_designator(heading_deg: float) -> str:
+    """Runway number for a magnetic-ish heading: 241° → "24", 5° → "36" is never "00"."""
+    number = round(heading_deg / 10.0) % 36
+    return f"{number or 36:02d}"
+
+
+def runway_heading(tracks: tuple[float, ...]) -> float | None:
+    return circular_mean_deg(tracks)

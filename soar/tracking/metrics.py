@@ -1,0 +1,32 @@
+"""Prometheus metrics of the tracking core (one registry per process, defined once here)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+FIXES_PROCESSED = Counter(
+    "soar_fixes_processed_total", "Fixes accepted by the flight tracker", ["protocol"]
+)
+FIXES_REJECTED = Counter(
+    "soar_fixes_rejected_total",
+    "Fixes (or raw ADS-B messages) the tracker did not use, by reason",
+    ["reason"],
+)
+FLIGHTS_OPENED = Counter(
+    "soar_flights_opened_total", "Flights opened (takeoff, first seen, resumed)"
+)
+FLIGHTS_CLOSED = Counter("soar_flights_closed_total", "Flights closed", ["reason"])
+SHARD_QUEUE_DEPTH = Gauge("soar_shard_queue_depth", "Inputs waiting for a shard", ["shard"])
+SHARD_AIRCRAFT = Gauge("soar_shard_aircraft", "Aircraft whose state a shard holds", ["shard"])
+SHARD_QUARANTINED = Counter(
+    "soar_shard_quarantined_total", "Inputs whose processing raised, set aside", ["shard"]
+)
+SINK_DROPPED = Counter(
+    "soar_shard_sink_dropped_total",
+    "Items a shard dropped because a non-blocking sink was full",
+    ["sink"],
+)
+SINK_BACKPRESSURE = Counter(
+    "soar_shard_sink_backpressure_total", "Times a shard waited on a full store sink", ["sink"]
+)
+ENRICHMENT = Counter("soar_enrichment_total", "Flight enrichment requests by outcome", ["result"])

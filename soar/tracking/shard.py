@@ -1,0 +1,501 @@
+"""A shard owner task: the only place its aircraft's state is read or written.
+
+Inputs arrive on one trio receive channel (fixes, raw Mode S, SBS messages, clock ticks). For
+each, the shard decodes (one Mode S and one SBS accumulator per shard), computes AGL, runs the
+aircraft's `FlightStateMachine`, and emits what the events ask for. It never awaits the
+database, never holds a lock and never shares a dict with another task.
+
+Sinks and what happens when one is full:
+
+* `fixes`, `flights`, `aircraft` (the store writer): backpressure. The shard tries
+  `send_nowait` and, when the channel is full, counts `soar_shard_sink_backpressure_total`
+  and awaits `send`; the shard slows to the writer's pace and its own input channel fills,
+  which is what the pipeline upstream measures and spills. The writer never stops draining
+  (it spools to disk while the database is down), so the wait is bounded by its batch time.
+* `live` (the publisher): a plain synchronous callable that never blocks
+  (`LivePublisher.offer`, which drops its own oldest fix when full). Should it raise, the fix
+  is dropped and counted in `soar_shard_sink_dropped_total{sink="live"}`, and the shard goes
+  on. Stealth fixes are never handed to it.
+* Enrichment requests: never block; dropped and counted when the enricher is saturated.
+
+Time is the fix clock: the newest fix time this shard has processed (or a `ClockTick`).
+Every `sweep_every_us` of that clock the shard sweeps its aircraft: timeouts, due enrichment,
+expiry of idle aircraft. Per-fix work is O(1); the O(aircraft) sweep runs once a minute.
+
+An input whose processing raises is quarantined: logged with its raw content, counted in
+`soar_shard_quarantined_total`, and the shard goes on with the next one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import structlog
+import trio
+
+from soar.records import AircraftSeen, Fix, FlightRow, Rejected
+from soar.tracking.agl import AglCalculator
+from soar.tracking.enrichment import Enricher, EnrichFn, EnrichmentResult, airport_enrich
+from soar.tracking.flight import (
+    HOUR,
+    SECOND,
+    SPLIT_MAX_GAP_US,
+    EnrichmentDue,
+    Event,
+    FixAccepted,
+    FixDropped,
+    FlightClosed,
+    FlightOpened,
+    FlightStateMachine,
+    FlightUpdated,
+)
+from soar.tracking.inputs import ClockTick, ModeSInput, SbsInput, ShardInput, TowRelease
+from soar.tracking.metrics import (
+    ENRICHMENT,
+    FIXES_PROCESSED,
+    FIXES_REJECTED,
+    FLIGHTS_CLOSED,
+    FLIGHTS_OPENED,
+    SHARD_AIRCRAFT,
+    SHARD_QUARANTINED,
+    SHARD_QUEUE_DEPTH,
+    SINK_BACKPRESSURE,
+    SINK_DROPPED,
+)
+from soar.tracking.privacy import PrivacyRegistry
+from soar.tracking.tow import LaunchFix, in_launch_window
+
+if TYPE_CHECKING:
+    from soar.protocols.modes import ModeSAccumulator
+    from soar.protocols.sbs import SbsAccumulator
+
+log = structlog.get_logger(__name__)
+
+_QUEUE_GAUGE_EVERY = 256
+LANDED_MEMORY_US = 48 * HOUR
+
+
+LiveFn = Callable[[Fix], None]
+"""Hands one fix to the live publisher; must never block (`LivePublisher.offer`)."""
+
+
+@dataclass(slots=True)
+class ShardSinks:
+    fixes: trio.MemorySendChannel[Fix]
+    flights: trio.MemorySendChannel[FlightRow]
+    aircraft: trio.MemorySendChannel[AircraftSeen]
+    live: LiveFn | None = None
+    #: hands the fixes of aircraft in their first minutes after a takeoff to the tow
+    #: detector (`TowService.offer`); must never block
+    tow: Callable[[LaunchFix], None] | None = None
+
+
+@runtime_checkable
+class _OpenFlightLike(Protocol):
+    @property
+    def flight(self) -> FlightRow: ...
+
+    @property
+    def fixes(self) -> list[Fix]: ...
+
+
+@dataclass(slots=True)
+class _Aircraft:
+    machine: FlightStateMachine
+    seen_sent_us: int = -(1 << 62)
+    unsent: Fix | None = None  # newest fix not yet reported as AircraftSeen
+
+
+def _seen(fix: Fix) -> AircraftSeen:
+    return AircraftSeen(
+        aircraft_id=fix.aircraft_id,
+        address_type=fix.address_type,
+        address=fix.address,
+        last_fix_us=fix.received_us,
+        lat=fix.lat,
+        lon=fix.lon,
+        altitude_ft=fix.altitude_ft,
+        aircraft_type=fix.aircraft_type,
+        callsign=fix.callsign,
+        protocol=fix.protocol,
+    )
+
+
+class Shard:
+    def __init__(
+        self,
+        index: int = 0,
+        sinks: ShardSinks | None = None,
+        *,
+        agl: AglCalculator | None = None,
+        enrich: EnrichFn | None = None,
+        enrich_timeout_s: float = 5.0,
+        enrich_queue: int = 1000,
+        enrich_concurrency: int = 4,
+        sweep_every_us: int = 60 * SECOND,
+        seen_every_us: int = 10 * SECOND,
+        expire_us: int = SPLIT_MAX_GAP_US,
+        new_id: Callable[[], uuid.UUID] = uuid.uuid4,
+        modes_reference: tuple[float, float] | None = None,
+        privacy: PrivacyRegistry | None = None,
+    ) -> None:
+        self.index = index
+        self.label = str(index)
+        self.sinks = sinks
+        self.agl = agl or AglCalculator()
+        self.enricher = Enricher(
+            enrich or airport_enrich(self.agl.airports), enrich_timeout_s, enrich_concurrency
+        )
+        self.enrich_queue = enrich_queue
+        self.sweep_every_us = sweep_every_us
+        self.seen_every_us = seen_every_us
+        self.expire_us = expire_us
+        self.new_id = new_id
+        self.modes_reference = modes_reference
+        self.privacy = privacy or PrivacyRegistry()
+        self.quarantined = 0
+        self.runs = 0  # how many times `run` has started: > 0 before a restart
+        self._requests: trio.MemorySendChannel[EnrichmentDue] | None = None
+        self._processed = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every aircraft, decoder and pending row: the state after a crash is suspect.
+
+        A supervisor restarting a crashed shard calls `reset()`, then `restore()` with the
+        shard's open flights read back from the database, then `run()` again.
+        """
+        self.clock_us = 0
+        self.aircraft: dict[int, _Aircraft] = {}
+        self._next_sweep_us = 0
+        self._backlog: list[Event] = []
+        self._modes: ModeSAccumulator | None = None
+        self._sbs: SbsAccumulator | None = None
+        self._seen_outbox: list[AircraftSeen] = []  # last positions of expired aircraft
+        # aircraft expired from memory after a landing: known to be on the ground, so their
+        # next flight may start with a takeoff out of coverage (see flight.py)
+        self._landed: dict[int, int] = {}
+        self._next_landed_prune_us = 0
+        SHARD_AIRCRAFT.labels(self.label).set(0)
+
+    # ------------------------------------------------------------------------- restore
+
+    def restore(
+        self,
+        open_flights: Iterable[tuple[FlightRow, list[Fix]] | _OpenFlightLike],
+        now_us: int | None = None,
+    ) -> None:
+        """Take back the open flights of this shard's aircraft after a restart.
+
+        Each item is an open flight and its last fixes (any order; a few minutes' worth is
+        plenty), as a `(row, fixes)` pair or an object with `.flight` and `.fixes` (what
+        `soar.store.queries.open_flights` returns). With `now_us`, flights whose last fix is
+        1 h or more before it are closed as timed out at once; the others resume. Without it,
+        the shard's fix clock decides at its first sweep (run on the first input), exactly as
+        if it had never stopped. The resulting rows are emitted when `run` starts.
+        """
+        for item in open_flights:
+            row, fixes = (item.flight, item.fixes) if isinstance(item, _OpenFlightLike) else item
+            if not row.is_open:
+                continue
+            machine = FlightStateMachine.restore(row, list(fixes), self.new_id, self.agl.airports)
+            self.aircraft[row.aircraft_id] = _Aircraft(machine)
+            log.info("shard.restored_flight", shard=self.index, flight=str(row.id))
+        if now_us is not None:
+            self.clock_us = max(self.clock_us, now_us)
+            self._backlog.extend(self._sweep())
+
+    # ------------------------------------------------------------------------- processing
+
+    def process(self, item: ShardInput) -> list[Event]:
+        """All the state changes one input causes; synchronous, no I/O."""
+        if isinstance(item, Fix):
+            return self._fix(item)
+        if isinstance(item, ModeSInput):
+            decoded = self._modes_accumulator().feed(
+                item.message, item.received_us, item.source, item.signal_db
+            )
+            return self._decoded(decoded, item.received_us)
+        if isinstance(item, SbsInput):
+            return self._decoded(
+                self._sbs_accumulator().feed(item.msg, item.received_us, item.source),
+                item.received_us,
+            )
+        if isinstance(item, ClockTick):
+            return self._advance(item.now_us)
+        if isinstance(item, TowRelease):
+            return self._tow(item)
+        raise TypeError(f"not a shard input: {type(item).__name__}")
+
+    def _modes_accumulator(self) -> ModeSAccumulator:
+        if self._modes is None:
+            from soar.protocols.modes import ModeSAccumulator
+
+            self._modes = ModeSAccumulator(self.modes_reference)
+        return self._modes
+
+    def _sbs_accumulator(self) -> SbsAccumulator:
+        if self._sbs is None:
+            from soar.protocols.sbs import SbsAccumulator
+
+            self._sbs = SbsAccumulator()
+        return self._sbs
+
+    def _decoded(self, decoded: Fix | Rejected | None, received_us: int) -> list[Event]:
+        if isinstance(decoded, Fix):
+            return self._fix(decoded)
+        if isinstance(decoded, Rejected):
+            FIXES_REJECTED.labels(decoded.reason).inc()
+        return self._advance(received_us)
+
+    def _tow(self, release: TowRelease) -> list[Event]:
+        state = self.aircraft.get(release.glider_aircraft_id)
+        if state is None:
+            log.warning("shard.tow_for_unknown_aircraft", glider=release.glider_aircraft_id)
+            return []
+        return state.machine.apply_tow(
+            release.flight_id,
+            release.tow_aircraft_id,
+            release.release_us,
+            release.altitude_ft,
+            release.height_ft,
+        )
+
+    def _fix(self, fix: Fix) -> list[Event]:
+        ident = fix.aircraft_id
+        directory = self.privacy.directory
+        if fix.no_track or not directory.tracked(ident):
+            # privacy: neither stored nor published, and no flight made of it
+            FIXES_REJECTED.labels("no_track" if fix.no_track else "ddb_not_tracked").inc()
+            return self._advance(fix.received_us)
+        if fix.stealth or not directory.identified(ident):
+            # stored and shown without identity: the callsign goes before anything keeps it
+            # (the flight row, the aircraft row); callsign splits are the price
+            fix.anonymous = True
+            fix.callsign = None
+        state = self.aircraft.get(ident)
+        if state is None:
+            machine = FlightStateMachine(ident, self.new_id, airports=self.agl.airports)
+            machine.landed_us = self._landed.pop(ident, None)
+            state = self.aircraft[ident] = _Aircraft(machine)
+        fix.agl_ft = self.agl.agl_ft(fix.lat, fix.lon, fix.altitude_ft)
+        events = state.machine.on_fix(fix)
+        events.extend(self._advance(fix.received_us))
+        return events
+
+    def _advance(self, now_us: int) -> list[Event]:
+        if now_us > self.clock_us:
+            self.clock_us = now_us
+        if self.clock_us < self._next_sweep_us:
+            return []
+        self._next_sweep_us = self.clock_us + self.sweep_every_us
+        return self._sweep()
+
+    def _sweep(self) -> list[Event]:
+        now = self.clock_us
+        events: list[Event] = []
+        expired: list[int] = []
+        for ident, state in self.aircraft.items():
+            events.extend(state.machine.on_clock(now))
+            if state.machine.idle(now, self.expire_us):
+                expired.append(ident)
+        for ident in expired:
+            state = self.aircraft.pop(ident)
+            if state.unsent is not None:
+                self._seen_outbox.append(_seen(state.unsent))
+            if state.machine.landed_us is not None:
+                self._landed[ident] = state.machine.landed_us
+        if self._landed and now >= self._next_landed_prune_us:
+            self._next_landed_prune_us = now + HOUR
+            self._landed = {
+                ident: landed
+                for ident, landed in self._landed.items()
+                if now - landed <= LANDED_MEMORY_US
+            }
+        if self._modes is not None:
+            self._modes.expire(now)
+        if self._sbs is not None:
+            self._sbs.expire(now)
+        SHARD_AIRCRAFT.labels(self.label).set(len(self.aircraft))
+        return events
+
+    # ------------------------------------------------------------------------- task
+
+    async def run(
+        self, receive: trio.MemoryReceiveChannel[ShardInput], sinks: ShardSinks | None = None
+    ) -> None:
+        """Process inputs until `receive` closes, then finish enrichment and flush.
+
+        `receive` is never closed here: a crash must not close the channel the decoders send
+        to, and a restarted shard reads on from the same one. `sinks` defaults to the ones
+        given to the constructor.
+        """
+        sinks = sinks or self.sinks
+        if sinks is None:
+            raise TypeError("Shard.run needs sinks (here or in the constructor)")
+        self.runs += 1
+        request_send, request_receive = trio.open_memory_channel[EnrichmentDue](self.enrich_queue)
+        result_send, result_receive = trio.open_memory_channel[EnrichmentResult](self.enrich_queue)
+        self._requests = request_send
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.enricher.run, request_receive, result_send)
+            backlog, self._backlog = self._backlog, []
+            await self._emit(backlog, sinks)  # rows of flights closed by `restore`
+            async for item in receive:
+                await self._one(item, sinks)
+                self._processed += 1
+                if self._processed % _QUEUE_GAUGE_EVERY == 0:
+                    SHARD_QUEUE_DEPTH.labels(self.label).set(
+                        receive.statistics().current_buffer_used
+                    )
+                    await self._apply_results(result_receive, sinks)
+                elif result_receive.statistics().current_buffer_used:
+                    await self._apply_results(result_receive, sinks)
+            await request_send.aclose()
+            async with result_receive:
+                async for result in result_receive:
+                    await self._emit(self._enriched(result), sinks)
+        await self._flush(sinks)
+
+    async def _one(self, item: ShardInput, sinks: ShardSinks) -> None:
+        try:
+            events = self.process(item)
+        except Exception as exc:
+            self.quarantined += 1
+            SHARD_QUARANTINED.labels(self.label).inc()
+            log.error(
+                "shard.quarantined",
+                shard=self.index,
+                error=repr(exc),
+                raw=_raw(item),
+                exc_info=True,
+            )
+            return
+        if events or self._seen_outbox:
+            await self._emit(events, sinks)
+
+    async def _apply_results(
+        self, results: trio.MemoryReceiveChannel[EnrichmentResult], sinks: ShardSinks
+    ) -> None:
+        while True:
+            try:
+                result = results.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return
+            await self._emit(self._enriched(result), sinks)
+
+    def _enriched(self, result: EnrichmentResult) -> list[Event]:
+        state = self.aircraft.get(result.aircraft_id)
+        if state is None:
+            return []
+        return state.machine.apply_enrichment(
+            result.flight_id, result.kind, result.airport, result.runway
+        )
+
+    async def _flush(self, sinks: ShardSinks) -> None:
+        """On a clean end of input: the latest state of open flights and aircraft."""
+        for state in self.aircraft.values():
+            row = state.machine.open_flight
+            if row is not None:
+                await _store(sinks.flights, dataclasses.replace(row), "flights")
+            if state.unsent is not None:
+                await _store(sinks.aircraft, _seen(state.unsent), "aircraft")
+                state.unsent = None
+
+    async def _emit(self, events: list[Event], sinks: ShardSinks) -> None:
+        for event in events:
+            if isinstance(event, FixAccepted):
+                await self._accepted(event.fix, sinks)
+            elif isinstance(event, FixDropped):
+                FIXES_REJECTED.labels(event.reason).inc()
+            elif isinstance(event, FlightOpened):
+                FLIGHTS_OPENED.inc()
+                log.info(
+                    "flight.opened",
+                    how=event.how,
+                    aircraft=f"{event.row.aircraft_id:08x}",
+                    flight=str(event.row.id),
+                    takeoff_us=event.row.takeoff_us,
+                )
+                await _store(sinks.flights, event.row, "flights")
+            elif isinstance(event, FlightUpdated):
+                await _store(sinks.flights, event.row, "flights")
+            elif isinstance(event, FlightClosed):
+                FLIGHTS_CLOSED.labels(event.reason).inc()
+                log.info(
+                    "flight.closed",
+                    reason=event.reason,
+                    aircraft=f"{event.row.aircraft_id:08x}",
+                    flight=str(event.row.id),
+                    landing_us=event.row.landing_us,
+                    timed_out_us=event.row.timed_out_us,
+                    spurious=event.row.spurious_reason,
+                )
+                await _store(sinks.flights, event.row, "flights")
+            else:
+                self._request(event)
+        while self._seen_outbox:
+            await _store(sinks.aircraft, self._seen_outbox.pop(0), "aircraft")
+
+    async def _accepted(self, fix: Fix, sinks: ShardSinks) -> None:
+        FIXES_PROCESSED.labels(fix.protocol.value).inc()
+        await _store(sinks.fixes, fix, "fixes")
+        if sinks.tow is not None:
+            self._offer_launch(fix, sinks.tow)
+        if sinks.live is not None and not fix.stealth:
+            try:
+                sinks.live(fix)
+            except Exception as exc:
+                # the live view is an extra: its failure must cost this fix's display only
+                SINK_DROPPED.labels("live").inc()
+                log.warning("shard.live_failed", shard=self.index, error=repr(exc))
+        state = self.aircraft.get(fix.aircraft_id)
+        if state is None:
+            await _store(sinks.aircraft, _seen(fix), "aircraft")
+        elif fix.received_us - state.seen_sent_us >= self.seen_every_us:
+            state.seen_sent_us = fix.received_us
+            state.unsent = None
+            await _store(sinks.aircraft, _seen(fix), "aircraft")
+        else:
+            state.unsent = fix
+
+    def _offer_launch(self, fix: Fix, tow: Callable[[LaunchFix], None]) -> None:
+        state = self.aircraft.get(fix.aircraft_id)
+        if state is None or not state.machine.takeoff_observed:
+            return
+        row = state.machine.open_flight
+        if row is None or row.id != fix.flight_id or not in_launch_window(fix, row.takeoff_us):
+            return
+        assert row.takeoff_us is not None
+        try:
+            tow(LaunchFix.of(fix, row.takeoff_us))
+        except Exception as exc:
+            SINK_DROPPED.labels("tow").inc()
+            log.warning("shard.tow_failed", shard=self.index, error=repr(exc))
+
+    def _request(self, request: EnrichmentDue) -> None:
+        if self._requests is None:
+            return
+        try:
+            self._requests.send_nowait(request)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            ENRICHMENT.labels("dropped").inc()
+            SINK_DROPPED.labels("enrichment").inc()
+
+
+async def _store(channel: trio.MemorySendChannel[Any], item: object, sink: str) -> None:
+    try:
+        channel.send_nowait(item)
+    except trio.WouldBlock:
+        SINK_BACKPRESSURE.labels(sink).inc()
+        await channel.send(item)
+
+
+def _raw(item: object) -> str:
+    if isinstance(item, ModeSInput):
+        return item.message.hex()
+    return repr(item)[:2000]
