@@ -1,0 +1,663 @@
+"""The JSON API under `/api`, its error handling and request metrics; `register()` wires it all.
+
+Every parameter is parsed by a small validator that raises `ApiError` (→ JSON `{"error": ...}`
+with 400 or 404); unknown query parameters are refused, so the OpenAPI table in
+`soar.web.openapi` is the whole truth. Database calls run in a worker thread
+(`trio.to_thread.run_sync`) through the sync psycopg pool: psycopg's async API does not run
+under trio.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import csv
+import datetime as dt
+import io
+import json
+import math
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+from xml.sax.saxutils import escape
+
+import prometheus_client
+import structlog
+import trio
+from quart import Blueprint, Response, g, jsonify, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from soar.records import AircraftType
+from soar.web import openapi, queries
+from soar.web.app import WebContext
+
+log = structlog.get_logger(__name__)
+
+HTTP_REQUESTS = prometheus_client.Counter(
+    "soar_http_requests_total", "HTTP requests", ["route", "method", "status"]
+)
+HTTP_SECONDS = prometheus_client.Histogram(
+    "soar_http_request_seconds", "HTTP request latency", ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+HTTP_ERRORS = prometheus_client.Counter(
+    "soar_http_unhandled_errors_total", "Requests that raised an unexpected exception", ["route"]
+)
+
+FEET_PER_METRE = 3.28084
+MAX_TRACK_FIXES = 50_000
+MAX_AIRCRAFT_ID = 0x3FFFFFF
+T = TypeVar("T")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+# -- validation -----------------------------------------------------------------------------
+
+
+def _check_names(path: str) -> None:
+    unknown = set(request.args) - openapi.query_names(path)
+    if unknown:
+        raise ApiError(400, f"unknown parameter: {sorted(unknown)[0]}")
+    for name in request.args:
+        if len(request.args.getlist(name)) > 1:
+            raise ApiError(400, f"parameter given more than once: {name}")
+
+
+def _finite(text: str, name: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ApiError(400, f"{name} must be a number") from None
+    if not math.isfinite(value):
+        raise ApiError(400, f"{name} must be finite")
+    return value
+
+
+def parse_bbox(text: str | None) -> tuple[float, float, float, float]:
+    if not text:
+        raise ApiError(400, "bbox is required: west,south,east,north")
+    parts = text.split(",")
+    if len(parts) != 4:
+        raise ApiError(400, "bbox must be west,south,east,north")
+    west, south, east, north = (_finite(p, "bbox") for p in parts)
+    if not (-180 <= west <= 180 and -180 <= east <= 180):
+        raise ApiError(400, "bbox longitudes must be within -180..180")
+    if not (-90 <= south <= 90 and -90 <= north <= 90):
+        raise ApiError(400, "bbox latitudes must be within -90..90")
+    if south > north:
+        raise ApiError(400, "bbox south must not be north of north")
+    return west, south, east, north
+
+
+def parse_limit(kind: str, default: int) -> int:
+    text = request.args.get("limit")
+    if text is None:
+        return default
+    if not re.fullmatch(r"[0-9]{1,7}", text):
+        raise ApiError(400, "limit must be a positive integer")
+    value = int(text)
+    if not 1 <= value <= openapi.LIMIT_MAX[kind]:
+        raise ApiError(400, f"limit must be between 1 and {openapi.LIMIT_MAX[kind]}")
+    return value
+
+
+def parse_aircraft_id(text: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,9}", text) or int(text) > MAX_AIRCRAFT_ID:
+        raise ApiError(400, "aircraft id must be an integer between 0 and 67108863")
+    return int(text)
+
+
+def parse_flight_id(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise ApiError(400, "flight id must be a UUID") from None
+
+
+def parse_time(name: str) -> dt.datetime | None:
+    text = request.args.get(name)
+    if text is None:
+        return None
+    try:
+        value = dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace(" ", "+"))
+    except ValueError:
+        raise ApiError(400, f"{name} must be an ISO 8601 date-time") from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    if not 1990 <= value.year <= 2200:
+        raise ApiError(400, f"{name} out of range")
+    return value
+
+
+def parse_date(text: str | None) -> dt.date:
+    if text is None:
+        return dt.datetime.now(dt.UTC).date()
+    if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", text):
+        raise ApiError(400, "date must be YYYY-MM-DD")
+    try:
+        day = dt.date.fromisoformat(text)
+    except ValueError:
+        raise ApiError(400, "date is not a calendar day") from None
+    if not 1990 <= day.year <= 2200:
+        raise ApiError(400, "date out of range")
+    return day
+
+
+def parse_airport(text: str | None) -> str | None:
+    if text is None:
+        return None
+    if not re.fullmatch(r"[A-Za-z0-9]{3,8}", text):
+        raise ApiError(400, "airport must be an ICAO code (3 to 8 letters or digits)")
+    return text.upper()
+
+
+def parse_bool(name: str) -> bool:
+    text = request.args.get(name)
+    if text is None:
+        return False
+    if text.lower() in ("1", "true", "yes"):
+        return True
+    if text.lower() in ("0", "false", "no"):
+        return False
+    raise ApiError(400, f"{name} must be true or false")
+
+
+def parse_receiver(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,16}", text):
+        raise ApiError(400, "receiver must be a name of 1 to 16 letters, digits, - or _")
+    return text
+
+
+# An opaque keyset cursor: base64url of {"a": aircraft id, "t": last time in µs}.
+def encode_cursor(aircraft_id: int, last: dt.datetime) -> str:
+    payload = json.dumps({"a": aircraft_id, "t": _us(last)}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+
+
+def decode_cursor(text: str, aircraft_id: int) -> dt.datetime:
+    try:
+        if len(text) > 200:
+            raise ValueError("too long")
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        data = json.loads(raw)
+        if not isinstance(data, dict) or data.get("a") != aircraft_id:
+            raise ValueError("cursor of another aircraft")
+        micros = data["t"]
+        if isinstance(micros, bool) or not isinstance(micros, int) or not 0 <= micros < 2**62:
+            raise ValueError("bad time")
+        return dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=micros)
+    except (ValueError, KeyError, binascii.Error, UnicodeDecodeError, OverflowError):
+        raise ApiError(400, "cursor is not valid for this request") from None
+
+
+# -- rendering ------------------------------------------------------------------------------
+
+
+def _us(value: dt.datetime) -> int:
+    delta = value - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def iso(value: dt.datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def _type_name(code: int | None) -> str | None:
+    if code is None:
+        return None
+    try:
+        return AircraftType(code).name.lower()
+    except ValueError:
+        return None
+
+
+def aircraft_json(row: dict[str, Any]) -> dict[str, Any]:
+    last_fix = None
+    if row["last_fix_at"] is not None and row["lat"] is not None:
+        last_fix = {
+            "time": iso(row["last_fix_at"]),
+            "lat": row["lat"],
+            "lon": row["lon"],
+            "altitude_ft": row["altitude_ft"],
+            "agl_ft": row["agl_ft"],
+            "ground_speed_kt": row["ground_speed_kt"],
+            "track_deg": row["track_deg"],
+            "climb_fpm": row["climb_fpm"],
+            "callsign": row["callsign"],
+        }
+    return {
+        "id": row["id"],
+        "address_type": row["address_type"],
+        "address": f"{row['address']:06X}",
+        "protocol": row["protocol"],
+        "registration": row["registration"],
+        "competition_number": row["competition_number"],
+        "model": row["model"],
+        "aircraft_type": _type_name(row["aircraft_type"]),
+        "category": row["category"],
+        "device_type": row["device_type"],
+        "first_seen": iso(row["first_seen_at"]),
+        "last_fix": last_fix,
+    }
+
+
+def duration_s(row: dict[str, Any]) -> float | None:
+    start = row["takeoff_at"]
+    end = row["landing_at"] or row["timed_out_at"]
+    if start is None or end is None:
+        return None
+    return float((end - start).total_seconds())
+
+
+def flight_json(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": str(row["id"]),
+        "aircraft_id": row["aircraft_id"],
+        "registration": row["registration"],
+        "competition_number": row["competition_number"],
+        "model": row["model"],
+        "aircraft_type": _type_name(row["aircraft_type"]),
+        "protocol": row["protocol"],
+        "callsign": row["callsign"],
+        "takeoff": iso(row["takeoff_at"]),
+        "landing": iso(row["landing_at"]),
+        "timed_out": iso(row["timed_out_at"]),
+        "timeout_phase": row["timeout_phase"],
+        "first_fix": iso(row["first_fix_at"]),
+        "last_fix": iso(row["last_fix_at"]),
+        "duration_s": duration_s(row),
+        "departure_airport": row["departure_airport"],
+        "arrival_airport": row["arrival_airport"],
+        "takeoff_runway": row["takeoff_runway"],
+        "landing_runway": row["landing_runway"],
+        "distance_m": row["distance_m"],
+        "bbox": None if row["min_lat"] is None else
+        [row["min_lon"], row["min_lat"], row["max_lon"], row["max_lat"]],
+        "max_altitude_ft": row["max_altitude_ft"],
+        "max_agl_ft": row["max_agl_ft"],
+        "fix_count": row["fix_count"],
+        "spurious_reason": row["spurious_reason"],
+        "tow": None if row["tow_aircraft_id"] is None else {
+            "aircraft_id": row["tow_aircraft_id"],
+            "registration": row["tow_registration"],
+            "competition_number": row["tow_competition_number"],
+            "release": iso(row["release_at"]),
+            "release_altitude_ft": row["release_altitude_ft"],
+            "release_height_ft": row["release_height_ft"],
+        },
+        "end_reason": row["end_reason"],
+        "open": row["landing_at"] is None and row["timed_out_at"] is None
+        and row["end_reason"] is None,
+    }
+
+
+def fix_json(row: dict[str, Any]) -> dict[str, Any]:
+    out = {key: value for key, value in row.items() if key != "received_at"}
+    out["time"] = iso(row["received_at"])
+    if out.get("flight_id") is not None:
+        out["flight_id"] = str(out["flight_id"])
+    return out
+
+
+def receiver_json(row: dict[str, Any]) -> dict[str, Any]:
+    status_keys = ("version", "platform", "cpu_load", "ram_free_mb", "ram_total_mb",
+                   "ntp_offset_ms", "ntp_ppm", "temperature_c", "rf_correction_ppm", "senders")
+    return {
+        "name": row["name"],
+        "lat": row["lat"],
+        "lon": row["lon"],
+        "altitude_ft": row["altitude_ft"],
+        "first_seen": iso(row["first_seen_at"]),
+        "latest_packet": iso(row["latest_packet_at"]),
+        "status": None if row["status_at"] is None else
+        {"time": iso(row["status_at"]), **{key: row[key] for key in status_keys}},
+    }
+
+
+def _hhmm(value: dt.datetime | None) -> str:
+    return "" if value is None else value.astimezone(dt.UTC).strftime("%H:%M")
+
+
+def _duration_text(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    minutes = round(seconds / 60)
+    return f"{minutes // 60}:{minutes % 60:02d}"
+
+
+def flights_csv(rows: Iterable[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow([
+        "takeoff_utc", "landing_utc", "duration", "registration", "competition_number", "model",
+        "callsign", "departure", "arrival", "tow_plane", "release_height_ft", "flight_id",
+    ])
+    for row in rows:
+        writer.writerow([
+            _hhmm(row["takeoff_at"]),
+            _hhmm(row["landing_at"]),
+            _duration_text(duration_s(row)),
+            row["registration"] or "",
+            row["competition_number"] or "",
+            row["model"] or "",
+            row["callsign"] or "",
+            row["departure_airport"] or "",
+            row["arrival_airport"] or "",
+            row["tow_registration"] or ("" if row["tow_aircraft_id"] is None else
+                                        str(row["tow_aircraft_id"])),
+            "" if row["release_height_ft"] is None else round(row["release_height_ft"]),
+            str(row["id"]),
+        ])
+    return out.getvalue()
+
+
+def track_geojson(flight: dict[str, Any], fixes: list[dict[str, Any]]) -> dict[str, Any]:
+    coordinates = [
+        [fix["lon"], fix["lat"]] if fix["altitude_ft"] is None
+        else [fix["lon"], fix["lat"], round(fix["altitude_ft"] / FEET_PER_METRE, 1)]
+        for fix in fixes
+    ]
+    return {
+        "type": "Feature",
+        "geometry": {"type": "LineString", "coordinates": coordinates},
+        "properties": {
+            **flight_json(flight),
+            "times": [iso(fix["received_at"]) for fix in fixes],
+            "altitudes_ft": [fix["altitude_ft"] for fix in fixes],
+        },
+    }
+
+
+def _igc_angle(value: float, width: int, positive: str, negative: str) -> str:
+    hemisphere = positive if value >= 0 else negative
+    value = abs(value)
+    degrees = int(value)
+    milli_minutes = round((value - degrees) * 60_000)
+    if milli_minutes == 60_000:
+        degrees, milli_minutes = degrees + 1, 0
+    return f"{degrees:0{width}d}{milli_minutes:05d}{hemisphere}"
+
+
+def _igc_altitude(feet: float | None) -> str:
+    if feet is None:
+        return "00000"
+    metres = max(-9999, min(99999, round(feet / FEET_PER_METRE)))
+    return f"{metres:05d}" if metres >= 0 else f"-{-metres:04d}"
+
+
+def track_igc(flight: dict[str, Any], fixes: list[dict[str, Any]]) -> str:
+    """An IGC file: headers, then one B record per fix (GNSS altitude; no pressure altitude)."""
+    first = fixes[0]["received_at"] if fixes else flight["first_fix_at"]
+    day = first.astimezone(dt.UTC)
+    lines = [
+        "AXXXSOAR soar",
+        f"HFDTEDATE:{day:%d%m%y},01",
+        "HFPLTPILOTINCHARGE:",
+        f"HFGTYGLIDERTYPE:{_igc_text(flight['model'])}",
+        f"HFGIDGLIDERID:{_igc_text(flight['registration'])}",
+        f"HFCIDCOMPETITIONID:{_igc_text(flight['competition_number'])}",
+        "HFDTMGPSDATUM:WGS84",
+        "HFFTYFRTYPE:soar,tracking network reconstruction",
+        f"LSOAFLIGHTID{flight['id']}",
+    ]
+    for fix in fixes:
+        at = fix["received_at"].astimezone(dt.UTC)
+        lines.append(
+            f"B{at:%H%M%S}{_igc_angle(fix['lat'], 2, 'N', 'S')}"
+            f"{_igc_angle(fix['lon'], 3, 'E', 'W')}A00000{_igc_altitude(fix['altitude_ft'])}"
+        )
+    return "\r\n".join(lines) + "\r\n"
+
+
+def _igc_text(value: str | None) -> str:
+    return re.sub(r"[^ -~]", "", value or "")
+
+
+def track_kml(flight: dict[str, Any], fixes: list[dict[str, Any]]) -> str:
+    name = flight["registration"] or flight["callsign"] or str(flight["aircraft_id"])
+    coordinates = " ".join(
+        f"{fix['lon']:.6f},{fix['lat']:.6f},"
+        f"{0 if fix['altitude_ft'] is None else fix['altitude_ft'] / FEET_PER_METRE:.1f}"
+        for fix in fixes
+    )
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<kml xmlns="http://www.opengis.net/kml/2.2"><Document>'
+        f"<name>{escape(name)} {escape(iso(flight['first_fix_at']) or '')}</name>"
+        '<Style id="track"><LineStyle><color>ff0055ff</color><width>3</width></LineStyle></Style>'
+        f"<Placemark><name>{escape(name)}</name><styleUrl>#track</styleUrl>"
+        "<LineString><altitudeMode>absolute</altitudeMode>"
+        f"<coordinates>{coordinates}</coordinates></LineString></Placemark>"
+        "</Document></kml>\n"
+    )
+
+
+# -- database -------------------------------------------------------------------------------
+
+
+async def _db(ctx: WebContext, fn: Callable[..., T], *args: Any) -> T:
+    pool = ctx.pool
+    if pool is None:
+        raise ApiError(503, "database not available")
+
+    def call() -> T:
+        with pool.connection() as conn:
+            return fn(conn, *args)
+
+    try:
+        return await trio.to_thread.run_sync(call)
+    except ApiError:
+        raise
+    except Exception as exc:
+        import psycopg
+        import psycopg_pool
+
+        if isinstance(exc, psycopg.OperationalError | psycopg_pool.PoolTimeout):
+            log.warning("api.database_unavailable", error=str(exc))
+            raise ApiError(503, "database not available") from None
+        raise
+
+
+# -- routes ---------------------------------------------------------------------------------
+
+
+def api_blueprint(ctx: WebContext) -> Blueprint:
+    bp = Blueprint("api", __name__)
+
+    @bp.get("/api/openapi.json")
+    async def openapi_json() -> Response:
+        _check_names("/api/openapi.json")
+        return jsonify(openapi.document())
+
+    @bp.get("/api/aircraft")
+    async def aircraft_list() -> Response:
+        _check_names("/api/aircraft")
+        west, south, east, north = parse_bbox(request.args.get("bbox"))
+        seen_after = parse_time("seen_after")
+        limit = parse_limit("aircraft", 500)
+        rows = await _db(ctx, queries.aircraft_in_bbox, west, south, east, north, limit,
+                         seen_after)
+        return jsonify({"aircraft": [aircraft_json(r) for r in rows], "count": len(rows),
+                        "limit": limit})
+
+    @bp.get("/api/aircraft/<aircraft_id>")
+    async def aircraft_one(aircraft_id: str) -> Response:
+        _check_names("/api/aircraft/{aircraft_id}")
+        ident = parse_aircraft_id(aircraft_id)
+        row = await _db(ctx, queries.aircraft_by_id, ident)
+        if row is None:
+            raise ApiError(404, "aircraft not found")
+        flight = await _db(ctx, queries.current_flight, ident)
+        return jsonify({**aircraft_json(row),
+                        "current_flight": None if flight is None else flight_json(flight)})
+
+    @bp.get("/api/aircraft/<aircraft_id>/fixes")
+    async def aircraft_fixes(aircraft_id: str) -> Response:
+        _check_names("/api/aircraft/{aircraft_id}/fixes")
+        ident = parse_aircraft_id(aircraft_id)
+        since, until = parse_time("since"), parse_time("until")
+        if since is not None and until is not None and since >= until:
+            raise ApiError(400, "since must be before until")
+        cursor = request.args.get("cursor")
+        after = None if cursor is None else decode_cursor(cursor, ident)
+        limit = parse_limit("fixes", 1000)
+        if await _db(ctx, queries.aircraft_is_hidden, ident):
+            raise ApiError(404, "aircraft not found")
+        rows = await _db(ctx, queries.aircraft_fixes, ident, since, until, after, limit)
+        next_cursor = (
+            encode_cursor(ident, rows[-1]["received_at"]) if len(rows) == limit else None
+        )
+        return jsonify({"aircraft_id": ident, "fixes": [fix_json(r) for r in rows],
+                        "count": len(rows), "next_cursor": next_cursor})
+
+    @bp.get("/api/aircraft/<aircraft_id>/flights")
+    async def aircraft_flights(aircraft_id: str) -> Response:
+        _check_names("/api/aircraft/{aircraft_id}/flights")
+        ident = parse_aircraft_id(aircraft_id)
+        limit = parse_limit("flights", 100)
+        if await _db(ctx, queries.aircraft_is_hidden, ident):
+            raise ApiError(404, "aircraft not found")
+        rows = await _db(ctx, queries.aircraft_flights, ident, limit)
+        return jsonify({"aircraft_id": ident, "flights": [flight_json(r) for r in rows],
+                        "count": len(rows)})
+
+    @bp.get("/api/flights")
+    async def flights_list() -> Response:
+        _check_names("/api/flights")
+        day = parse_date(request.args.get("date"))
+        airport = parse_airport(request.args.get("airport"))
+        spurious = parse_bool("include_spurious")
+        fmt = request.args.get("format", "json")
+        if fmt not in ("json", "csv"):
+            raise ApiError(400, "format must be json or csv")
+        limit = parse_limit("flights", 500)
+        rows = await _db(ctx, queries.flights_on_day, day, airport, spurious, limit)
+        if fmt == "csv":
+            name = f"flights-{day.isoformat()}{'-' + airport if airport else ''}.csv"
+            return Response(flights_csv(rows), content_type="text/csv; charset=utf-8",
+                            headers={"Content-Disposition": f'attachment; filename="{name}"'})
+        return jsonify({"date": day.isoformat(), "airport": airport,
+                        "flights": [flight_json(r) for r in rows], "count": len(rows)})
+
+    async def _flight(flight_id: str) -> dict[str, Any]:
+        row = await _db(ctx, queries.flight_by_id, parse_flight_id(flight_id))
+        if row is None:
+            raise ApiError(404, "flight not found")
+        return row
+
+    @bp.get("/api/flights/<flight_id>")
+    async def flight_one(flight_id: str) -> Response:
+        _check_names("/api/flights/{flight_id}")
+        return jsonify(flight_json(await _flight(flight_id)))
+
+    @bp.get("/api/flights/<flight_id>/track.geojson")
+    async def flight_geojson(flight_id: str) -> Response:
+        _check_names("/api/flights/{flight_id}/track.geojson")
+        flight = await _flight(flight_id)
+        fixes = await _db(ctx, queries.flight_track, flight, MAX_TRACK_FIXES)
+        return Response(json.dumps(track_geojson(flight, fixes)),
+                        content_type="application/geo+json")
+
+    @bp.get("/api/flights/<flight_id>.igc")
+    async def flight_igc(flight_id: str) -> Response:
+        _check_names("/api/flights/{flight_id}.igc")
+        flight = await _flight(flight_id)
+        fixes = await _db(ctx, queries.flight_track, flight, MAX_TRACK_FIXES)
+        return Response(track_igc(flight, fixes), content_type="application/vnd.fai.igc",
+                        headers={"Content-Disposition": f'attachment; filename="{flight_id}.igc"'})
+
+    @bp.get("/api/flights/<flight_id>.kml")
+    async def flight_kml(flight_id: str) -> Response:
+        _check_names("/api/flights/{flight_id}.kml")
+        flight = await _flight(flight_id)
+        fixes = await _db(ctx, queries.flight_track, flight, MAX_TRACK_FIXES)
+        return Response(track_kml(flight, fixes),
+                        content_type="application/vnd.google-earth.kml+xml",
+                        headers={"Content-Disposition": f'attachment; filename="{flight_id}.kml"'})
+
+    @bp.get("/api/receivers")
+    async def receivers_list() -> Response:
+        _check_names("/api/receivers")
+        positioned = parse_bool("positioned")
+        limit = parse_limit("receivers", 1000)
+        rows = await _db(ctx, queries.receivers, positioned, limit)
+        return jsonify({"receivers": [receiver_json(r) for r in rows], "count": len(rows)})
+
+    @bp.get("/api/receivers/<receiver>")
+    async def receiver_one(receiver: str) -> Response:
+        _check_names("/api/receivers/{receiver}")
+        name = parse_receiver(receiver)
+        row = await _db(ctx, queries.receiver_by_name, name)
+        if row is None:
+            raise ApiError(404, "receiver not found")
+        statuses = await _db(ctx, queries.receiver_statuses, name, 20)
+        recent = [{**s, "received_at": iso(s["received_at"])} for s in statuses]
+        return jsonify({**receiver_json(row), "recent_statuses": recent})
+
+    return bp
+
+
+# -- errors and metrics ---------------------------------------------------------------------
+
+
+def _route_label() -> str:
+    rule = request.url_rule
+    return rule.rule if rule is not None else "unmatched"
+
+
+def install_error_handlers(app: QuartTrio) -> None:
+    @app.errorhandler(ApiError)
+    async def api_error(exc: ApiError) -> tuple[Response, int]:
+        return jsonify({"error": exc.message}), exc.status
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Response | tuple[Response, int]:
+        status = exc.code or 500
+        if not request.path.startswith("/api"):
+            return Response(f"{status} {exc.name}\n", status=status, content_type="text/plain")
+        return jsonify({"error": (exc.name or "error").lower()}), status
+
+    @app.errorhandler(Exception)
+    async def unexpected(exc: Exception) -> tuple[Response, int]:
+        HTTP_ERRORS.labels(route=_route_label()).inc()
+        log.exception("api.unhandled", path=request.path, route=_route_label())
+        return jsonify({"error": "internal error"}), 500
+
+
+def install_metrics(app: QuartTrio) -> None:
+    @app.before_request
+    async def start_timer() -> None:
+        g.soar_started = time.perf_counter()
+
+    @app.after_request
+    async def count(response: Response) -> Response:
+        route = _route_label()
+        HTTP_REQUESTS.labels(route=route, method=request.method,
+                             status=str(response.status_code)).inc()
+        started = g.get("soar_started")
+        if started is not None:
+            HTTP_SECONDS.labels(route=route).observe(time.perf_counter() - started)
+        return response
+
+
+def register(app: QuartTrio, ctx: WebContext) -> None:
+    """Add the API, the live WebSocket and the pages to the lead's app."""
+    from soar.web.live import live_blueprint
+    from soar.web.pages import pages_blueprint
+
+    app.register_blueprint(api_blueprint(ctx))
+    app.register_blueprint(live_blueprint(lambda: ctx.live))
+    app.register_blueprint(pages_blueprint())
+    install_error_handlers(app)
+    install_metrics(app)

@@ -1,0 +1,499 @@
+"""The web side of live fixes: a pynng SUB socket, per-client queues, and the `/api/live` socket.
+
+`LiveHub` dials the publisher (soar.live.LivePublisher) and subscribes only to the topics some
+WebSocket client wants: one `aircraft.area.{lat}.{lon}` topic per 1x1 degree square and one
+`aircraft.fix.{id}` topic per followed aircraft. Each received batch is decoded once, each fix
+serialised once, and the text is put on the queue of every interested client.
+
+Client queues are bounded and drop their OLDEST message when full (counted): a client that does
+not read falls behind and loses old positions, and nothing upstream ever waits for it. Only that
+client's sender task blocks on its socket.
+
+Privacy: the hub asks an optional `directory` (aircraft id -> `AircraftInfo`) about every fix;
+an aircraft marked not tracked is never sent, and registration / competition number / model
+are added only when the aircraft is identified.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import prometheus_client
+import structlog
+import trio
+from quart import Blueprint, websocket
+
+from soar.live import AREA_PREFIX, FIX_PREFIX, PIPE_BUFFER, area_topic, decode_message, topic_bytes
+
+log = structlog.get_logger(__name__)
+
+WS_CONNECTIONS = prometheus_client.Gauge(
+    "soar_websocket_connections", "Open WebSocket connections on /api/live"
+)
+WS_SUBSCRIPTIONS = prometheus_client.Gauge(
+    "soar_websocket_subscriptions", "Area squares and aircraft followed, summed over clients"
+)
+WS_DROPPED = prometheus_client.Counter(
+    "soar_websocket_dropped_total", "Fix messages dropped from a slow WebSocket client's queue"
+)
+WS_SENT = prometheus_client.Counter("soar_websocket_sent_total", "Fix messages sent to clients")
+WS_BAD_MESSAGES = prometheus_client.Counter(
+    "soar_websocket_bad_messages_total", "Client messages rejected", ["reason"]
+)
+HUB_BAD = prometheus_client.Counter(
+    "soar_live_hub_bad_messages_total", "Undecodable messages received from the publisher"
+)
+
+#: A client may follow at most this many 1x1 degree squares (a 20x20 degree view): each square is one
+#: SUB topic, and nng matches topics linearly.
+MAX_SQUARES_PER_CLIENT = 400
+MAX_AIRCRAFT_PER_CLIENT = 100
+
+
+@dataclass(frozen=True, slots=True)
+class AircraftInfo:
+    tracked: bool = True
+    identified: bool = True
+    registration: str | None = None
+    competition_number: str | None = None
+    model: str | None = None
+    category: str | None = None
+
+
+Square = tuple[int, int]
+
+
+class AircraftDirectory:
+    """What the hub knows about aircraft identity, refreshed from the database periodically.
+
+    Only hidden (tracked = false) and identified aircraft are loaded; any other aircraft is
+    shown without registration, which is the safe default for one not yet loaded.
+    """
+
+    def __init__(self, refresh_interval: float = 30.0) -> None:
+        self.refresh_interval = refresh_interval
+        self._infos: dict[int, AircraftInfo] = {}
+
+    def get(self, ident: int) -> AircraftInfo | None:
+        return self._infos.get(ident)
+
+    def load(self, rows: Iterable[dict[str, Any]]) -> None:
+        self._infos = {
+            int(row["id"]): AircraftInfo(
+                tracked=bool(row["tracked"]),
+                identified=bool(row["identified"]),
+                registration=row["registration"],
+                competition_number=row["competition_number"],
+                model=row["model"],
+                category=row["category"],
+            )
+            for row in rows
+        }
+
+    async def run(
+        self, pool: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        from soar.web import queries
+
+        def fetch() -> list[dict[str, Any]]:
+            with pool.connection() as conn:
+                return queries.aircraft_directory(conn)
+
+        started = False
+        while True:
+            try:
+                self.load(await trio.to_thread.run_sync(fetch))
+                log.debug("live.directory.loaded", aircraft=len(self._infos))
+            except Exception as exc:  # the database may be down; keep the last good copy
+                log.warning("live.directory.refresh_failed", error=str(exc))
+            if not started:
+                task_status.started()
+                started = True
+            await trio.sleep(self.refresh_interval)
+
+
+class BadRequest(ValueError):
+    """A client message that cannot be honoured; its text goes back to the client."""
+
+
+def squares_in_bounds(north: float, south: float, east: float, west: float) -> list[Square]:
+    """The 1x1 degree squares (floor(lat), floor(lon)) covering the bounds; west > east crosses 180°.
+
+    Raises BadRequest for out-of-range values or more than MAX_SQUARES_PER_CLIENT squares.
+    """
+    for name, value, limit in (
+        ("north", north, 90.0), ("south", south, 90.0), ("east", east, 180.0), ("west", west, 180.0)
+    ):
+        if not math.isfinite(value) or abs(value) > limit:
+            raise BadRequest(f"bounds.{name} out of range")
+    if south > north:
+        raise BadRequest("bounds.south is north of bounds.north")
+    lat_lo, lat_hi = math.floor(south), _upper_square(north, south, 89)
+    if west <= east:
+        lon_ranges = [(math.floor(west), _upper_square(east, west, 179))]
+    else:
+        lon_ranges = [(math.floor(west), 179), (-180, _upper_square(east, -180.0, 179))]
+    count = (lat_hi - lat_lo + 1) * sum(hi - lo + 1 for lo, hi in lon_ranges)
+    if count > MAX_SQUARES_PER_CLIENT:
+        raise BadRequest(f"area too large: {count} squares (at most {MAX_SQUARES_PER_CLIENT})")
+    return [
+        (lat, lon)
+        for lat in range(lat_lo, lat_hi + 1)
+        for lo, hi in lon_ranges
+        for lon in range(lo, hi + 1)
+    ]
+
+
+def _upper_square(high: float, low: float, cap: int) -> int:
+    # An edge exactly on a whole degree does not reach into the next square.
+    square = math.floor(high)
+    if square == high and high > low:
+        square -= 1
+    return min(square, cap)
+
+
+class ClientQueue:
+    """A bounded queue of outgoing texts that drops the oldest when full."""
+
+    def __init__(self, size: int) -> None:
+        self._items: deque[str] = deque(maxlen=size)
+        # Replies to the client's own requests: few, never dropped for fixes, served first.
+        self._control: deque[str] = deque(maxlen=64)
+        self._wakeup = trio.Event()
+        self.dropped = 0
+
+    def put_control(self, item: str) -> None:
+        self._control.append(item)
+        self._wakeup.set()
+
+    def put_nowait(self, item: str) -> None:
+        if len(self._items) == self._items.maxlen:
+            self.dropped += 1
+            WS_DROPPED.inc()
+        self._items.append(item)
+        self._wakeup.set()
+
+    def __len__(self) -> int:
+        return len(self._items) + len(self._control)
+
+    async def get(self) -> str:
+        while not self._items and not self._control:
+            self._wakeup = trio.Event()
+            await self._wakeup.wait()
+        if self._control:
+            return self._control.popleft()
+        return self._items.popleft()
+
+
+@dataclass(eq=False)
+class LiveClient:
+    """One WebSocket client's subscriptions and queue."""
+
+    queue: ClientQueue
+    squares: set[Square] = field(default_factory=set)
+    aircraft: set[int] = field(default_factory=set)
+    ident: int = 0
+
+
+class LiveHub:
+    """Receives published fix batches and hands each fix to the clients that want it."""
+
+    def __init__(
+        self,
+        address: str | Sequence[str],
+        *,
+        client_queue_size: int = 1000,
+        directory: Callable[[int], AircraftInfo | None] | None = None,
+    ) -> None:
+        # Several addresses in split mode: every track process publishes its own slice.
+        self.addresses = [address] if isinstance(address, str) else list(address)
+        self.address = ",".join(self.addresses)
+        self.client_queue_size = client_queue_size
+        self.directory = directory or (lambda _ident: None)
+        self._clients: set[LiveClient] = set()
+        self._by_square: dict[Square, set[LiveClient]] = {}
+        self._by_aircraft: dict[int, set[LiveClient]] = {}
+        self._socket: Any = None
+        self._next_ident = 0
+        self.received_fixes = 0
+
+    # -- clients -------------------------------------------------------------------------
+
+    def connect(self) -> LiveClient:
+        self._next_ident += 1
+        client = LiveClient(ClientQueue(self.client_queue_size), ident=self._next_ident)
+        self._clients.add(client)
+        WS_CONNECTIONS.inc()
+        return client
+
+    def disconnect(self, client: LiveClient) -> None:
+        if client not in self._clients:
+            return
+        self.unsubscribe_squares(client, list(client.squares))
+        for ident in list(client.aircraft):
+            self.unsubscribe_aircraft(client, ident)
+        self._clients.discard(client)
+        WS_CONNECTIONS.dec()
+
+    @property
+    def connected(self) -> bool:
+        """True once the SUB socket has a live pipe to the publisher."""
+        return self._socket is not None and bool(self._socket.pipes)
+
+    @property
+    def client_count(self) -> int:
+        return len(self._clients)
+
+    def subscribe_squares(self, client: LiveClient, squares: list[Square]) -> None:
+        new = [square for square in squares if square not in client.squares]
+        if len(client.squares) + len(new) > MAX_SQUARES_PER_CLIENT:
+            raise BadRequest(
+                f"too many squares: at most {MAX_SQUARES_PER_CLIENT} per connection"
+            )
+        for square in new:
+            client.squares.add(square)
+            members = self._by_square.setdefault(square, set())
+            if not members:
+                self._sub(area_topic(*square))
+            members.add(client)
+        WS_SUBSCRIPTIONS.inc(len(new))
+
+    def unsubscribe_squares(self, client: LiveClient, squares: list[Square]) -> None:
+        for square in squares:
+            if square not in client.squares:
+                continue
+            client.squares.discard(square)
+            WS_SUBSCRIPTIONS.dec()
+            members = self._by_square.get(square)
+            if members is not None:
+                members.discard(client)
+                if not members:
+                    del self._by_square[square]
+                    self._unsub(area_topic(*square))
+
+    def subscribe_aircraft(self, client: LiveClient, ident: int) -> None:
+        if ident in client.aircraft:
+            return
+        if len(client.aircraft) >= MAX_AIRCRAFT_PER_CLIENT:
+            raise BadRequest(f"too many aircraft: at most {MAX_AIRCRAFT_PER_CLIENT}")
+        client.aircraft.add(ident)
+        WS_SUBSCRIPTIONS.inc()
+        members = self._by_aircraft.setdefault(ident, set())
+        if not members:
+            self._sub(f"{FIX_PREFIX}{ident}")
+        members.add(client)
+
+    def unsubscribe_aircraft(self, client: LiveClient, ident: int) -> None:
+        if ident not in client.aircraft:
+            return
+        client.aircraft.discard(ident)
+        WS_SUBSCRIPTIONS.dec()
+        members = self._by_aircraft.get(ident)
+        if members is not None:
+            members.discard(client)
+            if not members:
+                del self._by_aircraft[ident]
+                self._unsub(f"{FIX_PREFIX}{ident}")
+
+    def topics(self) -> set[str]:
+        """The topics the SUB socket should hold now."""
+        return {area_topic(*square) for square in self._by_square} | {
+            f"{FIX_PREFIX}{ident}" for ident in self._by_aircraft
+        }
+
+    def _sub(self, topic: str) -> None:
+        if self._socket is not None:
+            self._socket.subscribe(topic_bytes(topic))
+
+    def _unsub(self, topic: str) -> None:
+        if self._socket is not None:
+            self._socket.unsubscribe(topic_bytes(topic))
+
+    # -- fixes ---------------------------------------------------------------------------
+
+    def dispatch(self, message: bytes) -> int:
+        """Hand one published batch to the interested clients; returns fixes delivered."""
+        try:
+            topic, fixes = decode_message(message)
+        except (ValueError, UnicodeDecodeError):
+            HUB_BAD.inc()
+            log.warning("live.hub.bad_message", size=len(message))
+            return 0
+        delivered = 0
+        by_area = topic.startswith(AREA_PREFIX)
+        for raw in fixes:
+            if not isinstance(raw, dict):
+                HUB_BAD.inc()
+                continue
+            self.received_fixes += 1
+            try:
+                square = (math.floor(raw["lat"]), math.floor(raw["lon"]))
+                ident = int(raw["id"])
+            except (KeyError, TypeError, ValueError):
+                HUB_BAD.inc()
+                continue
+            targets: Iterable[LiveClient]
+            if by_area:
+                targets = self._by_square.get(square, ())
+            else:
+                # A client following this aircraft and its square gets it from the area topic.
+                targets = [
+                    client
+                    for client in self._by_aircraft.get(ident, ())
+                    if square not in client.squares
+                ]
+            if not targets:
+                continue
+            text = self._render(ident, raw)
+            if text is None:
+                continue
+            for client in targets:
+                client.queue.put_nowait(text)
+                delivered += 1
+        return delivered
+
+    def _render(self, ident: int, raw: dict[str, Any]) -> str | None:
+        info = self.directory(ident)
+        if info is not None and not info.tracked:
+            return None
+        message = {"type": "fix", **raw}
+        if info is not None and info.identified:
+            message["registration"] = info.registration
+            message["competition_number"] = info.competition_number
+            message["model"] = info.model
+            if info.category:
+                message["category"] = info.category
+        else:
+            message["registration"] = message["competition_number"] = message["model"] = None
+        message.setdefault("category", raw.get("aircraft_type"))
+        return json.dumps(message, separators=(",", ":"))
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        import pynng
+
+        # Dial without blocking: the publisher may come up later; nng keeps redialling.
+        with pynng.Sub0(recv_buffer_size=PIPE_BUFFER) as sock:
+            for address in self.addresses:
+                sock.dial(address, block=False)
+            self._socket = sock
+            for topic in self.topics():
+                sock.subscribe(topic_bytes(topic))
+            log.info("live.hub.dialled", address=self.address)
+            task_status.started()
+            try:
+                while True:
+                    message = await sock.arecv()
+                    self.dispatch(message)
+            finally:
+                self._socket = None
+
+
+# -- the WebSocket protocol ------------------------------------------------------------------
+
+
+def handle_client_message(hub: LiveHub, client: LiveClient, text: str | bytes) -> dict[str, Any]:
+    """Apply one client message; returns the acknowledgement (or an error) to send back."""
+    try:
+        message = json.loads(text)
+    except (ValueError, UnicodeDecodeError):
+        return _reject("invalid_json", "message is not JSON")
+    if not isinstance(message, dict):
+        return _reject("not_object", "message must be a JSON object")
+    kind, action = message.get("type"), message.get("action")
+    if action not in ("subscribe", "unsubscribe"):
+        return _reject("bad_action", "action must be subscribe or unsubscribe")
+    try:
+        if kind == "area_bulk":
+            bounds = message.get("bounds")
+            if not isinstance(bounds, dict):
+                raise BadRequest("bounds must be an object with north, south, east, west")
+            values = {}
+            for name in ("north", "south", "east", "west"):
+                value = bounds.get(name)
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    raise BadRequest(f"bounds.{name} must be a number")
+                values[name] = float(value)
+            squares = squares_in_bounds(**values)
+            if action == "subscribe":
+                hub.subscribe_squares(client, squares)
+            else:
+                hub.unsubscribe_squares(client, squares)
+            return {
+                "type": "subscribed" if action == "subscribe" else "unsubscribed",
+                "what": "area_bulk",
+                "squares": len(squares),
+                "total_squares": len(client.squares),
+            }
+        if kind == "aircraft":
+            ident = message.get("id")
+            if isinstance(ident, str) and ident.isdigit():
+                ident = int(ident)
+            if isinstance(ident, bool) or not isinstance(ident, int) or not 0 <= ident < 2**31:
+                raise BadRequest("id must be an aircraft id (integer)")
+            if action == "subscribe":
+                hub.subscribe_aircraft(client, ident)
+            else:
+                hub.unsubscribe_aircraft(client, ident)
+            return {
+                "type": "subscribed" if action == "subscribe" else "unsubscribed",
+                "what": "aircraft",
+                "id": ident,
+            }
+    except BadRequest as exc:
+        return _reject("bad_request", str(exc))
+    return _reject("bad_type", "type must be area_bulk or aircraft")
+
+
+def _reject(reason: str, text: str) -> dict[str, Any]:
+    WS_BAD_MESSAGES.labels(reason=reason).inc()
+    return {"type": "error", "error": text}
+
+
+def connection_status(hub: LiveHub | None, client: LiveClient | None) -> dict[str, Any]:
+    return {
+        "type": "connection_status",
+        "status": "connected" if hub is not None else "live_unavailable",
+        "client": None if client is None else client.ident,
+        "max_squares": MAX_SQUARES_PER_CLIENT,
+        "queue_size": None if hub is None else hub.client_queue_size,
+    }
+
+
+def live_blueprint(get_hub: Callable[[], LiveHub | None]) -> Blueprint:
+    """The `/api/live` WebSocket route; `get_hub` is read per connection (the hub may start late)."""
+    bp = Blueprint("live", __name__)
+
+    @bp.websocket("/api/live")
+    async def live() -> None:
+        hub = get_hub()
+        await websocket.accept()
+        if hub is None:
+            await websocket.send(json.dumps(connection_status(None, None)))
+            await websocket.close(1011, "live fixes are not available")
+            return
+        client = hub.connect()
+        log.info("live.client.connected", client=client.ident)
+        try:
+            await websocket.send(json.dumps(connection_status(hub, client)))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_send_queued, client)
+                while True:
+                    text = await websocket.receive()
+                    client.queue.put_control(json.dumps(handle_client_message(hub, client, text)))
+        finally:
+            hub.disconnect(client)
+            log.info("live.client.disconnected", client=client.ident, dropped=client.queue.dropped)
+
+    return bp
+
+
+async def _send_queued(client: LiveClient) -> None:
+    while True:
+        text = await client.queue.get()
+        await websocket.send(text)
+        WS_SENT.inc()

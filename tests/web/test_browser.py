@@ -1,0 +1,220 @@
+"""Headless Debian chromium against the running app while a real capture is published.
+
+Driven over the DevTools protocol with trio-websocket (no selenium/playwright). Screenshots go
+to tests/artifacts/. Skips when /usr/bin/chromium is not installed (`make test` installs it).
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import math
+import shutil
+import subprocess
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio_websocket
+
+from soar.live import LivePublisher
+from soar.records import Fix
+from soar.web.app import WebContext, create_app
+from soar.web.live import LiveHub
+
+from .conftest import Dataset, chunks, start_server, wait_until
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+# Atlanta: the densest part of the SBS sample.
+CENTER = (33.6, -84.4)
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not Path(CHROMIUM).exists(),
+        reason="chromium not installed (apt-get install chromium chromium-driver; make test does)",
+    ),
+]
+
+
+class DevTools:
+    """A minimal DevTools protocol client for one page target."""
+
+    def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
+        self.ws = ws
+        self._ids = itertools.count(1)
+
+    async def call(self, method: str, **params: Any) -> dict[str, Any]:
+        ident = next(self._ids)
+        await self.ws.send_message(json.dumps({"id": ident, "method": method, "params": params}))
+        while True:
+            message = json.loads(await self.ws.get_message())
+            if message.get("id") == ident:
+                if "error" in message:
+                    raise RuntimeError(f"{method}: {message['error']}")
+                result: dict[str, Any] = message["result"]
+                return result
+
+    async def evaluate(self, expression: str) -> Any:
+        result = await self.call("Runtime.evaluate", expression=expression, returnByValue=True,
+                                 awaitPromise=True)
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    async def screenshot(self, path: Path) -> None:
+        data = await self.call("Page.captureScreenshot", format="png")
+        await trio.Path(path.parent).mkdir(parents=True, exist_ok=True)
+        await trio.Path(path).write_bytes(base64.b64decode(data["data"]))
+
+
+def _get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.load(response)
+
+
+async def _open_chromium(nursery: trio.Nursery, profile: Path, url: str) -> tuple[Any, str]:
+    process = await trio.lowlevel.open_process(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", "--hide-scrollbars", f"--user-data-dir={profile}",
+         "--remote-debugging-port=0", "--window-size=1280,800", url],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    port_file = profile / "DevToolsActivePort"
+    assert await wait_until(port_file.exists, 20, 0.05), "chromium did not start"
+    await trio.sleep(0.1)
+    port = int(port_file.read_text().split()[0])
+    pages: list[dict[str, Any]] = []
+    for _ in range(100):
+        targets = await trio.to_thread.run_sync(_get_json, f"http://127.0.0.1:{port}/json/list")
+        pages = [t for t in targets if t.get("type") == "page"]
+        if pages:
+            break
+        await trio.sleep(0.05)
+    return process, pages[0]["webSocketDebuggerUrl"]
+
+
+async def _stop(process: Any) -> None:
+    process.terminate()
+    with trio.move_on_after(5):
+        await process.wait()
+        return
+    process.kill()
+    await process.wait()
+
+
+async def test_live_map_and_flight_log_in_chromium(
+    nursery: trio.Nursery, sbs_sample_fixes: list[Fix], web_db: Dataset
+) -> None:
+    address = "inproc://soar-test-browser"
+    publisher = LivePublisher(address, flush_interval=0.05)
+    await nursery.start(publisher.run)
+    hub = LiveHub(address)
+    await nursery.start(hub.run)
+    assert await wait_until(lambda: hub.connected, 5)
+    host = await start_server(nursery, create_app(WebContext(pool=web_db.pool, live=hub)))
+
+    profile = Path(tempfile.mkdtemp(prefix="soar-chromium-"))
+    url = f"http://{host}/?center={CENTER[0]},{CENTER[1]}&zoom=9&tiles=none"
+    process, debugger = await _open_chromium(nursery, profile, url)
+    try:
+        async with trio_websocket.open_websocket_url(debugger, max_message_size=64 * 2**20) as ws:
+            page = DevTools(ws)
+            await page.call("Page.enable")
+            assert await _poll(page, "!!(window.soar && window.soar.stats.connected)", 15)
+            assert await wait_until(lambda: any(c.squares for c in hub._clients), 5)
+            view = await page.evaluate(
+                "(() => { const b = window.soar.map.getBounds();"
+                " return [b.getSouth(), b.getWest(), b.getNorth(), b.getEast()]; })()"
+            )
+            south, west, north, east = view
+            # The page subscribes to the whole 1x1 degree squares under its view.
+            visible = [f for f in sbs_sample_fixes
+                       if math.floor(south) <= f.lat < math.floor(north) + 1
+                       and math.floor(west) <= f.lon < math.floor(east) + 1]
+            assert len(visible) > 100
+
+            # Replay the capture (≈10x speed), watching the map as it goes.
+            first_positions: dict[str, list[float]] = {}
+            for index, chunk in enumerate(chunks(sbs_sample_fixes, 400)):
+                for fix in chunk:
+                    publisher.offer(fix)
+                await trio.sleep(0.1)
+                if index == 10:
+                    first_positions = await page.evaluate(_POSITIONS)
+            assert await _poll(page, "window.soar.stats.fixes > 0", 10)
+            await trio.sleep(0.5)
+            markers = await page.evaluate("document.querySelectorAll('.leaflet-marker-icon.ac-icon').length")
+            last_positions = await page.evaluate(_POSITIONS)
+            visible_ids = {str(f.aircraft_id) for f in visible}
+            assert markers == len(last_positions) > 10
+            assert set(last_positions) <= visible_ids | set(first_positions)
+            moved = [ident for ident, pos in first_positions.items()
+                     if ident in last_positions and last_positions[ident] != pos]
+            assert len(moved) >= 3, "markers did not move"
+            rotations = await page.evaluate(
+                "[...document.querySelectorAll('.ac-icon .glyph')].map(g => g.style.transform)"
+                ".filter(t => t && t !== 'rotate(0deg)').length"
+            )
+            assert rotations > 0, "no marker is rotated to its heading"
+            labels = await page.evaluate(
+                "[...document.querySelectorAll('.ac-label')].map(l => l.textContent)"
+            )
+            callsigns = {f.callsign for f in visible if f.callsign}
+            assert any(any(label.startswith(cs) for cs in callsigns) for label in labels)
+
+            # Click one: the details panel opens.
+            ident = moved[0]
+            await page.evaluate(f"window.soar.select({int(ident)})")
+            assert await _poll(page, "document.getElementById('panel').style.display === 'block'", 5)
+            assert await _poll(page, "!document.getElementById('panel').textContent.includes('loading')", 5)
+            await page.screenshot(ARTIFACTS / "map.png")
+
+            # The flight log of the day of the trace's second flight, filtered by airfield.
+            second = max((f for f in web_db.flights if f["aircraft_id"] == web_db.trace_id),
+                         key=lambda f: f["first"])
+            day = _day(second["takeoff"])
+            await page.call("Page.navigate", url=f"http://{host}/flights?date={day}&airport=LEBL")
+            assert await _poll(page, "document.querySelectorAll('table.log tbody tr').length > 0", 10)
+            rows = await page.evaluate(
+                "[...document.querySelectorAll('table.log tbody tr')].map(r => r.textContent)"
+            )
+            assert len(rows) == 1 and "OO-TRC" in rows[0] and "LEMD" in rows[0]
+            csv_link = await page.evaluate("document.getElementById('csv').getAttribute('href')")
+            assert "format=csv" in csv_link and "airport=LEBL" in csv_link
+            await page.screenshot(ARTIFACTS / "flights.png")
+            await page.call("Emulation.setDeviceMetricsOverride", width=390, height=780,
+                            deviceScaleFactor=2, mobile=True)
+            await trio.sleep(0.3)
+            await page.screenshot(ARTIFACTS / "flights-phone.png")
+    finally:
+        await _stop(process)
+        shutil.rmtree(profile, ignore_errors=True)
+    nursery.cancel_scope.cancel()
+
+
+_POSITIONS = (
+    "Object.fromEntries([...window.soar.aircraft].map(([id, e]) =>"
+    " [String(id), [e.marker.getLatLng().lat, e.marker.getLatLng().lng]]))"
+)
+
+
+def _day(us: int) -> str:
+    import datetime as dt
+
+    return (dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=us)).date().isoformat()
+
+
+async def _poll(page: DevTools, expression: str, timeout: float) -> bool:
+    for _ in range(round(timeout / 0.1)):
+        if await page.evaluate(expression):
+            return True
+        await trio.sleep(0.1)
+    return bool(await page.evaluate(expression))

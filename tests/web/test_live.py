@@ -1,0 +1,351 @@
+"""Live fixes end to end: real SBS capture → LivePublisher → pynng → LiveHub → /api/live."""
+
+from __future__ import annotations
+
+import json
+import socket as stdlib_socket
+from typing import Any
+
+import pytest
+import trio
+import trio_websocket
+
+from soar.live import LIVE_DROPPED, LivePublisher, decode_message, encode_batches
+from soar.records import AddressType, Fix, Protocol
+from soar.web.app import WebContext, create_app
+from soar.web.live import (
+    MAX_SQUARES_PER_CLIENT,
+    WS_DROPPED,
+    AircraftInfo,
+    BadRequest,
+    ClientQueue,
+    LiveHub,
+    handle_client_message,
+    squares_in_bounds,
+)
+
+from .conftest import chunks, start_server, wait_until
+
+# The busiest 10x10 degree box of the SBS sample (south-eastern USA).
+AREA = {"north": 40, "south": 30, "east": -80, "west": -90}
+
+
+def inside(fix: Fix, area: dict[str, float]) -> bool:
+    # Independent of soar's square arithmetic: plain half-open interval tests.
+    return area["south"] <= fix.lat < area["north"] and area["west"] <= fix.lon < area["east"]
+
+
+# -- pure parts ------------------------------------------------------------------------------
+
+
+def test_squares_cover_integer_bounds_exactly() -> None:
+    squares = squares_in_bounds(north=47, south=45, east=11, west=9)
+    assert sorted(squares) == [(45, 9), (45, 10), (46, 9), (46, 10)]
+
+
+def test_squares_fractional_and_antimeridian() -> None:
+    assert sorted(squares_in_bounds(north=45.2, south=44.9, east=9.1, west=8.8)) == [
+        (44, 8), (44, 9), (45, 8), (45, 9)
+    ]
+    wrapped = squares_in_bounds(north=1, south=0, east=-179, west=179)
+    assert sorted(wrapped) == [(0, -180), (0, 179)]
+
+
+@pytest.mark.parametrize(
+    "bounds",
+    [
+        {"north": 91, "south": 0, "east": 1, "west": 0},
+        {"north": 1, "south": 2, "east": 1, "west": 0},
+        {"north": 1, "south": 0, "east": 181, "west": 0},
+        {"north": float("nan"), "south": 0, "east": 1, "west": 0},
+        {"north": 80, "south": -80, "east": 170, "west": -170},  # too many squares
+    ],
+)
+def test_bad_bounds_rejected(bounds: dict[str, float]) -> None:
+    with pytest.raises(BadRequest):
+        squares_in_bounds(**bounds)
+
+
+def test_client_queue_drops_oldest_and_counts() -> None:
+    queue = ClientQueue(3)
+    before = WS_DROPPED._value.get()
+    for item in "abcde":
+        queue.put_nowait(item)
+    assert queue.dropped == 2
+    assert WS_DROPPED._value.get() - before == 2
+    assert list(queue._items) == ["c", "d", "e"]
+
+
+def _fix(address: int, lat: float, lon: float, t: int, **extra: Any) -> Fix:
+    return Fix(Protocol.OGN, AddressType.FLARM, address, t, lat, lon, **extra)
+
+
+def test_publisher_buffer_drops_oldest_never_blocks() -> None:
+    publisher = LivePublisher("inproc://unused", max_buffer=10)
+    before = LIVE_DROPPED.labels(stage="publisher")._value.get()
+    for i in range(25):
+        publisher.offer(_fix(i, 45.5, 9.5, i))
+    assert publisher.pending == 10
+    assert publisher.dropped == 15
+    assert LIVE_DROPPED.labels(stage="publisher")._value.get() - before == 15
+    assert [fix.address for fix in publisher._buffer] == list(range(15, 25))
+
+
+def test_publisher_never_publishes_stealth_or_no_track() -> None:
+    publisher = LivePublisher("inproc://unused")
+    publisher.offer(_fix(1, 45.5, 9.5, 1, stealth=True))
+    publisher.offer(_fix(2, 45.5, 9.5, 1, no_track=True))
+    assert publisher.pending == 0
+
+
+def test_batches_group_by_exact_topic(sbs_sample_fixes: list[Fix]) -> None:
+    fixes = sbs_sample_fixes[:2000]
+    seen: dict[str, int] = {}
+    for message in encode_batches(fixes):
+        topic, items = decode_message(message)
+        seen[topic] = seen.get(topic, 0) + len(items)
+        for item in items:
+            if topic.startswith("aircraft.area."):
+                lat, lon = (int(part) for part in topic.split(".")[2:])
+                assert lat <= item["lat"] < lat + 1 and lon <= item["lon"] < lon + 1
+            else:
+                assert topic == f"aircraft.fix.{item['id']}"
+    assert sum(n for t, n in seen.items() if t.startswith("aircraft.area.")) == len(fixes)
+    assert sum(n for t, n in seen.items() if t.startswith("aircraft.fix.")) == len(fixes)
+
+
+def test_hub_privacy_from_directory() -> None:
+    hidden, anonymous, named = 100, 200, 300
+    infos = {
+        hidden: AircraftInfo(tracked=False, registration="D-HIDE"),
+        anonymous: AircraftInfo(identified=False, registration="D-ANON", model="ASK 21"),
+        named: AircraftInfo(identified=True, registration="D-KXYZ", competition_number="XY"),
+    }
+    hub = LiveHub("inproc://unused", directory=infos.get)
+    client = hub.connect()
+    reply = handle_client_message(hub, client, json.dumps(
+        {"type": "area_bulk", "action": "subscribe", "bounds": {"north": 46, "south": 45, "east": 10, "west": 9}}
+    ))
+    assert reply["type"] == "subscribed"
+    fixes = [_fix(address, 45.5, 9.5, 1) for address in (1, 2, 3)]
+    # aircraft ids for FLARM addresses 1, 2, 3 are (2 << 24) | n; map them onto the infos
+    wire = encode_batches(fixes)
+    ids = [fix.aircraft_id for fix in fixes]
+    hub.directory = {ids[0]: infos[hidden], ids[1]: infos[anonymous], ids[2]: infos[named]}.get
+    for message in wire:
+        hub.dispatch(message)
+    got = []
+    while len(client.queue):
+        got.append(json.loads(client.queue._items.popleft()))
+    assert [m["id"] for m in got] == ids[1:]
+    assert got[0]["registration"] is None and got[0]["model"] is None
+    assert got[1]["registration"] == "D-KXYZ" and got[1]["competition_number"] == "XY"
+    hub.disconnect(client)
+
+
+def test_client_message_validation() -> None:
+    hub = LiveHub("inproc://unused")
+    client = hub.connect()
+    bad = [
+        "not json",
+        "[1,2]",
+        json.dumps({"type": "area_bulk", "action": "explode", "bounds": {}}),
+        json.dumps({"type": "area_bulk", "action": "subscribe"}),
+        json.dumps({"type": "area_bulk", "action": "subscribe", "bounds": {"north": "x", "south": 0, "east": 1, "west": 0}}),
+        json.dumps({"type": "area_bulk", "action": "subscribe", "bounds": {"north": 80, "south": -80, "east": 170, "west": -170}}),
+        json.dumps({"type": "aircraft", "action": "subscribe", "id": -5}),
+        json.dumps({"type": "aircraft", "action": "subscribe", "id": True}),
+        json.dumps({"type": "weather", "action": "subscribe"}),
+    ]
+    for text in bad:
+        assert handle_client_message(hub, client, text)["type"] == "error", text
+    assert not client.squares and not client.aircraft
+    # the cap holds across several subscriptions too
+    for west in range(-180, 180, 20):
+        handle_client_message(hub, client, json.dumps(
+            {"type": "area_bulk", "action": "subscribe", "bounds": {"north": 10, "south": 0, "east": west + 20, "west": west}}
+        ))
+    assert len(client.squares) <= MAX_SQUARES_PER_CLIENT
+    hub.disconnect(client)
+    assert hub.topics() == set()
+
+
+# -- end to end ------------------------------------------------------------------------------
+
+
+async def _live_stack(
+    nursery: trio.Nursery, address: str, queue_size: int
+) -> tuple[LivePublisher, LiveHub, str]:
+    publisher = LivePublisher(address, flush_interval=0.02)
+    await nursery.start(publisher.run)
+    hub = LiveHub(address, client_queue_size=queue_size)
+    await nursery.start(hub.run)
+    assert await wait_until(lambda: hub.connected, 5)
+    app = create_app(WebContext(live=hub))
+    host = await start_server(nursery, app)
+    return publisher, hub, host
+
+
+async def _subscribe(ws: trio_websocket.WebSocketConnection, area: dict[str, float]) -> None:
+    status = json.loads(await ws.get_message())
+    assert status["type"] == "connection_status" and status["status"] == "connected"
+    await ws.send_message(json.dumps({"type": "area_bulk", "action": "subscribe", "bounds": area}))
+    reply = json.loads(await ws.get_message())
+    assert reply["type"] == "subscribed", reply
+
+
+async def _collect_fixes(ws: trio_websocket.WebSocketConnection, into: list[dict[str, Any]]) -> None:
+    while True:
+        try:
+            message = json.loads(await ws.get_message())
+        except trio_websocket.ConnectionClosed:
+            return
+        if message["type"] == "fix":
+            into.append(message)
+
+
+async def test_area_subscription_receives_exactly_the_fixes_inside(
+    nursery: trio.Nursery, sbs_sample_fixes: list[Fix]
+) -> None:
+    publisher, hub, host = await _live_stack(nursery, "inproc://soar-test-area", 100_000)
+    expected = {(f.aircraft_id, f.received_us) for f in sbs_sample_fixes if inside(f, AREA)}
+    assert len(expected) > 1000  # the capture really has traffic there
+    received: list[dict[str, Any]] = []
+    async with trio_websocket.open_websocket_url(f"ws://{host}/api/live") as ws:
+        await _subscribe(ws, AREA)
+        nursery.start_soon(_collect_fixes, ws, received)
+        for chunk in chunks(sbs_sample_fixes, 500):
+            for fix in chunk:
+                publisher.offer(fix)
+            await trio.sleep(0.005)
+        await wait_until(lambda: len(received) >= len(expected), 10)
+        await trio.sleep(0.2)  # anything extra (outside the area) would arrive by now
+    got = [(m["id"], m["time_us"]) for m in received]
+    assert len(got) == len(set(got)), "a fix was delivered twice"
+    assert set(got) == expected
+    by_key = {(f.aircraft_id, f.received_us): f for f in sbs_sample_fixes}
+    for message in received[:50]:
+        fix = by_key[(message["id"], message["time_us"])]
+        assert message["lat"] == pytest.approx(fix.lat, abs=1e-6)
+        assert message["callsign"] == fix.callsign
+        assert message["altitude_ft"] == fix.altitude_ft
+    assert hub.received_fixes >= len(expected)
+    nursery.cancel_scope.cancel()
+
+
+async def test_aircraft_subscription_follows_one_aircraft(
+    nursery: trio.Nursery, sbs_sample_fixes: list[Fix]
+) -> None:
+    publisher, _hub, host = await _live_stack(nursery, "inproc://soar-test-aircraft", 10_000)
+    counts: dict[int, int] = {}
+    for fix in sbs_sample_fixes:
+        counts[fix.aircraft_id] = counts.get(fix.aircraft_id, 0) + 1
+    target = max(counts, key=lambda ident: counts[ident])
+    received: list[dict[str, Any]] = []
+    async with trio_websocket.open_websocket_url(f"ws://{host}/api/live") as ws:
+        json.loads(await ws.get_message())
+        await ws.send_message(json.dumps({"type": "aircraft", "action": "subscribe", "id": target}))
+        assert json.loads(await ws.get_message())["type"] == "subscribed"
+        nursery.start_soon(_collect_fixes, ws, received)
+        for fix in sbs_sample_fixes:
+            publisher.offer(fix)
+        await wait_until(lambda: len(received) >= counts[target], 5)
+        await trio.sleep(0.1)
+    assert {m["id"] for m in received} == {target}
+    assert len(received) == counts[target]
+    nursery.cancel_scope.cancel()
+
+
+async def test_slow_client_drops_oldest_and_does_not_slow_a_fast_one(
+    nursery: trio.Nursery, sbs_sample_fixes: list[Fix]
+) -> None:
+    queue_size = 200
+    publisher, hub, host = await _live_stack(nursery, "inproc://soar-test-slow", queue_size)
+    in_area = [f for f in sbs_sample_fixes if inside(f, AREA)]
+    hostname, port = host.split(":")
+
+    # The slow client: a tiny receive buffer and nobody reading after the subscription ack.
+    raw = trio.socket.socket()
+    raw.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_RCVBUF, 4096)
+    await raw.connect((hostname, int(port)))
+    slow = await trio_websocket.wrap_client_stream(
+        nursery, trio.SocketStream(raw), hostname, "/api/live", message_queue_size=0
+    )
+    await _subscribe(slow, AREA)
+    slow_client = next(c for c in hub._clients if c.squares)
+    dropped_before = WS_DROPPED._value.get()
+
+    fast_received: list[dict[str, Any]] = []
+    published = 0
+    async with trio_websocket.open_websocket_url(f"ws://{host}/api/live") as fast:
+        await _subscribe(fast, AREA)
+        nursery.start_soon(_collect_fixes, fast, fast_received)
+        start = trio.current_time()
+        rounds = 0
+        # Replay the area's fixes (shifted in time each round) until the slow client's queue
+        # has overflowed several times over.
+        while slow_client.queue.dropped < 3 * queue_size and rounds < 40:
+            for batch in chunks(in_area, 40):
+                for fix in batch:
+                    publisher.offer(_shifted(fix, rounds))
+                    published += 1
+                await trio.sleep(0.01)
+            rounds += 1
+        await wait_until(lambda: len(fast_received) >= published, 10)
+        elapsed = trio.current_time() - start
+    assert slow_client.queue.dropped >= 3 * queue_size
+    assert WS_DROPPED._value.get() - dropped_before >= slow_client.queue.dropped
+    assert len(fast_received) == published, "the fast client lost fixes to the slow one"
+    # The fast client kept pace with the publisher: it was never held back by the slow one.
+    assert elapsed < rounds * (len(in_area) / 40) * 0.01 + 5
+    assert len(slow_client.queue) <= queue_size
+    await slow.aclose()
+    nursery.cancel_scope.cancel()
+
+
+def _shifted(fix: Fix, rounds: int) -> Fix:
+    from dataclasses import replace
+
+    return replace(fix, received_us=fix.received_us + rounds * 60_000_000)
+
+
+async def test_a_flush_with_more_topics_than_nng_queues_loses_nothing(
+    nursery: trio.Nursery, sbs_sample_fixes: list[Fix]
+) -> None:
+    from dataclasses import replace
+
+    from soar.live import PIPE_BUFFER
+    from soar.web.live import squares_in_bounds
+
+    address = "inproc://soar-test-big-flush"
+    publisher = LivePublisher(address, flush_interval=3600)  # flushed by hand below
+    await nursery.start(publisher.run)
+    hub = LiveHub(address, client_queue_size=1_000_000)
+    await nursery.start(hub.run)
+    assert await wait_until(lambda: hub.connected, 5)
+    client = hub.connect()
+    hub.subscribe_squares(client, squares_in_bounds(**AREA))
+    # Twice the capture under a second address each: one flush, > PIPE_BUFFER topics.
+    doubled = sbs_sample_fixes + [replace(f, address=f.address ^ 0x800000) for f in sbs_sample_fixes]
+    assert len({f.aircraft_id for f in doubled}) > PIPE_BUFFER
+    for fix in doubled:
+        publisher.offer(fix)
+    await publisher.flush_paced()
+    expected = sum(1 for f in doubled if inside(f, AREA))
+    assert await wait_until(lambda: len(client.queue) >= expected, 5)
+    await trio.sleep(0.1)
+    assert len(client.queue) == expected
+    nursery.cancel_scope.cancel()
+
+
+async def test_hub_started_before_the_publisher_connects_when_it_comes_up(
+    nursery: trio.Nursery,
+) -> None:
+    address = "inproc://soar-test-order"
+    hub = LiveHub(address)
+    await nursery.start(hub.run)
+    await trio.sleep(0.2)
+    assert not hub.connected
+    await nursery.start(LivePublisher(address).run)
+    assert await wait_until(lambda: hub.connected, 5)
+    nursery.cancel_scope.cancel()
