@@ -49,7 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     di.add_argument("source", nargs="?", default=None)
     di.add_argument("--database-url")
 
-    sub.add_parser("ingest", help="split mode: read feeds and push envelopes to track processes")
+    i = sub.add_parser("ingest", help="split mode: read feeds and push envelopes to track processes")
+    i.add_argument("--replay", nargs="+", type=Path, help="feed these captures instead of live feeds")
+    i.add_argument("--speed", type=float, default=None, help="replay speed factor")
     sub.add_parser("track", help="split mode: shards + store writer for a slice of the hash space")
     sub.add_parser("web", help="split mode: HTTP API and WebSockets")
     sub.add_parser("config-reference", help="print the configuration reference (Markdown)")
@@ -102,4 +104,8 @@ def _dispatch(command: str, args: argparse.Namespace, settings: Settings) -> int
         from soar.ddb import ddb_command
 
         return ddb_command(settings, args)
-    raise UserError(f"{command}: not available in this build yet")
+    if command in ("ingest", "track", "web"):
+        from soar.split import split_command
+
+        return split_command(command, settings, args)
+    raise UserError(f"{command}: unknown command")

@@ -221,8 +221,15 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"log_format: expected auto, json or console, got {s.log_format!r}")
     if s.log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level: expected debug, info, warning or error, got {s.log_level!r}")
-    if s.database_url is not None and not s.database_url.startswith(("postgres://", "postgresql://")):
-        raise ConfigError("database_url: expected a postgresql:// URL")
+    if s.database_url is not None:
+        from psycopg.conninfo import conninfo_to_dict
+
+        try:  # a postgresql:// URL or a libpq "key=value ..." string
+            conninfo_to_dict(s.database_url)
+        except Exception:
+            raise ConfigError(
+                "database_url: expected a postgresql:// URL or libpq connection string"
+            ) from None
     for name in ("shutdown_deadline", "batch_age"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{name}: must be positive")

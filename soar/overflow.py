@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import struct
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -63,8 +64,10 @@ class OverflowSink:
         send: trio.MemorySendChannel[Envelope],
         spool_dir: Path | None,
         spool_max_bytes: int,
+        tee: Callable[[Envelope], None] | None = None,
     ) -> None:
         self.protocol = protocol
+        self._tee = tee
         self._send = send
         self._spool_dir = spool_dir
         self._spool_max_bytes = spool_max_bytes
@@ -91,6 +94,8 @@ class OverflowSink:
         self._update_gauges()
 
     async def send(self, env: Envelope) -> None:
+        if self._tee is not None:
+            self._tee(env)
         if not self._spooling:
             try:
                 self._send.send_nowait(env)

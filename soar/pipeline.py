@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import time
+import typing
 from collections import Counter as CounterDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -54,14 +55,28 @@ ARCHIVE_DROPPED = Counter(
 
 TICK_EVERY_US = 30_000_000
 
+class EnvelopeSink(typing.Protocol):
+    async def send(self, env: Envelope, /) -> None: ...
+
+
 #: A source: called with the sink of its protocol; runs until cancelled or its input ends.
-SourceFn = Callable[[OverflowSink], Awaitable[None]]
+SourceFn = Callable[[EnvelopeSink], Awaitable[None]]
+
+
+class EnvelopeDispatch:
+    """The sink of a source that carries several protocols (split mode's write-ahead log)."""
+
+    def __init__(self, sinks: dict[Protocol, OverflowSink]) -> None:
+        self.sinks = sinks
+
+    async def send(self, env: Envelope) -> None:
+        await self.sinks[env.protocol].send(env)
 
 
 @dataclass
 class SourceSpec:
     name: str
-    protocol: Protocol
+    protocol: Protocol | None  # None: the source gets an EnvelopeDispatch for all protocols
     run: SourceFn
     #: live feeds are restarted after any end; a capture replay finishes
     policy: RestartPolicy = RestartPolicy.PERMANENT
@@ -95,6 +110,8 @@ class Pipeline:
         settings: Settings,
         database_url: str,
         sources: Sequence[SourceSpec] | None = None,
+        *,
+        hold_open: bool | None = None,
     ) -> None:
         from soar.live import LivePublisher
         from soar.store.tables import AircraftFamily, FixFamily, FlightFamily, ReceiverFamily
@@ -109,7 +126,7 @@ class Pipeline:
         self.database_url = database_url
         self.pool: Any = None
         # Live feeds run until drain(); a replay's sources end by themselves.
-        self.hold_open = sources is None
+        self.hold_open = sources is None if hold_open is None else hold_open
         self.sources = list(live_sources(settings) if sources is None else sources)
         if self.hold_open and not self.sources:
             log.warning("pipeline.no_feeds", hint="set SOAR_APRS_SERVER, SOAR_BEAST_SERVERS or "
@@ -128,6 +145,7 @@ class Pipeline:
                             tee=self._archive if self.archive_channel is not None else None)
             for p in Protocol
         }
+        self.dispatch = EnvelopeDispatch(self.sinks)
         self.decoders = {p: Decoder(p) for p in Protocol}
 
         n = settings.shard_count
@@ -173,7 +191,9 @@ class Pipeline:
 
         self.sources_sup = Supervisor(
             "sources",
-            [ChildSpec(f"source.{s.name}", functools.partial(s.run, self.sinks[s.protocol]), s.policy)
+            [ChildSpec(f"source.{s.name}",
+                       functools.partial(s.run, self.sinks[s.protocol] if s.protocol else self.dispatch),
+                       s.policy)
              for s in self.sources],
         )
         self.decoders_sup = Supervisor(
@@ -458,6 +478,21 @@ class Pipeline:
             "reject_reasons": dict(reasons),
             "committed": dict(self.committed),
         }
+
+    def activity(self) -> tuple[int, ...]:
+        """A fingerprint of work done and waiting; equal twice a moment apart means idle."""
+        buffered = sum(send.statistics().current_buffer_used for send, _ in self.envelopes.values())
+        buffered += sum(send.statistics().current_buffer_used for send, _ in self.shard_channels)
+        for channel in (self.fix_channel, self.flight_channel, self.aircraft_channel,
+                        self.receiver_channel):
+            buffered += channel[0].statistics().current_buffer_used
+        spooled = sum(sink.depth for sink in self.sinks.values())
+        done = sum(d.messages for d in self.decoders.values()) + sum(self.committed.values())
+        return buffered, spooled, done
+
+    def quiescent_now(self) -> bool:
+        buffered, spooled, _done = self.activity()
+        return buffered == 0 and spooled == 0 and all(w.idle for w in self.writers.values())
 
     # -- what the web side shows ---------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,8 +24,7 @@ from soar.cli import UserError
 from soar.config import Settings
 from soar.database import open_database
 from soar.ingest.capture import CaptureStats, iter_capture
-from soar.overflow import OverflowSink
-from soar.pipeline import Pipeline, SourceSpec
+from soar.pipeline import EnvelopeSink, Pipeline, SourceSpec
 from soar.records import Envelope, Protocol
 from soar.supervisor import RestartPolicy
 
@@ -61,7 +61,7 @@ class CaptureSource:
         self.sent = 0
         self.stats = CaptureStats()
 
-    async def run(self, sink: OverflowSink) -> None:
+    async def run(self, sink: EnvelopeSink) -> None:
         envelopes: Iterator[Envelope] = iter_capture(
             self.path, None if self.fmt == "auto" else self.fmt, stats=self.stats
         )
@@ -86,6 +86,15 @@ class CaptureSource:
         log.info("replay.file_done", file=str(self.path), messages=self.sent)
 
 
+async def _stop_on_signal(pipeline: Pipeline) -> None:
+    """SIGTERM/SIGINT stop reading the captures; what was read is still committed (a replay
+    run again later stores the rest, and nothing twice)."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("shutdown.requested", signal=signal.Signals(signum).name)
+            pipeline.sources_sup.stop()
+
+
 async def run_replay(
     settings: Settings,
     database_url: str,
@@ -106,7 +115,10 @@ async def run_replay(
         pipeline_hook(pipeline)
     await pipeline.open()
     try:
-        await pipeline.run()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stop_on_signal, pipeline)
+            await pipeline.run()
+            nursery.cancel_scope.cancel()
     finally:
         await pipeline.close()
     summary = pipeline.summary()

@@ -65,6 +65,9 @@ def ensure_partitions(
         with conn.transaction():
             # Same lock order as writers (parent first) so this cannot deadlock with a COPY.
             conn.execute("LOCK TABLE fixes IN SHARE UPDATE EXCLUSIVE MODE")
+            # Another process (a second `soar track`) may have made it while we waited.
+            if conn.execute("SELECT to_regclass(%s)", (name,)).fetchone() != (None,):
+                continue
             conn.execute(
                 sql.SQL(
                     "CREATE TABLE {} (LIKE fixes INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
