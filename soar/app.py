@@ -72,10 +72,11 @@ async def run_all_in_one(settings: Settings, shutdown: trio.Event | None = None)
 
 async def _run(settings: Settings, db: Database, shutdown: trio.Event) -> int:
     from soar.pipeline import Pipeline
-    from soar.web.live import LiveHub
+    from soar.web.live import AircraftDirectory, LiveHub
 
     pipeline = Pipeline(settings, db.url)
-    hub = LiveHub(settings.live_addr)
+    directory = AircraftDirectory()
+    hub = LiveHub(settings.live_addr, directory=directory.get)
     ready_checks: dict[str, Callable[[], bool]] = {
         "database": pipeline.database_ready,
         "migrations": lambda: True,  # open_database applied them before anything started
@@ -87,6 +88,7 @@ async def _run(settings: Settings, db: Database, shutdown: trio.Event) -> int:
         nursery.start_soon(_watch_signals, shutdown)
         await pipeline.open()
         ctx.pool = pipeline.pool
+        await nursery.start(directory.run, pipeline.pool)
         await nursery.start(hub.run)
         bound = await nursery.start(serve_web, settings, ctx, web_stop)
         log.info("soar.started", http=bound, database="embedded" if db.embedded else "external")

@@ -283,7 +283,9 @@ class Pipeline:
 
         def load() -> list[Any]:
             with self.pool.connection() as conn:
-                return open_flights(conn, shards=list(shards), shard_of=self.owner_shard)
+                # Enough history for the < 1 s rule over what a write-ahead log may replay.
+                return open_flights(conn, shards=list(shards), shard_of=self.owner_shard,
+                                    last_fixes=600)
 
         found = await trio.to_thread.run_sync(load)
         by_shard: dict[int, list[tuple[FlightRow, list[Fix]]]] = {i: [] for i in shards}

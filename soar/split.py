@@ -236,19 +236,21 @@ async def run_web(settings: Settings) -> int:
     from soar.app import serve_web
     from soar.store.writer import open_pool
     from soar.web.app import WebContext
-    from soar.web.live import LiveHub
+    from soar.web.live import AircraftDirectory, LiveHub
 
     if settings.database_url is None:
         raise ConfigError("database_url: soar web reads the tracks' database (SOAR_DATABASE_URL)")
     db = await trio.to_thread.run_sync(open_database, settings)
     pool = await trio.to_thread.run_sync(open_pool, db.url)
-    hub = LiveHub(settings.live_sources or [settings.live_addr])
+    directory = AircraftDirectory()
+    hub = LiveHub(settings.live_sources or [settings.live_addr], directory=directory.get)
     ctx = WebContext(ready_checks={"database": lambda: True}, pool=pool, live=hub)
     stop = trio.Event()
     web_stop = trio.Event()
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_signalled, stop)
+            await nursery.start(directory.run, pool)
             await nursery.start(hub.run)
             async with trio.open_nursery() as web:
                 await web.start(serve_web, settings, ctx, web_stop)

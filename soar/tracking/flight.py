@@ -46,6 +46,7 @@ Rules (DESIGN "Flight state machine"):
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import enum
 import uuid
@@ -76,6 +77,7 @@ SPLIT_MAX_GAP_US = 2 * HOUR
 SLOW_KT = 25.0
 MIN_PROGRESS = 0.30
 DUPLICATE_US = SECOND
+ACCEPTED_HISTORY = 1024
 ENRICH_WINDOW_US = 20 * SECOND
 PHASE_WINDOW_US = 2 * MINUTE
 RUNWAY_MIN_SPEED_KT = 25.0
@@ -164,6 +166,17 @@ class FixAccepted:
 
 
 @dataclass(slots=True, frozen=True)
+class FixLate:
+    """A fix older than the aircraft's newest: stored (it happened), but it changes no state.
+
+    After a restart the write-ahead log replays what was not committed, behind the flight
+    state the database already had; these fixes must still be stored, never lost.
+    """
+
+    fix: Fix
+
+
+@dataclass(slots=True, frozen=True)
 class FixDropped:
     fix: Fix
     reason: str  # duplicate | out_of_order
@@ -199,7 +212,7 @@ class EnrichmentDue:
     tracks_deg: tuple[float, ...]  # tracks of the fixes within ±20 s
 
 
-Event = FixAccepted | FixDropped | FlightOpened | FlightUpdated | FlightClosed | EnrichmentDue
+Event = FixAccepted | FixLate | FixDropped | FlightOpened | FlightUpdated | FlightClosed | EnrichmentDue
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -341,6 +354,8 @@ class FlightStateMachine:
         self.last_inactive_us = 0
         self.air_ground = AirGroundDebouncer()
         self.recent: deque[Fix] = deque(maxlen=64)
+        #: receive times of accepted fixes, ascending: the < 1 s rule for late fixes
+        self.accepted_us: list[int] = []
         self._stats = _FlightStats()
         self._flight_last_fix: Fix | None = None
         self._last_update_us = 0
@@ -369,7 +384,7 @@ class FlightStateMachine:
         if last is not None:
             dt = fix.received_us - last.received_us
             if dt < 0:
-                return [FixDropped(fix, "out_of_order")]
+                return [self._late(fix)]
             if dt < DUPLICATE_US:
                 return [FixDropped(fix, "duplicate")]
             self._before_fix(fix, last, events)
@@ -385,8 +400,32 @@ class FlightStateMachine:
             self._on_ground(fix, active)
         self.last_fix = fix
         self.recent.append(fix)
+        self._remember(fix.received_us)
         events.append(FixAccepted(fix))
         return events
+
+    def _remember(self, time_us: int) -> None:
+        bisect.insort(self.accepted_us, time_us)
+        if len(self.accepted_us) > ACCEPTED_HISTORY:
+            del self.accepted_us[: len(self.accepted_us) - ACCEPTED_HISTORY]
+
+    def _late(self, fix: Fix) -> Event:
+        """Judge an out-of-order fix by the < 1 s rule against the accepted fixes around it, as
+        it would have been judged in order; keep it if it passes."""
+        times = self.accepted_us
+        t = fix.received_us
+        i = bisect.bisect_left(times, t)
+        before = times[i - 1] if i > 0 else None
+        after = times[i] if i < len(times) else None
+        if (before is not None and t - before < DUPLICATE_US) or (
+            after is not None and after - t < DUPLICATE_US
+        ):
+            return FixDropped(fix, "duplicate")
+        flight = self.flight
+        if flight is not None and flight.first_fix_us <= t <= flight.last_fix_us:
+            fix.flight_id = flight.id
+        self._remember(t)
+        return FixLate(fix)
 
     def on_clock(self, now_us: int) -> list[Event]:
         """Timeouts and due enrichment, with the shard's fix clock at `now_us`."""
@@ -460,6 +499,7 @@ class FlightStateMachine:
             elif fix.is_active:
                 machine.inactive_run = 0
             machine.recent.append(fix)
+            machine._remember(fix.received_us)
         if ordered:
             machine.last_fix = ordered[-1]
             machine._flight_last_fix = ordered[-1]

@@ -30,3 +30,7 @@ SINK_BACKPRESSURE = Counter(
     "soar_shard_sink_backpressure_total", "Times a shard waited on a full store sink", ["sink"]
 )
 ENRICHMENT = Counter("soar_enrichment_total", "Flight enrichment requests by outcome", ["result"])
+LATE_FIXES = Counter(
+    "soar_fixes_late_total",
+    "Fixes older than their aircraft's newest, stored without changing its state",
+)

@@ -48,6 +48,7 @@ from soar.tracking.flight import (
     Event,
     FixAccepted,
     FixDropped,
+    FixLate,
     FlightClosed,
     FlightOpened,
     FlightStateMachine,
@@ -60,6 +61,7 @@ from soar.tracking.metrics import (
     FIXES_REJECTED,
     FLIGHTS_CLOSED,
     FLIGHTS_OPENED,
+    LATE_FIXES,
     SHARD_AIRCRAFT,
     SHARD_QUARANTINED,
     SHARD_QUEUE_DEPTH,
@@ -410,6 +412,9 @@ class Shard:
         for event in events:
             if isinstance(event, FixAccepted):
                 await self._accepted(event.fix, sinks)
+            elif isinstance(event, FixLate):
+                LATE_FIXES.inc()
+                await _store(sinks.fixes, event.fix, "fixes")
             elif isinstance(event, FixDropped):
                 FIXES_REJECTED.labels(event.reason).inc()
             elif isinstance(event, FlightOpened):

@@ -12,6 +12,7 @@ from soar.tracking.flight import (
     Event,
     FixAccepted,
     FixDropped,
+    FixLate,
     FlightClosed,
     FlightOpened,
     FlightState,
@@ -365,12 +366,19 @@ def test_callsign_change_splits() -> None:
     assert (second.callsign, second.first_fix_us, second.takeoff_us) == ("TRA34Z", us(30), None)
 
 
-def test_duplicates_and_out_of_order_fixes_are_dropped() -> None:
-    run = Run().feed(fix(0, 0.0), fix(0.5, 0.0), fix(-3, 0.0), fix(1, 0.0))
-    dropped = [e.reason for e in run.events if isinstance(e, FixDropped)]
+def test_duplicates_dropped_late_fixes_stored_without_changing_state() -> None:
+    run = Run().feed(fix(0, 0.0), fix(0.5, 0.0), fix(-3, 0.0), fix(2, 0.0), fix(1.5, 0.0),
+                     fix(-2.5, 0.0), fix(1.0, 0.0))
+    dropped = [(e.fix.received_us, e.reason) for e in run.events if isinstance(e, FixDropped)]
     accepted = [e.fix.received_us for e in run.events if isinstance(e, FixAccepted)]
-    assert dropped == ["duplicate", "out_of_order"]
-    assert accepted == [us(0), us(1)]
+    late = [e.fix.received_us for e in run.events if isinstance(e, FixLate)]
+    # 0.5 is < 1 s after 0; 1.5 is < 1 s before the accepted 2; -2.5 is < 1 s after the late -3
+    assert dropped == [(us(0.5), "duplicate"), (us(1.5), "duplicate"), (us(-2.5), "duplicate")]
+    # late fixes are stored (they happened: a write-ahead log replays them after a restart)
+    # but the aircraft's state stays at its newest fix
+    assert late == [us(-3), us(1.0)]
+    assert accepted == [us(0), us(2)]
+    assert run.machine.last_fix is not None and run.machine.last_fix.received_us == us(2)
 
 
 def test_spurious_flight_is_marked_not_deleted() -> None:
