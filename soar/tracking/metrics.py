@@ -13,7 +13,10 @@ FIXES_REJECTED = Counter(
     ["reason"],
 )
 FLIGHTS_OPENED = Counter(
-    "soar_flights_opened_total", "Flights opened (takeoff, first seen, resumed)"
+    "soar_flights_opened_total", "New flights (takeoff, or first seen airborne)"
+)
+FLIGHTS_RESUMED = Counter(
+    "soar_flights_resumed_total", "Timed-out flights resumed when the aircraft came back in time"
 )
 FLIGHTS_CLOSED = Counter("soar_flights_closed_total", "Flights closed", ["reason"])
 SHARD_QUEUE_DEPTH = Gauge("soar_shard_queue_depth", "Inputs waiting for a shard", ["shard"])

@@ -61,6 +61,7 @@ from soar.tracking.metrics import (
     FIXES_REJECTED,
     FLIGHTS_CLOSED,
     FLIGHTS_OPENED,
+    FLIGHTS_RESUMED,
     LATE_FIXES,
     SHARD_AIRCRAFT,
     SHARD_QUARANTINED,
@@ -418,7 +419,8 @@ class Shard:
             elif isinstance(event, FixDropped):
                 FIXES_REJECTED.labels(event.reason).inc()
             elif isinstance(event, FlightOpened):
-                FLIGHTS_OPENED.inc()
+                # A resumed flight is the same flight reopened after a coverage gap.
+                (FLIGHTS_RESUMED if event.how == "resumed" else FLIGHTS_OPENED).inc()
                 log.info(
                     "flight.opened",
                     how=event.how,
