@@ -208,7 +208,8 @@ class Pipeline:
         )
         self.writers_sup: Supervisor | None = None
         self.live_sup = Supervisor("live", [ChildSpec("live.publisher", self.live.run)])
-        maintenance = [ChildSpec("partitions", self._maintain_partitions)]
+        maintenance = [ChildSpec("partitions", self._maintain_partitions),
+                       ChildSpec("database.probe", self._probe_database)]
         if settings.ddb_url:
             maintenance.append(ChildSpec("ddb.refresh", self._refresh_ddb))
         self.maintenance_sup = Supervisor("maintenance", maintenance)
@@ -242,6 +243,7 @@ class Pipeline:
         }
         self._sources_done = trio.Event()
         self._drain_requested = trio.Event()
+        self._database_answers = True
         self._core_done = trio.Event()
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -428,6 +430,27 @@ class Pipeline:
             # The archive is a record, not the data path: it never slows a feed. Counted.
             ARCHIVE_DROPPED.labels(protocol=env.protocol.value).inc()
 
+    async def _probe_database(self) -> None:
+        """/readyz must turn false when the database goes away even if nothing is being
+        written: ask it every couple of seconds."""
+
+        def ping() -> None:
+            with self.pool.connection(timeout=2.0) as conn:
+                conn.execute("SELECT 1")
+
+        while True:
+            try:
+                await trio.to_thread.run_sync(ping)
+            except Exception as exc:  # any failure to answer means not ready
+                if self._database_answers:
+                    log.warning("database.unreachable", error=str(exc).splitlines()[0][:200])
+                self._database_answers = False
+            else:
+                if not self._database_answers:
+                    log.info("database.reachable")
+                self._database_answers = True
+            await trio.sleep(2.0)
+
     async def _refresh_ddb(self) -> None:
         from soar.ddb import refresh_forever
 
@@ -508,7 +531,8 @@ class Pipeline:
         return {sup.name: sup.tree() for sup in sups}
 
     def database_ready(self) -> bool:
-        return bool(self.writers) and all(w.healthy for w in self.writers.values())
+        return (self._database_answers and bool(self.writers)
+                and all(w.healthy for w in self.writers.values()))
 
 
 def _counter_total(counter: Any) -> float:

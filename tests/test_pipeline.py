@@ -12,8 +12,8 @@ import pytest
 import trio
 
 from soar.config import Settings, load_settings
-from soar.pipeline import Pipeline, SourceSpec
 from soar.overflow import OverflowSink
+from soar.pipeline import Pipeline, SourceSpec
 from soar.protocols.beast import MODE_S_LONG, MODE_S_SHORT, BeastFrame
 from soar.records import AddressType, Envelope, Protocol, aircraft_id
 from soar.replay import run_replay

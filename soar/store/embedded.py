@@ -45,6 +45,7 @@ class EmbeddedPostgres:
         self._server: Any = None
         self._data_dir: Path | None = None
         self._url: str | None = None
+        self._borrowed = False
 
     @property
     def url(self) -> str:
@@ -65,9 +66,14 @@ class EmbeddedPostgres:
     def start(self, data_dir: Path) -> str:
         """Initialise the cluster if needed, start it and return its connection URL."""
         from pgserver.postgres_server import get_server
+        from pgserver.utils import PostmasterInfo
 
         data_dir = Path(data_dir).expanduser().resolve()
         data_dir.parent.mkdir(parents=True, exist_ok=True)
+        # Another soar process (say `make run`, while a user runs `soar replay`) may have the
+        # cluster running already: share it, and leave stopping it to the process that started it.
+        info = PostmasterInfo.read_from_pgdata(data_dir) if data_dir.is_dir() else None
+        self._borrowed = info is not None and info.is_running()
         server = get_server(data_dir, cleanup_mode=None)
         # The lifetime is ours from here: pgserver's atexit hook would race our stop().
         atexit.unregister(server._cleanup)
@@ -76,7 +82,8 @@ class EmbeddedPostgres:
         self._data_dir = data_dir
         self._url = str(server.get_uri())
         self._apply_settings()
-        log.info("embedded_pg.started", data_dir=str(data_dir), url=self._url)
+        log.info("embedded_pg.started", data_dir=str(data_dir), url=self._url,
+                 shared_with_running_server=self._borrowed)
         return self._url
 
     def pause(self) -> None:
@@ -96,7 +103,8 @@ class EmbeddedPostgres:
         if server is None:
             return
         try:
-            self._pg_ctl_stop()
+            if not self._borrowed:
+                self._pg_ctl_stop()
         finally:
             server.global_process_id_list.get_and_remove(os.getpid())
             type(server)._instances.pop(server.pgdata, None)

@@ -1,0 +1,147 @@
+"""Privacy through the whole system: DDB flags decide what is stored, served and streamed.
+
+The OGN trace's aircraft (ICA48683E) is listed `tracked = N`: not one of its fixes may be stored,
+served or streamed. An aircraft of the SBS capture is listed `identified = N` with a
+registration: it is stored and shown, but never with its registration or competition number.
+A third SBS aircraft is listed normally and keeps its identity (the control).
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import trio
+import trio_websocket
+from hypercorn.config import Config
+from hypercorn.trio import serve
+
+from soar.config import load_settings
+from soar.ddb import import_ddb
+from soar.pipeline import Pipeline, SourceSpec
+from soar.records import AddressType, aircraft_id
+from soar.replay import CaptureSource
+from soar.supervisor import RestartPolicy
+from soar.web.app import WebContext, create_app
+from soar.web.live import AircraftDirectory, LiveHub
+
+OGN_TRACE = "ogn/soar-flight-descended-out-of-range-then-took-off.txt"
+SBS_SAMPLE = "sbs/adsbhub-sbs-sample-20260224.txt.gz"
+HIDDEN = 0x48683E
+ANONYMOUS = 0xE49206  # two aircraft with positions in the SBS sample
+NAMED = 0xE49174
+
+
+def write_ddb(path: Path) -> None:
+    def device(address: int, registration: str, cn: str, tracked: str, identified: str) -> dict[str, str]:
+        return {"device_type": "I", "device_id": f"{address:06X}", "aircraft_model": "A320",
+                "registration": registration, "cn": cn, "tracked": tracked,
+                "identified": identified, "aircraft_type": "9"}
+
+    path.write_text(json.dumps({"devices": [
+        device(HIDDEN, "OO-HID", "HD", "N", "Y"),
+        device(ANONYMOUS, "D-ANON", "AN", "Y", "N"),
+        device(NAMED, "EI-NAM", "NM", "Y", "Y"),
+    ]}))
+
+
+async def http_get(host: str, path: str) -> tuple[int, Any]:
+    def get() -> tuple[int, Any]:
+        try:
+            with urllib.request.urlopen(f"http://{host}{path}", timeout=10) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"null")
+
+    return await trio.to_thread.run_sync(get)
+
+
+async def test_ddb_privacy_on_storage_api_and_websocket(
+    testdata: Path, tmp_path: Path, db_url: str, nursery: trio.Nursery
+) -> None:
+    ddb = tmp_path / "ddb.json"
+    write_ddb(ddb)
+    summary = await trio.to_thread.run_sync(import_ddb, db_url, ddb)
+    assert summary["read"] == 3
+
+    settings = load_settings(environ={}, overrides={
+        "data_dir": str(tmp_path / "var"), "shards": 2, "live_addr": "inproc://soar-privacy"})
+    captures = [CaptureSource(testdata / OGN_TRACE), CaptureSource(testdata / SBS_SAMPLE)]
+    pipeline = Pipeline(settings, db_url, sources=[
+        SourceSpec(f"capture{i}", c.protocol, c.run, RestartPolicy.TEMPORARY)
+        for i, c in enumerate(captures)])
+    await pipeline.open()
+    directory = AircraftDirectory(refresh_interval=0.5)
+    hub = LiveHub(settings.live_addr, directory=directory.get)
+    await nursery.start(directory.run, pipeline.pool)
+    await nursery.start(hub.run)
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    app = create_app(WebContext(pool=pipeline.pool, live=hub))
+    binds = await nursery.start(partial(serve, app, config, shutdown_trigger=trio.sleep_forever))
+    host = binds[0].split("://", 1)[1]
+
+    streamed: list[dict[str, Any]] = []
+
+    async def watch() -> None:
+        async with trio_websocket.open_websocket_url(f"ws://{host}/api/live") as ws:
+            # where the two SBS aircraft fly (a client may hold at most 400 squares)
+            for north, south, east, west in ((-3, -4, -38, -39), (-34, -35, -58, -60)):
+                await ws.send_message(json.dumps({"type": "area_bulk", "action": "subscribe",
+                                                  "bounds": {"north": north, "south": south,
+                                                             "east": east, "west": west}}))
+            # and, explicitly, the aircraft that must never be streamed, and its area
+            await ws.send_message(json.dumps({"type": "aircraft", "action": "subscribe",
+                                              "id": aircraft_id(AddressType.ICAO, HIDDEN)}))
+            await ws.send_message(json.dumps({"type": "area_bulk", "action": "subscribe",
+                                              "bounds": {"north": 53, "south": 50, "east": 5,
+                                                         "west": 2}}))
+            while True:
+                message = json.loads(await ws.get_message())
+                if message.get("type") == "fix":
+                    streamed.append(message)
+
+    nursery.start_soon(watch)
+    await trio.sleep(0.5)  # subscribed before the first fix
+    await pipeline.run()
+
+    hidden = aircraft_id(AddressType.ICAO, HIDDEN)
+    anonymous = aircraft_id(AddressType.ICAO, ANONYMOUS)
+    named = aircraft_id(AddressType.ICAO, NAMED)
+    with psycopg.connect(db_url) as conn:
+        counts = dict(conn.execute(
+            "SELECT aircraft_id, count(*) FROM fixes WHERE aircraft_id = ANY(%s) GROUP BY 1",
+            ([hidden, anonymous, named],)).fetchall())
+        [(hidden_flights,)] = conn.execute(
+            "SELECT count(*) FROM flights WHERE aircraft_id = %s", (hidden,)).fetchall()
+    # storage
+    assert hidden not in counts and hidden_flights == 0, "tracked = N: nothing stored"
+    assert counts.get(anonymous, 0) >= 1 and counts.get(named, 0) >= 1
+    # API
+    status, _ = await http_get(host, f"/api/aircraft/{hidden}")
+    assert status == 404
+    status, body = await http_get(host, f"/api/aircraft/{anonymous}")
+    assert status == 200
+    assert body.get("registration") is None and body.get("competition_number") is None
+    status, body = await http_get(host, f"/api/aircraft/{named}")
+    assert status == 200 and body["registration"] == "EI-NAM"
+    status, body = await http_get(host, "/api/aircraft?bbox=-179,-89,179,89")
+    listed = body["aircraft"] if isinstance(body, dict) else body
+    assert all(a["id"] != hidden for a in listed)
+    # WebSocket
+    await trio.sleep(0.5)
+    by_id: dict[int, list[dict[str, Any]]] = {}
+    for message in streamed:
+        by_id.setdefault(message["id"], []).append(message)
+    assert hidden not in by_id
+    assert anonymous in by_id and named in by_id
+    assert all(m.get("registration") is None and m.get("competition_number") is None
+               for m in by_id[anonymous])
+    assert any(m.get("registration") == "EI-NAM" for m in by_id[named])
+    await pipeline.close()
+    nursery.cancel_scope.cancel()
