@@ -1,0 +1,1 @@
+"""Benchmarks: each measurement printed beside a baseline measured in the same run."""

@@ -1,0 +1,81 @@
+"""The end-to-end benchmark: its generated feeds are the real captures with shifted addresses,
+its latency histogram is right, and a short run goes socket -> committed -> WebSocket."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import statistics
+from pathlib import Path
+
+import pytest
+
+from soar.bench import pipeline as bench
+from soar.protocols import ogn, sbs
+from soar.protocols.beast import BeastDeframer
+from soar.protocols.modes import crc_remainder, icao_address
+
+
+def test_ogn_feed_is_the_trace_as_many_aircraft(testdata: Path) -> None:
+    aircraft = 500
+    lines = list(itertools.islice(bench.ogn_messages(testdata, aircraft), 3 * aircraft))
+    addresses = set()
+    for line in lines:
+        parsed = ogn.parse_line(line.rstrip(b"\r\n").decode())
+        assert isinstance(parsed, ogn.AircraftBeacon), line
+        addresses.add(ogn.to_fix(parsed, 0, "").address)
+    assert len(addresses) == aircraft
+    # line k of every aircraft is line k of the capture, with only the address changed
+    trace = (testdata / bench.OGN_TRACE).read_text().splitlines()
+    assert lines[0].decode().rstrip() == trace[0].split(" ", 1)[1].replace("\\\\", "\\")
+
+
+def test_beast_feed_frames_have_valid_parity_and_shifted_addresses(testdata: Path) -> None:
+    aircraft = 300
+    data = b"".join(itertools.islice(bench.beast_messages(testdata, aircraft), 2 * aircraft))
+    frames = BeastDeframer().feed(data)
+    assert len(frames) == 2 * aircraft
+    assert all(crc_remainder(frame.payload) == 0 for frame in frames)
+    assert len({icao_address(frame.payload) for frame in frames}) == aircraft
+
+
+def test_sbs_feed_copies_reach_the_aircraft_count(testdata: Path) -> None:
+    lines = bench.sbs_copies(testdata, 10_000)
+    idents = set()
+    for line in lines:
+        parsed = sbs.parse_line(line.rstrip(b"\r\n").decode())
+        if isinstance(parsed, sbs.SbsMessage):
+            idents.add(parsed.icao)
+    assert len(idents) >= 10_000
+
+
+def test_latency_histogram_quantiles_within_one_percent() -> None:
+    rng = random.Random(8)
+    samples = [rng.lognormvariate(11, 1) for _ in range(20_000)]  # µs, median ~60 ms
+    hist = bench.LatencyHistogram()
+    for s in samples:
+        hist.add(s)
+    hist.add(-5)
+    exact = statistics.quantiles(samples, n=100)
+    restored = bench.LatencyHistogram.of(hist.state())
+    assert restored.negative == 1
+    for q, want in ((0.5, exact[49]), (0.99, exact[98])):
+        got = restored.quantile_ms(q)
+        assert got is not None
+        assert got * 1000 == pytest.approx(want, rel=0.03)
+
+
+@pytest.mark.slow
+def test_short_sbs_run_commits_and_reaches_websocket(db_url: str, testdata: Path) -> None:
+    rows = bench.run(db_url, testdata, 1.5, feeds=("sbs",))
+    assert len(rows) == 1
+    row = rows[0]
+    assert row.messages > 1000
+    assert row.rate > 0 and row.fixes_rate > 0
+    assert row.raw_copy_rate > 0
+    assert row.commit_p50_ms is not None and row.commit_p99_ms is not None
+    assert row.ws_fixes > 0 and row.ws_p50_ms is not None
+    assert row.peak_rss_mib > 10
+    assert row.cpu_us_per_message > 0
+    table = bench.format_table(rows)
+    assert "| sbs |" in table and "recv→commit" in table
