@@ -378,7 +378,18 @@ class Pipeline:
         store = self.receiver_channel[0]
         local = self.local_shard
         last_tick_us = 0
-        async for env in receive:
+        # A trio checkpoint costs ~10 µs: take what is already buffered and hand it on without
+        # one per message, and wait (await) only when a channel is empty or full.
+        while True:
+            try:
+                env = receive.receive_nowait()
+            except trio.WouldBlock:
+                try:
+                    env = await receive.receive()
+                except trio.EndOfChannel:
+                    break
+            except trio.EndOfChannel:
+                break
             if env.received_us - last_tick_us >= TICK_EVERY_US:
                 # The fix clock reaches every shard, so a shard with no traffic still times
                 # its flights out.
@@ -387,9 +398,15 @@ class Pipeline:
                     await send.send(ClockTick(env.received_us))
             decoded = decoder.decode(env)
             for ident, item in decoded.shard_items:
-                await shard_sends[local(ident)].send(item)
+                channel = shard_sends[local(ident)]
+                try:
+                    channel.send_nowait(item)
+                except trio.WouldBlock:
+                    await channel.send(item)
             for row in decoded.store_rows:
                 await store.send(row)
+            if decoder.messages % 256 == 0:
+                await trio.lowlevel.checkpoint()  # let the other protocols and shards run
         for row in decoder.flush_receivers():
             await store.send(row)
 

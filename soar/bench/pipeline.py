@@ -299,6 +299,9 @@ async def _ws_main(http_port: int, squares: list[tuple[int, int]], ready: Any) -
         with contextlib.suppress(ConnectionClosed, trio.BrokenResourceError, OSError):
             async with open_websocket_url(url, max_message_size=1 << 24) as ws:
                 await ws.get_message()  # connection_status
+                # as the map page does: many fixes per WebSocket message
+                await ws.send_message(json.dumps({"type": "options", "batch": True}))
+                await ws.get_message()
                 for lat, lon in group:
                     bounds = {"north": lat + 1, "south": lat, "east": lon + 1, "west": lon}
                     await ws.send_message(json.dumps(
@@ -319,6 +322,10 @@ async def _ws_main(http_port: int, squares: list[tuple[int, int]], ready: Any) -
                     if message.get("type") == "fix":
                         messages += 1
                         hist.add(arrived_us - message["time_us"])
+                    elif message.get("type") == "fixes":
+                        for fix in message["fixes"]:
+                            messages += 1
+                            hist.add(arrived_us - fix["time_us"])
 
     async with trio.open_nursery() as nursery:
         for group in groups:

@@ -348,7 +348,18 @@ class Shard:
             nursery.start_soon(self.enricher.run, request_receive, result_send)
             backlog, self._backlog = self._backlog, []
             await self._emit(backlog, sinks)  # rows of flights closed by `restore`
-            async for item in receive:
+            while True:
+                # receive() is a checkpoint (~10 µs); what is already buffered is taken
+                # without one, with a checkpoint every _QUEUE_GAUGE_EVERY inputs instead.
+                try:
+                    item = receive.receive_nowait()
+                except trio.WouldBlock:
+                    try:
+                        item = await receive.receive()
+                    except trio.EndOfChannel:
+                        break
+                except trio.EndOfChannel:
+                    break
                 await self._one(item, sinks)
                 self._processed += 1
                 if self._processed % _QUEUE_GAUGE_EVERY == 0:
@@ -356,6 +367,7 @@ class Shard:
                         receive.statistics().current_buffer_used
                     )
                     await self._apply_results(result_receive, sinks)
+                    await trio.lowlevel.checkpoint()
                 elif result_receive.statistics().current_buffer_used:
                     await self._apply_results(result_receive, sinks)
             await request_send.aclose()

@@ -202,17 +202,25 @@ async def _collect_fixes(ws: trio_websocket.WebSocketConnection, into: list[dict
             return
         if message["type"] == "fix":
             into.append(message)
+        elif message["type"] == "fixes":
+            assert all(f["type"] == "fix" for f in message["fixes"])
+            into.extend(message["fixes"])
 
 
+@pytest.mark.parametrize("batch", [False, True], ids=["one-per-message", "batched"])
 async def test_area_subscription_receives_exactly_the_fixes_inside(
-    nursery: trio.Nursery, sbs_sample_fixes: list[Fix]
+    nursery: trio.Nursery, sbs_sample_fixes: list[Fix], batch: bool
 ) -> None:
-    publisher, hub, host = await _live_stack(nursery, "inproc://soar-test-area", 100_000)
+    publisher, hub, host = await _live_stack(
+        nursery, f"inproc://soar-test-area-{batch}", 100_000)
     expected = {(f.aircraft_id, f.received_us) for f in sbs_sample_fixes if inside(f, AREA)}
     assert len(expected) > 1000  # the capture really has traffic there
     received: list[dict[str, Any]] = []
     async with trio_websocket.open_websocket_url(f"ws://{host}/api/live") as ws:
         await _subscribe(ws, AREA)
+        if batch:
+            await ws.send_message(json.dumps({"type": "options", "batch": True}))
+            assert json.loads(await ws.get_message()) == {"type": "options", "batch": True}
         nursery.start_soon(_collect_fixes, ws, received)
         for chunk in chunks(sbs_sample_fixes, 500):
             for fix in chunk:

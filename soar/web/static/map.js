@@ -300,8 +300,13 @@
       let msg;
       try { msg = JSON.parse(event.data); } catch (e) { return; }
       if (msg.type === "fix") upsert(msg, true);
+      else if (msg.type === "fixes") { for (const f of msg.fixes) upsert(f, true); }
       else if (msg.type === "connection_status") {
-        if (msg.status === "connected") { setStatus(true, "live"); subscribed = null; updateSubscription(); }
+        if (msg.status === "connected") {
+          // many fixes per message: a busy sky would otherwise cost one message per fix
+          socket.send(JSON.stringify({ type: "options", batch: true }));
+          setStatus(true, "live"); subscribed = null; updateSubscription();
+        }
         else setStatus(false, "live unavailable");
       } else if (msg.type === "error") console.warn("live:", msg.error);
     };
