@@ -110,7 +110,7 @@ class LivePublisher:
     """Batches fixes from the shards onto a pynng PUB socket listening on `address`."""
 
     def __init__(
-        self, address: str, *, max_buffer: int = 50_000, flush_interval: float = 0.1
+        self, address: str, *, max_buffer: int = 50_000, flush_interval: float = 0.05
     ) -> None:
         self.address = address
         self.flush_interval = flush_interval
