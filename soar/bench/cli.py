@@ -37,7 +37,7 @@ def bench_command(settings: Settings, part: str, seconds: float | None) -> int:
 
         print("\n## End to end (socket -> decode -> shard -> committed)\n")
         with _database(settings) as url:
-            print(pipeline.format_table(pipeline.run(url, data, seconds or 20.0)))
+            print(pipeline.format_table(pipeline.run(url, data, seconds or 60.0)))
     return 0
 
 
