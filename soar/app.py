@@ -15,9 +15,10 @@ the writer flushes last), stop the web server, stop the embedded PostgreSQL; all
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 from collections.abc import Callable
-from typing import Any
 
 import structlog
 import trio
@@ -29,6 +30,9 @@ from soar.database import Database, open_database
 from soar.web.app import WebContext, create_app
 
 log = structlog.get_logger(__name__)
+
+#: after the pipeline has drained, how long the web server may take to close its connections
+WEB_GRACE_S = 5.0
 
 
 def migrate_command(settings: Settings) -> int:
@@ -90,7 +94,15 @@ async def _run(settings: Settings, db: Database, shutdown: trio.Event) -> int:
         ctx.pool = pipeline.pool
         await nursery.start(directory.run, pipeline.pool)
         await nursery.start(hub.run)
-        bound = await nursery.start(serve_web, settings, ctx, web_stop)
+        web_done = trio.Event()
+
+        async def web(*, task_status: trio.TaskStatus[list[str]]) -> None:
+            try:
+                await serve_web(settings, ctx, web_stop, task_status=task_status)
+            finally:
+                web_done.set()
+
+        bound = await nursery.start(web)
         log.info("soar.started", http=bound, database="embedded" if db.embedded else "external")
 
         async with trio.open_nursery() as core:
@@ -105,10 +117,19 @@ async def _run(settings: Settings, db: Database, shutdown: trio.Event) -> int:
                 core.cancel_scope.cancel()
         web_stop.set()
         await pipeline.close()
-        nursery.cancel_scope.cancel()  # the signal watcher
+        with trio.move_on_after(WEB_GRACE_S):
+            await web_done.wait()
+        if not web_done.is_set():
+            # hypercorn shields its socket writes from cancellation, so a WebSocket client that
+            # stopped reading holds its connection task for ever and this nursery could never
+            # close. Everything is committed by now: stop the database and leave.
+            log.error("shutdown.web_stuck", hint="a WebSocket client stopped reading",
+                      grace_s=WEB_GRACE_S)
+            await trio.to_thread.run_sync(db.stop)
+            log.info("soar.stopped", exit_code=exit_code)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(exit_code)
+        nursery.cancel_scope.cancel()  # the signal watcher, the live hub
     log.info("soar.stopped", exit_code=exit_code)
     return exit_code
-
-
-def tree_of(*parts: tuple[str, Callable[[], dict[str, Any]]]) -> dict[str, Any]:
-    return {name: fn() for name, fn in parts}

@@ -75,6 +75,7 @@ class OverflowSink:
         self._spooling = False
         self._wake = trio.Event()
         self._in_flight: deque[bytes] = deque()
+        self._spool_failing = False
         self._labels = {"protocol": protocol.value}
 
     def open(self) -> None:
@@ -107,8 +108,14 @@ class OverflowSink:
                 self._spool.append(encode_envelope(env))
             except (SpoolError, OSError) as exc:
                 SPOOL_ERRORS.labels(**self._labels).inc()
-                log.error("overflow.spool_write_failed", protocol=self.protocol.value, error=str(exc))
+                if not self._spool_failing:  # every failure counted, logged once per episode
+                    self._spool_failing = True
+                    log.error("overflow.spool_write_failed", protocol=self.protocol.value,
+                              error=str(exc), fallback="waiting on the channel")
             else:
+                if self._spool_failing:
+                    self._spool_failing = False
+                    log.info("overflow.spool_writable_again", protocol=self.protocol.value)
                 SPOOLED.labels(**self._labels).inc()
                 self._spooling = True
                 self._wake.set()

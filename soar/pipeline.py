@@ -274,7 +274,12 @@ class Pipeline:
         )
         for sink in self.sinks.values():
             await trio.to_thread.run_sync(sink.open)
-        restored = await self._restore(range(len(self.shards)), now_us=wall_clock_us())
+        # Live feeds run on the wall clock: a flight silent for an hour is over. A replay's fix
+        # clock is the capture's recorded time: the first replayed fix decides, so a replay run
+        # again after SIGTERM continues the flights it left open instead of duplicating them.
+        restored = await self._restore(
+            range(len(self.shards)), now_us=wall_clock_us() if self.hold_open else None
+        )
         if restored:
             log.info("pipeline.flights_restored", flights=restored)
 
@@ -460,7 +465,7 @@ class Pipeline:
                 await trio.to_thread.run_sync(ping)
             except Exception as exc:  # any failure to answer means not ready
                 if self._database_answers:
-                    log.warning("database.unreachable", error=str(exc).splitlines()[0][:200])
+                    log.warning("database.unreachable", error=(str(exc).splitlines() or [type(exc).__name__])[0][:200])
                 self._database_answers = False
             else:
                 if not self._database_answers:

@@ -104,6 +104,7 @@ async def run_replay(
     speed: float | None = None,
     progress: Callable[[int], None] | None = None,
     pipeline_hook: Callable[[Pipeline], None] | None = None,
+    stop_on_signal: bool = False,
 ) -> dict[str, Any]:
     sources = [CaptureSource(f, fmt, speed, progress) for f in files]
     specs = [
@@ -116,7 +117,8 @@ async def run_replay(
     await pipeline.open()
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_stop_on_signal, pipeline)
+            if stop_on_signal:  # the command only: a library caller keeps its own signals
+                nursery.start_soon(_stop_on_signal, pipeline)
             await pipeline.run()
             nursery.cancel_scope.cancel()
     finally:
@@ -149,7 +151,7 @@ async def replay_command(settings: Settings, args: argparse.Namespace) -> int:
     try:
         summary = await run_replay(
             settings, db.url, files, fmt=args.format, speed=args.speed,
-            progress=bar.update if bar is not None else None,
+            progress=bar.update if bar is not None else None, stop_on_signal=True,
         )
     finally:
         if bar is not None:

@@ -162,17 +162,35 @@ class DiskSpool:
     # -- public API -----------------------------------------------------------------------------
 
     def append(self, record: bytes) -> None:
-        with self._lock:
-            self._check_open()
-            self._append(record)
-            self._sync_writer()
+        self.append_many((record,))
 
     def append_many(self, records: Iterable[bytes]) -> None:
         with self._lock:
             self._check_open()
+            written: list[int] = []  # sizes of the records this call put in the newest segment
             for record in records:
+                seq = self._segments[-1].seq if self._segments else None
+                before = self._segments[-1].records if self._segments else 0
                 self._append(record)
-            self._sync_writer()
+                if self._segments and self._segments[-1].seq != seq:
+                    written.clear()  # rolled: earlier ones were flushed with the old segment
+                if self._segments and self._segments[-1].records > before:
+                    written.append(HEADER.size + len(record))
+            try:
+                self._sync_writer()
+            except SpoolError:
+                # Never reached the file: they are not in the spool (no phantom depth, no
+                # "corrupt" tail to find later). The caller counts the failure.
+                self._forget_unflushed(written)
+                raise
+
+    def _forget_unflushed(self, sizes: list[int]) -> None:
+        seg = self._segments[-1]
+        for need in sizes:
+            seg.size -= need
+            seg.end -= need
+            seg.records -= 1
+            self._disk_bytes -= need
 
     def read(self, max_records: int) -> list[bytes]:
         """Up to `max_records` of the oldest records not yet read since the last commit/rewind."""

@@ -340,9 +340,9 @@ class StoreWriter(Generic[T]):
         started = time.perf_counter()
         try:
             result = await trio.to_thread.run_sync(self._commit_sync, prepared, direct)
-        except Outage:
+        except Outage as exc:
             if self._up:
-                log.warning("store.down", family=self.name)
+                log.warning("store.down", family=self.name, error=(str(exc).splitlines() or [type(exc).__name__])[0][:300])
             self._up = False
             STORE_UP.labels(self.name).set(0)
             raise
