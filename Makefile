@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export SOAR_TESTDATA ?= $(abspath ../shared/data)
 
-.PHONY: run test lint bench clean venv browser
+.PHONY: run test soak lint bench clean venv browser
 
 venv: $(STAMP)
 
@@ -30,7 +30,10 @@ browser:
 	  || echo "WARNING: could not install chromium; browser tests will skip"; }
 
 test: $(STAMP) lint browser
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -m "not soak" --durations=10
+
+soak: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider -m soak
 
 bench: $(STAMP)
 	$(PY) -m soar bench

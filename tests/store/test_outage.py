@@ -97,7 +97,7 @@ async def test_database_stopped_mid_stream_loses_and_doubles_nothing(
     await _outage(db_url, pg_server, capture_fixes, spool_dir, outage_s=3.0)
 
 
-@pytest.mark.slow
+@pytest.mark.soak  # the same 30 s outage runs end to end in tests/faults; `make soak` runs this one
 async def test_thirty_second_outage(
     db_url: str, pg_server: EmbeddedPostgres, capture_fixes: list[Fix], spool_dir: Path
 ) -> None:
