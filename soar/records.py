@@ -188,6 +188,7 @@ class AircraftSeen:
     aircraft_type: AircraftType | None = None
     callsign: str | None = None
     protocol: Protocol = Protocol.OGN
+    stealth: bool = False  # the latest beacon's stealth bit: identity never shown
 
 
 @dataclass(slots=True)

@@ -145,3 +145,53 @@ async def test_ddb_privacy_on_storage_api_and_websocket(
     assert any(m.get("registration") == "EI-NAM" for m in by_id[named])
     await pipeline.close()
     nursery.cancel_scope.cancel()
+
+
+async def test_stealth_bit_stored_never_streamed_and_shown_without_identity(
+    testdata: Path, tmp_path: Path, db_url: str, nursery: trio.Nursery
+) -> None:
+    """No capture here carries a stealth beacon, so the real ICA48683E trace is replayed with
+    the stealth bit (0x80 of the id field) set on every beacon; the DDB lists the aircraft as
+    identified, with a registration the stealth bit must still keep private."""
+    ddb = tmp_path / "ddb.json"
+    ddb.write_text(json.dumps({"devices": [{
+        "device_type": "I", "device_id": f"{HIDDEN:06X}", "aircraft_model": "A320",
+        "registration": "OO-STL", "cn": "ST", "tracked": "Y", "identified": "Y",
+        "aircraft_type": "9"}]}))
+    await trio.to_thread.run_sync(import_ddb, db_url, ddb)
+    stealthy = tmp_path / "stealth-trace.txt"
+    lines = (testdata / OGN_TRACE).read_text().splitlines()
+    marked = [line.replace(" id01", " id81").replace(" id25", " idA5") for line in lines]
+    assert all(" id81" in m or " idA5" in m for m in marked)
+    stealthy.write_text("\n".join(marked) + "\n")
+
+    settings = load_settings(environ={}, overrides={
+        "data_dir": str(tmp_path / "var"), "shards": 2, "live_addr": "inproc://soar-stealth"})
+    capture = CaptureSource(stealthy)
+    pipeline = Pipeline(settings, db_url, sources=[
+        SourceSpec("stealth", capture.protocol, capture.run, RestartPolicy.TEMPORARY)])
+    await pipeline.open()
+    hub = LiveHub(settings.live_addr)
+    await nursery.start(hub.run)
+    ident = aircraft_id(AddressType.ICAO, HIDDEN)
+    client = hub.connect()
+    hub.subscribe_aircraft(client, ident)
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    app = create_app(WebContext(pool=pipeline.pool, live=hub))
+    binds = await nursery.start(partial(serve, app, config, shutdown_trigger=trio.sleep_forever))
+    host = binds[0].split("://", 1)[1]
+    await pipeline.run()
+    await trio.sleep(0.5)
+
+    with psycopg.connect(db_url) as conn:
+        [(stored,)] = conn.execute("SELECT count(*) FROM fixes WHERE aircraft_id = %s",
+                                   (ident,)).fetchall()
+    assert stored == len(lines), "stealth aircraft are stored"
+    assert len(client.queue) == 0 and hub.received_fixes == 0, "and never streamed"
+    status, body = await http_get(host, f"/api/aircraft/{ident}")
+    assert status == 200
+    assert body["registration"] is None and body["competition_number"] is None
+    assert body.get("model") is None
+    await pipeline.close()
+    nursery.cancel_scope.cancel()

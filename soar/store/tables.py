@@ -191,6 +191,7 @@ AIRCRAFT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("lon", "float8"),
     ("altitude_ft", "float4"),
     ("callsign", "text"),
+    ("stealth", "bool"),
 )
 
 AIRCRAFT = TableSpec(
@@ -200,6 +201,7 @@ AIRCRAFT = TableSpec(
     " ON CONFLICT (id) DO UPDATE SET"
     " last_fix_at = excluded.last_fix_at, lat = excluded.lat, lon = excluded.lon,"
     " altitude_ft = excluded.altitude_ft, protocol = excluded.protocol,"
+    " stealth = excluded.stealth,"
     " callsign = coalesce(excluded.callsign, aircraft.callsign),"
     " aircraft_type = coalesce(excluded.aircraft_type, aircraft.aircraft_type),"
     " first_seen_at = least(aircraft.first_seen_at, excluded.first_seen_at)"
@@ -398,6 +400,7 @@ class AircraftFamily:
                 s.lon,
                 s.altitude_ft,
                 s.callsign,
+                s.stealth,
             )
             for s in latest.values()
         ]

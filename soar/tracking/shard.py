@@ -125,6 +125,7 @@ def _seen(fix: Fix) -> AircraftSeen:
         aircraft_type=fix.aircraft_type,
         callsign=fix.callsign,
         protocol=fix.protocol,
+        stealth=fix.stealth,
     )
 
 

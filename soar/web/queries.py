@@ -21,9 +21,9 @@ Row = dict[str, Any]
 
 #: Public columns of an aircraft `a` (LEFT JOINed: every column may be NULL).
 _AIRCRAFT_PUBLIC = """
-    CASE WHEN a.identified THEN a.registration END AS registration,
-    CASE WHEN a.identified THEN a.competition_number END AS competition_number,
-    CASE WHEN a.identified THEN a.model END AS model,
+    CASE WHEN a.identified AND NOT a.stealth THEN a.registration END AS registration,
+    CASE WHEN a.identified AND NOT a.stealth THEN a.competition_number END AS competition_number,
+    CASE WHEN a.identified AND NOT a.stealth THEN a.model END AS model,
     a.aircraft_type, a.category, a.device_type
 """
 
@@ -50,8 +50,8 @@ _FLIGHT_COLUMNS = f"""
     fl.fix_count, fl.spurious_reason, fl.tow_aircraft_id, fl.release_at,
     fl.release_altitude_ft, fl.release_height_ft, fl.end_reason,
     {_AIRCRAFT_PUBLIC},
-    CASE WHEN tow.identified THEN tow.registration END AS tow_registration,
-    CASE WHEN tow.identified THEN tow.competition_number END AS tow_competition_number
+    CASE WHEN tow.identified AND NOT tow.stealth THEN tow.registration END AS tow_registration,
+    CASE WHEN tow.identified AND NOT tow.stealth THEN tow.competition_number END AS tow_competition_number
 """
 
 _FLIGHT_FROM = """
@@ -183,9 +183,9 @@ def aircraft_directory(conn: Conn) -> list[Row]:
     return _all(
         conn,
         """
-        SELECT id, tracked, identified, registration, competition_number, model, category
+        SELECT id, tracked, identified AND NOT stealth AS identified, registration, competition_number, model, category
         FROM aircraft
-        WHERE NOT tracked OR identified
+        WHERE NOT tracked OR (identified AND NOT stealth)
         """,
         {},
     )
