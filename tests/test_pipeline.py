@@ -183,3 +183,25 @@ async def test_stalled_beast_pipeline_does_not_slow_ogn(
                                                monkeypatch))
     print(f"OGN through the pipeline: {free:.0f}/s free, {blocked:.0f}/s with Beast stalled")
     assert blocked >= 0.9 * free, f"OGN {blocked:.0f}/s with Beast stalled vs {free:.0f}/s"
+
+
+async def test_raw_archive_keeps_every_message_per_protocol_and_day(
+    testdata: Path, tmp_path: Path, db_url: str
+) -> None:
+    import gzip
+
+    from soar.ingest.capture import iter_capture
+
+    settings = settings_for(tmp_path, archive_raw=True)
+    summary = await run_replay(settings, db_url, [testdata / OGN_TRACE])
+    archive = tmp_path / "var" / "archive"
+    files = sorted(p.name for p in archive.iterdir())
+    # one file per protocol per UTC day (the trace crosses midnight); both days are long over
+    # by the wall clock, so both are compressed at rollover
+    assert files == ["ogn-2025-12-23.log.gz", "ogn-2025-12-24.log.gz"], files
+    archived = list(iter_capture(archive / files[0])) + list(iter_capture(archive / files[1]))
+    assert len(archived) == summary["messages"] == 1183
+    original = [line.partition(" ")[2] for line in (testdata / OGN_TRACE).read_text().splitlines()]
+    assert [env.data.decode() for env in archived] == original
+    with gzip.open(archive / files[0], "rt") as day:
+        assert day.readline().split("\t")[0].isdigit()  # receive time in µs, then the line
