@@ -251,7 +251,6 @@ def reference_markdown() -> str:
     ]
     for f in dataclasses.fields(Settings):
         default = f.default if f.default is not dataclasses.MISSING else []
-        type_name = getattr(hints[f.name], "__name__", None) or str(hints[f.name])
         type_name = str(hints[f.name]).replace("pathlib.", "").replace("<class '", "").replace("'>", "")
         type_name = type_name.replace(" | None", " or unset").replace("|", "\\|")
         lines.append(

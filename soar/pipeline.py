@@ -20,7 +20,6 @@ shard has finished the writer inputs close; the writers flush and return.
 from __future__ import annotations
 
 import functools
-import time
 import typing
 from collections import Counter as CounterDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -34,6 +33,7 @@ from prometheus_client import Counter, Gauge
 
 from soar.config import Settings
 from soar.decode import Decoder, StoreRow
+from soar.ingest.tcp import wall_clock_us
 from soar.overflow import OverflowSink
 from soar.records import AircraftSeen, Envelope, Fix, FlightRow, Protocol
 from soar.supervisor import ChildSpec, RestartPolicy, Supervisor
@@ -233,15 +233,11 @@ class Pipeline:
         )
         from soar.tracking.metrics import FIXES_REJECTED, FLIGHTS_OPENED
 
+        # Counters are process-wide: a summary reports what changed since this pipeline began.
         self.committed: CounterDict[str] = CounterDict()
         self.commit_hooks: list[Callable[[CommitReport], None]] = []
-        self._flights_at_start = _counter_total(FLIGHTS_OPENED)
-        self._rejects_at_start = {
-            sample.labels["reason"]: sample.value
-            for metric in FIXES_REJECTED.collect() for sample in metric.samples
-            if sample.name.endswith("_total")
-        }
-        self._sources_done = trio.Event()
+        self._flights_at_start = counter_total(FLIGHTS_OPENED)
+        self._rejects_at_start = _counts_by_label(FIXES_REJECTED, "reason")
         self._drain_requested = trio.Event()
         self._database_answers = True
         self._core_done = trio.Event()
@@ -362,7 +358,6 @@ class Pipeline:
             await send.aclose()
         if self.archive_channel is not None:
             await self.archive_channel[0].aclose()
-        self._sources_done.set()
 
     async def drain(self) -> None:
         """Stop the sources and wait until everything they produced is committed."""
@@ -507,9 +502,8 @@ class Pipeline:
         from soar.tracking.metrics import FIXES_REJECTED, FLIGHTS_OPENED
 
         shard_rejects = {
-            sample.labels["reason"]: sample.value - self._rejects_at_start.get(sample.labels["reason"], 0)
-            for metric in FIXES_REJECTED.collect() for sample in metric.samples
-            if sample.name.endswith("_total")
+            reason: value - self._rejects_at_start.get(reason, 0)
+            for reason, value in _counts_by_label(FIXES_REJECTED, "reason").items()
         }
         reasons: CounterDict[str] = CounterDict()
         for decoder in self.decoders.values():
@@ -520,7 +514,7 @@ class Pipeline:
         return {
             "messages": sum(d.messages for d in self.decoders.values()),
             "fixes": self.committed["fixes"],
-            "flights": int(_counter_total(FLIGHTS_OPENED) - self._flights_at_start),
+            "flights": int(counter_total(FLIGHTS_OPENED) - self._flights_at_start),
             "rejects": sum(reasons.values()),
             "reject_reasons": dict(reasons),
             "committed": dict(self.committed),
@@ -557,9 +551,13 @@ class Pipeline:
                 and all(w.healthy for w in self.writers.values()))
 
 
-def _counter_total(counter: Any) -> float:
+def counter_total(counter: Any) -> float:
+    """The sum over all label sets of a prometheus Counter."""
     return float(sum(s.value for m in counter.collect() for s in m.samples if s.name.endswith("_total")))
 
 
-def wall_clock_us() -> int:
-    return time.time_ns() // 1000
+def _counts_by_label(counter: Any, label: str) -> dict[str, float]:
+    return {
+        s.labels[label]: s.value
+        for m in counter.collect() for s in m.samples if s.name.endswith("_total")
+    }

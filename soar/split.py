@@ -88,11 +88,13 @@ async def run_ingest(settings: Settings, replay: list[Path], speed: float | None
                  for c in captures]
     else:
         specs = live_sources(settings)
-    sources = Supervisor("sources", [
-        ChildSpec(f"source.{s.name}", functools.partial(s.run, sinks[s.protocol]) if s.protocol
-                  else functools.partial(s.run, _NoDispatch()), s.policy)
-        for s in specs
-    ])
+    def child(spec: SourceSpec) -> ChildSpec:
+        # every ingest source (live feed or capture) carries one protocol
+        assert spec.protocol is not None, spec.name
+        return ChildSpec(f"source.{spec.name}", functools.partial(spec.run, sinks[spec.protocol]),
+                         spec.policy)
+
+    sources = Supervisor("sources", [child(s) for s in specs])
     links_sup = Supervisor("links", [ChildSpec(f"link.{link.address}", link.run) for link in links])
 
     async def route(protocol: Protocol) -> None:
@@ -135,11 +137,6 @@ async def run_ingest(settings: Settings, replay: list[Path], speed: float | None
         nursery.cancel_scope.cancel()
     log.info("ingest.stopped")
     return 0
-
-
-class _NoDispatch:
-    async def send(self, env: Envelope, /) -> None:  # pragma: no cover - live sources have one
-        raise RuntimeError("ingest sources must name their protocol")
 
 
 # -- soar track ----------------------------------------------------------------------------

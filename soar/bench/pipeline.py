@@ -376,7 +376,7 @@ async def _soar_main(job: _Job, events: Any, clients_ready: Any, devnull: Any) -
     from soar.ingest.tcp import EnvelopeSink
     from soar.log import configure_logging
     from soar.overflow import SPOOLED, OverflowSink
-    from soar.pipeline import Pipeline, SourceSpec
+    from soar.pipeline import Pipeline, SourceSpec, counter_total
     from soar.records import Protocol
     from soar.store.writer import CommitReport
     from soar.supervisor import RestartPolicy
@@ -423,7 +423,7 @@ async def _soar_main(job: _Job, events: Any, clients_ready: Any, devnull: Any) -
         ctx = WebContext(tree=pipeline.tree, pool=pipeline.pool, live=hub,
                          ready_checks={"database": pipeline.database_ready})
         web_stop = trio.Event()
-        spooled_before = _counter_value(SPOOLED)
+        spooled_before = counter_total(SPOOLED)
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(hub.run)
@@ -455,16 +455,12 @@ async def _soar_main(job: _Job, events: Any, clients_ready: Any, devnull: Any) -
         "cpu": cpu,
         "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         "tracked": tracked,
-        "spooled": _counter_value(SPOOLED) - spooled_before,
+        "spooled": counter_total(SPOOLED) - spooled_before,
         "commit_hist": commit.state(),
     }
 
 
 WARMUP_US = 5_000_000
-
-
-def _counter_value(counter: Any) -> float:
-    return float(sum(s.value for m in counter.collect() for s in m.samples if s.name.endswith("_total")))
 
 
 # ---------------------------------------------------------------------------------------------
