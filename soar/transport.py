@@ -3,7 +3,9 @@
 Wire format (big-endian):
 
     batch  b"B" session:u64 seq:u64 count:u32 (length:u32 record)*count
-    ack    b"A" session:u64 seq:u64          cumulative: every batch <= seq is safe
+    ack    b"A" session:u64 seq:u64          that one batch is safe (not cumulative: a batch
+                                             lost in a track that died may be older than one
+                                             the restarted track has already acknowledged)
 
 `record` is `soar.overflow.encode_envelope`. The ingest side (`TrackLink`, one per track) keeps
 every batch until the track acknowledges it, and sends all unacknowledged batches again, in
@@ -33,6 +35,7 @@ log = structlog.get_logger(__name__)
 _BATCH = struct.Struct(">cQQI")
 _ACK = struct.Struct(">cQQ")
 _LEN = struct.Struct(">I")
+SEEN_BATCHES = 100_000
 
 SENT = Counter("soar_link_envelopes_sent_total", "Envelopes sent to track processes", ["track"])
 RESENT = Counter("soar_link_batches_resent_total", "Batches sent again for want of an ack", ["track"])
@@ -105,10 +108,10 @@ class TrackLink:
         self.max_unacked = max_unacked
         self.session = random.getrandbits(63)
         self._pending: list[Envelope] = []
-        self._unacked: OrderedDict[int, tuple[bytes, int]] = OrderedDict()
+        #: seq -> (batch, envelopes in it, when last sent on trio's clock), oldest send first
+        self._unacked: OrderedDict[int, tuple[bytes, int, float]] = OrderedDict()
         self._unacked_envelopes = 0
         self._seq = 0
-        self._last_progress = 0.0
         self._progress = trio.Event()
         self._labels = {"track": address}
 
@@ -120,7 +123,7 @@ class TrackLink:
         """Never blocks; past `max_unacked` the oldest batch is dropped, counted and logged."""
         self._pending.append(env)
         while self.unacked > self.max_unacked and self._unacked:
-            _seq, (_data, count) = self._unacked.popitem(last=False)
+            _seq, (_data, count, _sent) = self._unacked.popitem(last=False)
             self._unacked_envelopes -= count
             LINK_DROPPED.labels(**self._labels).inc(count)
             log.error("link.buffer_full_dropped", track=self.address, envelopes=count)
@@ -131,7 +134,6 @@ class TrackLink:
         with pynng.Pair1(recv_timeout=None) as sock:
             sock.dial(self.address, block=False)  # nng redials by itself while the track is down
             log.info("link.dialled", track=self.address)
-            self._last_progress = trio.current_time()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._receive_acks, sock)
                 await self._send_loop(sock)
@@ -143,18 +145,26 @@ class TrackLink:
                 batch, self._pending = self._pending[: self.batch_size], self._pending[self.batch_size :]
                 self._seq += 1
                 data = encode_batch(self.session, self._seq, batch)
-                self._unacked[self._seq] = (data, len(batch))
+                self._unacked[self._seq] = (data, len(batch), trio.current_time())
                 self._unacked_envelopes += len(batch)
                 await sock.asend(data)  # type: ignore[attr-defined]
                 SENT.labels(**self._labels).inc(len(batch))
             UNACKED.labels(**self._labels).set(self.unacked)
-            if self._unacked and trio.current_time() - self._last_progress > self.resend_after:
-                await self._resend(sock)
+            await self._resend_overdue(sock)
 
-    async def _resend(self, sock: object) -> None:
-        log.warning("link.resending", track=self.address, batches=len(self._unacked))
-        self._last_progress = trio.current_time()
-        for data, _count in list(self._unacked.values()):
+    async def _resend_overdue(self, sock: object) -> None:
+        """Each batch on its own clock: acks for newer batches must not hide a lost older one."""
+        now = trio.current_time()
+        overdue = [seq for seq, (_d, _c, sent) in self._unacked.items() if now - sent > self.resend_after]
+        if not overdue:
+            return
+        log.warning("link.resending", track=self.address, batches=len(overdue))
+        for seq in overdue:
+            item = self._unacked.pop(seq, None)
+            if item is None:  # acknowledged while an earlier resend was being sent
+                continue
+            data, count, _sent = item
+            self._unacked[seq] = (data, count, now)  # to the back: the order stays by send time
             await sock.asend(data)  # type: ignore[attr-defined]
             RESENT.labels(**self._labels).inc()
 
@@ -168,10 +178,9 @@ class TrackLink:
                 continue
             if session != self.session:
                 continue
-            self._last_progress = trio.current_time()
-            while self._unacked and next(iter(self._unacked)) <= seq:
-                _seq, (_data, count) = self._unacked.popitem(last=False)
-                self._unacked_envelopes -= count
+            acked = self._unacked.pop(seq, None)
+            if acked is not None:
+                self._unacked_envelopes -= acked[1]
             self._progress.set()
 
     async def wait_acknowledged(self) -> None:
@@ -188,7 +197,9 @@ class EnvelopeReceiver:
         self.address = address
         self.wal = wal
         self.on_batch = on_batch
-        self._last_seq: dict[int, int] = {}
+        # (session, seq) of batches already in the spool, to skip exact resends; bounded, and
+        # empty after a restart, when a resend is harmless anyway
+        self._seen: OrderedDict[tuple[int, int], None] = OrderedDict()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         import pynng
@@ -203,13 +214,15 @@ class EnvelopeReceiver:
                 except ValueError as exc:
                     log.warning("track.bad_batch", error=str(exc))
                     continue
-                if seq <= self._last_seq.get(session, 0):
+                if (session, seq) in self._seen:
                     DUPLICATE_BATCHES.inc()
                 else:
                     for record in records:
                         decode_envelope(record)  # refuse garbage before it is acknowledged
                     await trio.to_thread.run_sync(self._append, records)
-                    self._last_seq[session] = seq
+                    self._seen[(session, seq)] = None
+                    if len(self._seen) > SEEN_BATCHES:
+                        self._seen.popitem(last=False)
                     RECEIVED.inc(len(records))
                     self.on_batch()
                 await msg.pipe.asend(encode_ack(session, seq))

@@ -169,7 +169,14 @@ async def test_killed_track_loses_no_fix(
         time.sleep(2.0)
         cluster.start_track(1)
         cluster.wait_ingest(120)
-        wait_for(lambda: len(fix_keys(second_db)) >= len(expected), 60, "every fix")
+        try:
+            wait_for(lambda: len(fix_keys(second_db)) >= len(expected), 60, "every fix")
+        except AssertionError:
+            got = fix_keys(second_db)
+            missing = sorted(expected - got)
+            raise AssertionError(f"{len(missing)} of {len(expected)} fixes missing, "
+                                 f"{len(got - expected)} extra; first missing {missing[:5]}; "
+                                 f"track1 log: {cluster.logs('track1')[-1500:]}") from None
     finally:
         cluster.stop()
     assert fix_keys(second_db) == expected
