@@ -47,7 +47,6 @@ Rules (DESIGN "Flight state machine"):
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import enum
 import uuid
 from collections import deque
@@ -455,7 +454,7 @@ class FlightStateMachine:
             row.landing_runway = runway or row.landing_runway
         if row is not self.flight:
             self._closed.pop(flight_id, None)
-        return [FlightUpdated(dataclasses.replace(row))]
+        return [FlightUpdated(row.snapshot())]
 
     def apply_tow(
         self,
@@ -474,7 +473,7 @@ class FlightStateMachine:
         row.release_us = release_us
         row.release_altitude_ft = altitude_ft
         row.release_height_ft = height_ft
-        return [FlightUpdated(dataclasses.replace(row))]
+        return [FlightUpdated(row.snapshot())]
 
     @classmethod
     def restore(
@@ -486,7 +485,7 @@ class FlightStateMachine:
     ) -> FlightStateMachine:
         """A machine resuming an open flight after a restart, from its row and last fixes."""
         machine = cls(row.aircraft_id, new_id, airports=airports)
-        machine.flight = dataclasses.replace(row)
+        machine.flight = row.snapshot()
         ordered = sorted(fixes, key=lambda f: f.received_us)
         for fix in ordered:
             if fix.on_ground is not None and fix.protocol in ADSB_PROTOCOLS:
@@ -549,7 +548,7 @@ class FlightStateMachine:
                 timed_out.spurious_reason = None
                 self._closed.pop(timed_out.id, None)
                 self.state = FlightState.FLYING
-                events.append(FlightOpened(dataclasses.replace(timed_out), "resumed"))
+                events.append(FlightOpened(timed_out.snapshot(), "resumed"))
             else:
                 self.flight = None
                 self._reset_history()
@@ -615,7 +614,7 @@ class FlightStateMachine:
         self.state = FlightState.FLYING
         self._add_to_flight(row, fix)
         self._last_update_us = fix.received_us
-        events.append(FlightOpened(dataclasses.replace(row), how if takeoff_us else "first_seen"))
+        events.append(FlightOpened(row.snapshot(), how if takeoff_us else "first_seen"))
         if takeoff_us is not None and how == "takeoff":
             self._pending.append(_Pending("takeoff", takeoff_us, fix.lat, fix.lon, row.id))
 
@@ -642,7 +641,7 @@ class FlightStateMachine:
                 return
         if fix.received_us - self._last_update_us >= self._update_every_us:
             self._last_update_us = fix.received_us
-            events.append(FlightUpdated(dataclasses.replace(row)))
+            events.append(FlightUpdated(row.snapshot()))
 
     def _add_to_flight(self, row: FlightRow, fix: Fix) -> None:
         fix.flight_id = row.id
@@ -716,7 +715,7 @@ class FlightStateMachine:
         self._closed[row.id] = row
         while len(self._closed) > 4:
             del self._closed[next(iter(self._closed))]
-        events.append(FlightClosed(dataclasses.replace(row), reason))
+        events.append(FlightClosed(row.snapshot(), reason))
         if reason != "timed_out":
             self.flight = None
 

@@ -28,7 +28,6 @@ An input whose processing raises is quarantined: logged with its raw content, co
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -417,7 +416,7 @@ class Shard:
         for state in self.aircraft.values():
             row = state.machine.open_flight
             if row is not None:
-                await _store(sinks.flights, dataclasses.replace(row), "flights")
+                await _store(sinks.flights, row.snapshot(), "flights")
             if state.unsent is not None:
                 await _store(sinks.aircraft, _seen(state.unsent), "aircraft")
                 state.unsent = None

@@ -442,3 +442,31 @@ def test_docs_diagram_is_current() -> None:
     if not doc.exists():
         pytest.skip("docs/flight-states.md not in this checkout")
     assert mermaid_diagram() in doc.read_text()
+
+
+def test_flight_row_snapshot_copies_every_field_into_a_separate_row() -> None:
+    import dataclasses
+    import uuid as _uuid
+
+    from soar.records import FlightPhase, FlightRow, Protocol
+
+    values: dict[str, object] = {}
+    for n, f in enumerate(dataclasses.fields(FlightRow)):
+        if f.name == "id":
+            values[f.name] = _uuid.uuid4()
+        elif f.name == "protocol":
+            values[f.name] = Protocol.OGN
+        elif f.name == "timeout_phase":
+            values[f.name] = FlightPhase.CLIMBING
+        elif "reason" in f.name or "airport" in f.name or "runway" in f.name or f.name == "callsign":
+            values[f.name] = f"{f.name}-{n}"
+        elif f.name.endswith("_ft") or f.name.endswith("_m") or "lat" in f.name or "lon" in f.name:
+            values[f.name] = float(n) + 0.5
+        else:
+            values[f.name] = n + 1_000
+    row = FlightRow(**values)  # type: ignore[arg-type]
+    copy = row.snapshot()
+    assert copy == row and copy is not row
+    assert {f.name: getattr(copy, f.name) for f in dataclasses.fields(FlightRow)} == values
+    copy.fix_count += 1  # the machine's own row stays as it was
+    assert row.fix_count == values["fix_count"]
