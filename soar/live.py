@@ -13,12 +13,12 @@ to ``aircraft.area.4.1`` would also match ``aircraft.area.4.12``.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
+import orjson
 import prometheus_client
 import structlog
 import trio
@@ -87,7 +87,7 @@ def encode_batches(fixes: Iterable[Fix]) -> list[bytes]:
     """Group fixes by topic (area and aircraft) into one PUB message per topic, in order."""
     grouped: dict[str, list[bytes]] = {}
     for fix in fixes:
-        body = json.dumps(fix_to_wire(fix), separators=(",", ":")).encode()
+        body = orjson.dumps(fix_to_wire(fix))
         grouped.setdefault(area_topic(fix.lat, fix.lon), []).append(body)
         grouped.setdefault(fix_topic(fix.aircraft_id), []).append(body)
     return [
@@ -100,7 +100,7 @@ def decode_message(message: bytes) -> tuple[str, list[dict[str, Any]]]:
     topic, sep, payload = message.partition(TOPIC_END)
     if not sep:
         raise ValueError("no topic terminator")
-    fixes = json.loads(payload)
+    fixes = orjson.loads(payload)
     if not isinstance(fixes, list):
         raise ValueError("payload is not a list")
     return topic.decode(), fixes

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import prometheus_client
 import structlog
 import trio
@@ -379,7 +380,7 @@ class LiveHub:
         else:
             message["registration"] = message["competition_number"] = message["model"] = None
         message.setdefault("category", raw.get("aircraft_type"))
-        return json.dumps(message, separators=(",", ":"))
+        return orjson.dumps(message).decode()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         import pynng
