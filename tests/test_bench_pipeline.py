@@ -77,5 +77,8 @@ def test_short_sbs_run_commits_and_reaches_websocket(db_url: str, testdata: Path
     assert row.ws_fixes > 0 and row.ws_p50_ms is not None
     assert row.peak_rss_mib > 10
     assert row.cpu_us_per_message > 0
+    # where a p99 comes from: the worst second and the collector's pauses in the paced run
+    assert any(note.startswith("worst recv→WebSocket") for note in row.notes), row.notes
+    assert any(note.startswith("GC pauses (paced run) gen0: ") for note in row.notes), row.notes
     table = bench.format_table(rows)
     assert "| sbs |" in table and "recv→commit" in table

@@ -31,6 +31,8 @@ split, and a raw binary COPY of exactly the rows the pipeline committed.
 from __future__ import annotations
 
 import contextlib
+import functools
+import gc
 import gzip
 import itertools
 import json
@@ -39,6 +41,7 @@ import multiprocessing as mp
 import os
 import queue
 import socket
+import sys
 import tempfile
 import time
 import traceback
@@ -296,6 +299,8 @@ async def _ws_main(http_port: int, squares: list[tuple[int, int]], ready: Any) -
     groups = [squares[i : i + SQUARES_PER_CLIENT] for i in range(0, len(squares), SQUARES_PER_CLIENT)]
     subscribed = 0
     messages = 0
+    #: second of the run (by receive time) -> [fixes, worst latency µs]: where the p99 comes from
+    seconds: dict[int, list[int]] = {}
 
     async def client(group: list[tuple[int, int]]) -> None:
         nonlocal subscribed, messages
@@ -332,12 +337,15 @@ async def _ws_main(http_port: int, squares: list[tuple[int, int]], ready: Any) -
                             first_us.append(fix["time_us"])
                         if fix["time_us"] - first_us[0] >= WARMUP_US:
                             steady.add(arrived_us - fix["time_us"])
+                        second = seconds.setdefault((fix["time_us"] - first_us[0]) // 1_000_000, [0, 0])
+                        second[0] += 1
+                        second[1] = max(second[1], arrived_us - fix["time_us"])
 
     async with trio.open_nursery() as nursery:
         for group in groups:
             nursery.start_soon(client, group)
     return {"clients": len(groups), "squares": len(squares), "fixes": messages, "hist": hist.state(),
-            "steady_hist": steady.state()}
+            "steady_hist": steady.state(), "seconds": sorted(seconds.items())}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -378,6 +386,7 @@ async def _soar_main(job: _Job, events: Any, clients_ready: Any, devnull: Any) -
     from soar.overflow import SPOOLED, OverflowSink
     from soar.pipeline import Pipeline, SourceSpec, counter_total
     from soar.records import Protocol
+    from soar.runtime import settle_gc
     from soar.store.writer import CommitReport
     from soar.supervisor import RestartPolicy
     from soar.web.app import WebContext
@@ -409,6 +418,8 @@ async def _soar_main(job: _Job, events: Any, clients_ready: Any, devnull: Any) -
             for stamp in report.stamps_us:
                 commit.add(now - stamp)
 
+    depths: list[str] = []  # SOAR_BENCH_TIMELINE=1: queue depths and GC pauses as they happen
+    gc_pauses: dict[int, list[float]] = {0: [0, 0.0], 1: [0, 0.0], 2: [0, 0.0]}  # count, longest
     with tempfile.TemporaryDirectory(prefix="soar-bench-run-") as data_dir:
         settings = Settings(
             database_url=job.url, data_dir=Path(data_dir), http_addr="127.0.0.1:0",
@@ -428,16 +439,22 @@ async def _soar_main(job: _Job, events: Any, clients_ready: Any, devnull: Any) -
             async with trio.open_nursery() as nursery:
                 await nursery.start(hub.run)
                 bound = await nursery.start(serve_web, settings, ctx, web_stop)
+                settle_gc()  # as `soar run` does once it is up
+                gc.callbacks.append(functools.partial(_note_gc_pause, gc_pauses, depths))
                 events.put(("http", int(str(bound[0]).rsplit(":", 1)[1])))
                 if not await trio.to_thread.run_sync(clients_ready.wait, 120.0):
                     raise RuntimeError("the WebSocket clients did not subscribe in 120 s")
                 cpu0, t0 = time.process_time(), time.perf_counter()
                 async with trio.open_nursery() as core:
                     await core.start(pipeline.run)
+                    sampler = trio.CancelScope()
+                    if os.environ.get("SOAR_BENCH_TIMELINE"):
+                        core.start_soon(_sample_depths, pipeline, depths, sampler)
                     await trio.sleep(job.seconds)
                     tracked = sum(len(shard.aircraft) for shard in pipeline.shards)
                     window_messages = sum(d.messages for d in pipeline.decoders.values())
                     await pipeline.drain()
+                    sampler.cancel()
                 elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
                 await trio.sleep(0.5)  # the last live flush reaches the clients
                 nursery.cancel_scope.cancel()
@@ -449,6 +466,7 @@ async def _soar_main(job: _Job, events: Any, clients_ready: Any, devnull: Any) -
         "window_messages": window_messages,
         "fixes": summary["fixes"],
         "rejects": summary["rejects"],
+        "reject_reasons": summary["reject_reasons"],
         "committed": summary["committed"],
         "elapsed": elapsed,
         "window": job.seconds,
@@ -457,7 +475,46 @@ async def _soar_main(job: _Job, events: Any, clients_ready: Any, devnull: Any) -
         "tracked": tracked,
         "spooled": counter_total(SPOOLED) - spooled_before,
         "commit_hist": commit.state(),
+        "depths": depths,
+        "gc_pauses": gc_pauses,
     }
+
+
+_gc_started: list[float] = [0.0]
+
+
+def _note_gc_pause(
+    pauses: dict[int, list[float]], timeline: list[str], phase: str, info: dict[str, Any]
+) -> None:
+    if phase == "start":
+        _gc_started[0] = time.perf_counter()
+        return
+    pause = time.perf_counter() - _gc_started[0]
+    seen = pauses[info["generation"]]
+    seen[0] += 1
+    seen[1] = max(seen[1], pause)
+    if pause > 0.005 and os.environ.get("SOAR_BENCH_TIMELINE"):
+        timeline.append(f"gc generation {info['generation']}: {pause * 1000:.0f} ms "
+                        f"at {time.perf_counter():.1f}")
+
+
+async def _sample_depths(pipeline: Any, out: list[str], scope: Any) -> None:
+    """Every 100 ms, the depth of each queue (SOAR_BENCH_TIMELINE=1): where a backlog builds."""
+    import trio
+
+    t0 = time.perf_counter()
+    with scope:
+        while True:
+            await trio.sleep(0.1)
+            env = sum(recv.statistics().current_buffer_used for _s, recv in pipeline.envelopes.values())
+            shards = sum(s.statistics().current_buffer_used for s, _r in pipeline.shard_channels)
+            now = time.perf_counter()
+            parts = [f"{now - t0:5.1f}s (at {now:.1f}) envelopes={env} shards={shards}"]
+            for name in ("fix", "flight", "aircraft"):
+                parts.append(f"{name}={getattr(pipeline, name + '_channel')[0].statistics().current_buffer_used}")
+            parts.append(f"live={pipeline.live.pending}")
+            parts.append("committed=" + ",".join(f"{k}:{v}" for k, v in sorted(pipeline.committed.items())))
+            out.append(" ".join(parts))
 
 
 WARMUP_US = 5_000_000
@@ -691,6 +748,17 @@ def run_feed(feed: str, url: str, testdata: Path, seconds: float) -> Row:
     row.ws_p50_ms, row.ws_p99_ms = live.quantile_ms(0.5), live.quantile_ms(0.99)
     row.ws_fixes = int(ws["fixes"])
     settled = LatencyHistogram.of(ws["steady_hist"])
+    if os.environ.get("SOAR_BENCH_TIMELINE"):
+        print(f"{feed} paced run, second: fixes to WebSocket/worst recv→WebSocket ms", file=sys.stderr)
+        print("  ".join(f"{s}:{n}/{worst // 1000}" for s, (n, worst) in ws["seconds"]), file=sys.stderr)
+        print(f"{feed} paced run, rejects: {paced['reject_reasons']}", file=sys.stderr)
+        print("\n".join(paced["depths"]), file=sys.stderr)
+    if ws["seconds"]:
+        second, (_n, worst) = max(ws["seconds"], key=lambda item: item[1][1])
+        row.notes.append(f"worst recv→WebSocket {worst / 1000:,.0f} ms in second {second} of the fixes")
+    pauses = paced["gc_pauses"]
+    row.notes.append("GC pauses (paced run) " + ", ".join(
+        f"gen{g}: {int(n)}, longest {longest * 1000:.0f} ms" for g, (n, longest) in sorted(pauses.items())))
     if settled.count:
         row.notes.append(
             f"recv→WebSocket after the first {WARMUP_US // 1_000_000} s (first sightings): "
