@@ -121,13 +121,15 @@ class Decoder:
         if frame.kind == beast.MODE_AC:
             self.reject("mode_ac", env.data)  # no address to track it by
             return
-        address = modes.icao_address(frame.payload)
+        payload = frame.payload
+        remainder = modes.crc_remainder(payload) if len(payload) in (7, 14) else None
+        address = modes.icao_address(payload, remainder)
         if address is None:
-            self.reject("modes_no_address", frame.payload.hex())
+            self.reject("modes_no_address", payload.hex())
             return
         # The signal byte is an amplitude: readsb/dump1090 report it as dBFS of its square.
         signal_db = 20 * math.log10(frame.signal / 255) if frame.signal else None
-        item = ModeSInput(frame.payload, env.received_us, env.source, signal_db)
+        item = ModeSInput(payload, env.received_us, env.source, signal_db, remainder)
         out.shard_items.append((aircraft_id(AddressType.ICAO, address), item))
 
     def _decode_sbs(self, env: Envelope, out: Decoded) -> None:

@@ -22,6 +22,7 @@ class ModeSInput:
     received_us: int
     source: str = ""
     signal_db: float | None = None
+    remainder: int | None = None  # its CRC remainder, computed once by the decoder
 
 
 @dataclass(slots=True, frozen=True)

@@ -220,7 +220,7 @@ class Shard:
             return self._fix(item)
         if isinstance(item, ModeSInput):
             decoded = self._modes_accumulator().feed(
-                item.message, item.received_us, item.source, item.signal_db
+                item.message, item.received_us, item.source, item.signal_db, item.remainder
             )
             return self._decoded(decoded, item.received_us)
         if isinstance(item, SbsInput):

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from soar.protocols.modes import (
     ModeSAccumulator,
     crc_remainder,
+    crc_remainder_bytewise,
     icao_address,
 )
 from soar.records import AddressType, Fix, Protocol, Rejected
@@ -414,3 +415,34 @@ def test_crc_valid_random_content_never_raises(bodies: list[tuple[int, bytes]]) 
             assert -180 <= result.lon <= 180
     assert acc.rejected["decode_error"] == 0
     assert acc.rejected["crc"] == 0
+
+
+def test_crc_of_every_real_message_matches_the_bytewise_crc_and_pymodes(testdata: Path) -> None:
+    from pyModeS._bits import crc_remainder as pymodes_crc
+
+    messages = [m for _t, m in _adsb_sample(testdata)]
+    for df in (20, 21):
+        messages += [m for _t, _a, m in _commb_sample(testdata, df)]
+    assert len(messages) > 2000
+    for message in messages:
+        expected = pymodes_crc(int.from_bytes(message, "big"), 8 * len(message))
+        assert crc_remainder(message) == crc_remainder_bytewise(message) == expected
+
+
+@given(st.one_of(st.binary(min_size=7, max_size=7), st.binary(min_size=14, max_size=14),
+                 st.binary(min_size=3, max_size=20)))
+def test_crc_position_tables_equal_the_bytewise_crc(message: bytes) -> None:
+    assert crc_remainder(message) == crc_remainder_bytewise(message)
+
+
+def test_a_remainder_given_by_the_caller_decodes_exactly_as_one_computed(testdata: Path) -> None:
+    given_acc, computed_acc = ModeSAccumulator(), ModeSAccumulator()
+    given_out, computed_out = [], []
+    for received_us, message in _adsb_sample(testdata):
+        given_out.append(given_acc.feed(message, received_us, remainder=crc_remainder(message)))
+        computed_out.append(computed_acc.feed(message, received_us))
+    assert given_out == computed_out
+    assert sum(isinstance(out, Fix) for out in given_out) > 100
+    # the remainder decides: a wrong one rejects a good message
+    rejected = ModeSAccumulator().feed(EVEN, 1, remainder=1)
+    assert isinstance(rejected, Rejected) and rejected.reason == "crc"
