@@ -27,7 +27,7 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from soar.config import Settings
 from soar.database import Database, open_database
-from soar.runtime import settle_gc
+from soar.runtime import settle_runtime
 from soar.web.app import WebContext, create_app
 
 log = structlog.get_logger(__name__)
@@ -104,7 +104,7 @@ async def _run(settings: Settings, db: Database, shutdown: trio.Event) -> int:
                 web_done.set()
 
         bound = await nursery.start(web)
-        settle_gc()
+        settle_runtime()
         log.info("soar.started", http=bound, database="embedded" if db.embedded else "external")
 
         async with trio.open_nursery() as core:

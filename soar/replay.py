@@ -26,7 +26,7 @@ from soar.database import open_database
 from soar.ingest.capture import CaptureStats, iter_capture
 from soar.pipeline import EnvelopeSink, Pipeline, SourceSpec
 from soar.records import Envelope, Protocol
-from soar.runtime import settle_gc
+from soar.runtime import settle_runtime
 from soar.supervisor import RestartPolicy
 
 log = structlog.get_logger(__name__)
@@ -144,7 +144,7 @@ async def replay_command(settings: Settings, args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UserError(str(exc)) from None
     db = await trio.to_thread.run_sync(open_database, settings)
-    settle_gc()
+    settle_runtime()
     bar: Any = None
     if sys.stderr.isatty() and not args.json:
         from tqdm import tqdm

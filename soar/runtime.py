@@ -1,4 +1,6 @@
-"""Process-wide runtime set-up: the cyclic garbage collector, tuned for a long-running tracker.
+"""Process-wide runtime set-up for a long-running tracker: the garbage collector and the GIL.
+
+**The cyclic garbage collector.**
 
 CPython's defaults (700, 10, 10) run a *full* collection whenever the heap has grown by a
 quarter since the last one. A tracker's heap grows in bursts — 10,000 aircraft seen for the
@@ -11,16 +13,25 @@ the young generations. So:
 
 - what start-up made (modules, the airport index, settings, the web app) is frozen out of
   every future collection (`gc.freeze()` after a `gc.collect()`);
-- young collections run every 10,000 net allocations instead of 700 (a few ms each);
-- a full collection is considered after 100 middle-generation ones instead of 10, i.e.
-  after ~10 million net allocations: minutes apart at full feed rates, not seconds.
+- young collections run every 5,000 net allocations instead of 700 (about a millisecond);
+- a full collection is considered after 200 middle-generation ones instead of 10, i.e.
+  after ~10 million net allocations: many minutes apart at full feed rates, not seconds.
+  (10,000 for the youngest made middle-generation pauses of up to 90 ms; 5,000 halves them.)
 
 `soar_gc_pause_seconds{generation}` shows what the collector still costs.
+
+**The GIL switch interval.** The store writers convert and COPY rows in worker threads while
+the trio thread runs the live path. Every time the trio thread comes back from a system call
+(a socket read, epoll) while a writer holds the GIL, it waits up to the switch interval for
+it: 5 ms by default, many times a second when thousands of aircraft are new at once. 1 ms
+keeps the live path responsive; throughput was unchanged in the benchmark
+(docs/performance.md).
 """
 
 from __future__ import annotations
 
 import gc
+import sys
 import time
 from typing import Any
 
@@ -29,7 +40,8 @@ import structlog
 
 log = structlog.get_logger(__name__)
 
-GC_THRESHOLDS = (10_000, 10, 100)
+GC_THRESHOLDS = (5_000, 10, 200)
+SWITCH_INTERVAL_S = 0.001
 #: a pause this long is worth a log line: it is a visible stall in the live view
 SLOW_PAUSE_S = 0.1
 
@@ -57,9 +69,10 @@ def _on_gc(phase: str, info: dict[str, Any]) -> None:
                     collected=info.get("collected"))
 
 
-def settle_gc() -> None:
-    """Freeze what start-up made and set the thresholds above; call once the process is set up.
+def settle_runtime() -> None:
+    """Freeze what start-up made, set the thresholds and the switch interval above.
 
+    Call once the process is set up (modules imported, database open, web app built).
     Idempotent in effect: a second call freezes what was made since, and installs no second
     callback. Not for test processes that build many pipelines: frozen objects are never
     collected, so their cycles would stay for the life of the process.
@@ -67,6 +80,8 @@ def settle_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     if _on_gc not in gc.callbacks:
         gc.callbacks.append(_on_gc)
-    log.info("gc.settled", frozen=gc.get_freeze_count(), thresholds=list(GC_THRESHOLDS))
+    log.info("runtime.settled", gc_frozen=gc.get_freeze_count(),
+             gc_thresholds=list(GC_THRESHOLDS), switch_interval_s=SWITCH_INTERVAL_S)

@@ -31,7 +31,7 @@ from soar.decode import Decoder
 from soar.overflow import OverflowSink, decode_envelope
 from soar.pipeline import EnvelopeSink, Pipeline, SourceSpec, live_sources
 from soar.records import Envelope, Protocol
-from soar.runtime import settle_gc
+from soar.runtime import settle_runtime
 from soar.spool import DiskSpool
 from soar.supervisor import ChildSpec, RestartPolicy, Supervisor
 from soar.tracking.router import shard_of
@@ -83,7 +83,7 @@ async def run_ingest(settings: Settings, replay: list[Path], speed: float | None
     }
     for sink in sinks.values():
         await trio.to_thread.run_sync(sink.open)
-    settle_gc()
+    settle_runtime()
     if replay:
         captures = [CaptureSource(f, speed=speed) for f in replay]
         specs = [SourceSpec(f"replay:{c.path.name}", c.protocol, c.run, RestartPolicy.TEMPORARY)
@@ -213,7 +213,7 @@ async def run_track(settings: Settings) -> int:
             async with trio.open_nursery() as core:
                 await core.start(pipeline.run)
                 await core.start(receiver.run)
-                settle_gc()
+                settle_runtime()
                 log.info("track.started", address=address, slice=settings.track_index,
                          slices=len(settings.track_endpoints))
                 await stop.wait()
@@ -254,7 +254,7 @@ async def run_web(settings: Settings) -> int:
             await nursery.start(hub.run)
             async with trio.open_nursery() as web:
                 await web.start(serve_web, settings, ctx, web_stop)
-                settle_gc()
+                settle_runtime()
                 log.info("web.started", http=settings.http_addr, live=hub.address)
                 await stop.wait()
                 web_stop.set()  # hypercorn finishes its requests and returns

@@ -1,6 +1,6 @@
-"""The process-wide runtime set-up: garbage collector thresholds, freeze and pause metric.
+"""The process-wide runtime set-up: GC thresholds, freeze, pause metric, GIL switch interval.
 
-`settle_gc()` changes the whole process (frozen objects are never collected again), so it
+`settle_runtime()` changes the whole process (frozen objects are never collected again), so it
 runs in a child interpreter, never in the test process.
 """
 
@@ -11,17 +11,17 @@ import subprocess
 import sys
 import textwrap
 
-from soar.runtime import GC_THRESHOLDS
+from soar.runtime import GC_THRESHOLDS, SWITCH_INTERVAL_S
 
 CHILD = textwrap.dedent(
     """
-    import gc, json
+    import gc, json, sys
     import prometheus_client
-    from soar.runtime import settle_gc
+    from soar.runtime import settle_runtime
 
     before = gc.get_threshold()
-    settle_gc()
-    settle_gc()  # a second call must not install a second callback
+    settle_runtime()
+    settle_runtime()  # a second call must not install a second callback
 
     def full_collections():
         return prometheus_client.REGISTRY.get_sample_value(
@@ -32,13 +32,13 @@ CHILD = textwrap.dedent(
     pauses = {"2": full_collections() - before_collect}
     print(json.dumps({
         "before": before, "after": gc.get_threshold(), "frozen": gc.get_freeze_count(),
-        "pauses": pauses, "callbacks": len(gc.callbacks),
+        "pauses": pauses, "callbacks": len(gc.callbacks), "switch": sys.getswitchinterval(),
     }))
     """
 )
 
 
-def test_settle_gc_sets_thresholds_freezes_start_up_and_times_every_collection() -> None:
+def test_settle_runtime_sets_thresholds_freezes_start_up_and_times_every_collection() -> None:
     out = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True,
                          check=True, timeout=60)
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -49,3 +49,4 @@ def test_settle_gc_sets_thresholds_freezes_start_up_and_times_every_collection()
     # a full collection after settling is timed, once (one callback, however often settled)
     assert result["pauses"]["2"] == 1
     assert result["callbacks"] == 1
+    assert result["switch"] == SWITCH_INTERVAL_S < 0.005  # CPython's default is 5 ms

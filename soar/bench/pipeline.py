@@ -386,7 +386,7 @@ async def _soar_main(job: _Job, events: Any, clients_ready: Any, devnull: Any) -
     from soar.overflow import SPOOLED, OverflowSink
     from soar.pipeline import Pipeline, SourceSpec, counter_total
     from soar.records import Protocol
-    from soar.runtime import settle_gc
+    from soar.runtime import settle_runtime
     from soar.store.writer import CommitReport
     from soar.supervisor import RestartPolicy
     from soar.web.app import WebContext
@@ -439,7 +439,7 @@ async def _soar_main(job: _Job, events: Any, clients_ready: Any, devnull: Any) -
             async with trio.open_nursery() as nursery:
                 await nursery.start(hub.run)
                 bound = await nursery.start(serve_web, settings, ctx, web_stop)
-                settle_gc()  # as `soar run` does once it is up
+                settle_runtime()  # as `soar run` does once it is up
                 gc.callbacks.append(functools.partial(_note_gc_pause, gc_pauses, depths))
                 events.put(("http", int(str(bound[0]).rsplit(":", 1)[1])))
                 if not await trio.to_thread.run_sync(clients_ready.wait, 120.0):
