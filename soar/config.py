@@ -73,6 +73,12 @@ class Settings:
     )
     batch_rows: int = _setting(5000, "Store writer: rows per COPY batch")
     batch_age: float = _setting(0.2, "Store writer: seconds before a partial batch is written")
+    state_batch_age: float = _setting(
+        1.0,
+        "Store writer: seconds before a partial batch of flight or aircraft rows is written."
+        " They are latest state (last write wins): fewer, larger upserts cost the database less"
+        " when thousands of aircraft appear at once",
+    )
     live_addr: str = _setting(
         "inproc://soar-live",
         "pynng address live fixes are published on (tcp://host:port in split mode)",
@@ -230,7 +236,7 @@ def _validate(s: Settings) -> None:
             raise ConfigError(
                 "database_url: expected a postgresql:// URL or libpq connection string"
             ) from None
-    for name in ("shutdown_deadline", "batch_age"):
+    for name in ("shutdown_deadline", "batch_age", "state_batch_age"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{name}: must be positive")
     for name in ("channel_size", "batch_rows", "spool_max_bytes"):

@@ -252,9 +252,14 @@ class Pipeline:
         data_dir = Path(self.settings.data_dir)
         self.pool = await trio.to_thread.run_sync(open_pool, self.database_url)
         for name, (family, _receive) in self._writer_inputs.items():
+            # Flights and aircraft are state, coalesced per id within a batch: waiting longer
+            # makes fewer, larger upserts (10,000 first sightings in a second made the
+            # database compete with the live path for the CPU; see docs/performance.md).
+            state = name in ("flights", "aircraft")
             self.writers[name] = StoreWriter(
                 self.pool, family, spool_dir=data_dir / "spool" / "store" / name,
-                max_rows=self.settings.batch_rows, max_age=self.settings.batch_age,
+                max_rows=self.settings.batch_rows,
+                max_age=self.settings.state_batch_age if state else self.settings.batch_age,
                 spool_max_bytes=self.settings.spool_max_bytes, on_commit=self._committed,
             )
         self.writers_sup = Supervisor(
