@@ -30,6 +30,7 @@ keeps the live path responsive; throughput was unchanged in the benchmark
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import sys
 import time
@@ -65,8 +66,10 @@ def _on_gc(phase: str, info: dict[str, Any]) -> None:
     generation = int(info.get("generation", 2))
     GC_PAUSE.labels(str(generation)).observe(pause)
     if pause >= SLOW_PAUSE_S:
-        log.warning("gc.slow_pause", generation=generation, pause_ms=round(pause * 1000, 1),
-                    collected=info.get("collected"))
+        # a collection during interpreter shutdown finds its log stream already closed
+        with contextlib.suppress(ValueError, OSError):
+            log.warning("gc.slow_pause", generation=generation, pause_ms=round(pause * 1000, 1),
+                        collected=info.get("collected"))
 
 
 def settle_runtime() -> None:

@@ -11,6 +11,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from soar.runtime import GC_THRESHOLDS, SWITCH_INTERVAL_S
 
 CHILD = textwrap.dedent(
@@ -50,3 +52,22 @@ def test_settle_runtime_sets_thresholds_freezes_start_up_and_times_every_collect
     assert result["pauses"]["2"] == 1
     assert result["callbacks"] == 1
     assert result["switch"] == SWITCH_INTERVAL_S < 0.005  # CPython's default is 5 ms
+
+
+def test_a_slow_pause_is_logged_and_a_closed_log_stream_never_raises_from_the_collector(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from soar import runtime
+
+    logged: list[dict[str, object]] = []
+
+    class ClosedStream:
+        def warning(self, event: str, **fields: object) -> None:
+            logged.append({"event": event, **fields})
+            raise ValueError("I/O operation on closed file.")
+
+    monkeypatch.setattr(runtime, "log", ClosedStream())
+    monkeypatch.setattr(runtime, "SLOW_PAUSE_S", 0.0)
+    runtime._on_gc("start", {"generation": 2})
+    runtime._on_gc("stop", {"generation": 2, "collected": 3})  # must not raise
+    assert logged and logged[0]["event"] == "gc.slow_pause" and logged[0]["generation"] == 2
