@@ -47,14 +47,18 @@ async def serve_web(
     ctx: WebContext,
     stop: trio.Event,
     *,
+    bind: str | None = None,
+    api: bool = True,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """hypercorn on `bind` (default `http_addr`) until `stop` is set; `api=False`: health and
+    metrics only (see `create_app`)."""
     config = HypercornConfig()
-    config.bind = [settings.http_addr]
+    config.bind = [bind or settings.http_addr]
     config.accesslog = None
     config.errorlog = None
     config.graceful_timeout = 5.0
-    app = create_app(ctx)
+    app = create_app(ctx, api=api)
     await hypercorn_serve(app, config, shutdown_trigger=stop.wait, task_status=task_status)
 
 

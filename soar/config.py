@@ -39,6 +39,11 @@ class Settings:
         Path("./var"), "Directory for the embedded database, spools and raw archives"
     )
     http_addr: str = _setting("127.0.0.1:8080", "host:port the HTTP API, map and /metrics listen on")
+    metrics_addr: str = _setting(
+        "",
+        "Split mode: host:port on which `soar ingest` and `soar track` serve /metrics, /healthz"
+        " and /readyz (empty: none; each process needs its own port)",
+    )
     log_format: str = _setting(
         "auto", "auto (JSON when stdout is not a terminal), json or console"
     )
@@ -217,6 +222,8 @@ _NOT_SETTINGS = frozenset({"SOAR_TESTDATA", "SOAR_CONFIG"})
 
 def _validate(s: Settings) -> None:
     split_host_port(s.http_addr, "http_addr")
+    if s.metrics_addr:
+        split_host_port(s.metrics_addr, "metrics_addr")
     if s.aprs_server:
         split_host_port(s.aprs_server, "aprs_server")
     for addr in s.beast_servers:

@@ -20,7 +20,9 @@ from __future__ import annotations
 import argparse
 import functools
 import signal
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import structlog
 import trio
@@ -112,6 +114,13 @@ async def run_ingest(settings: Settings, replay: list[Path], speed: float | None
         nursery.start_soon(_signalled, stop)
         nursery.start_soon(links_sup.run)
         nursery.start_soon(routers.run)
+        if settings.metrics_addr:
+            def tree() -> dict[str, Any]:
+                return {sup.name: sup.tree() for sup in (sources, links_sup, routers)}
+
+            # ready while every track keeps up (a stalled one fills its unacknowledged window)
+            ready = {f"track {link.address}": functools.partial(_keeping_up, link) for link in links}
+            await nursery.start(_serve_metrics, settings, tree, ready)
 
         async def sources_then_stop() -> None:
             await sources.run()
@@ -139,6 +148,29 @@ async def run_ingest(settings: Settings, replay: list[Path], speed: float | None
         nursery.cancel_scope.cancel()
     log.info("ingest.stopped")
     return 0
+
+
+def _keeping_up(link: TrackLink) -> bool:
+    return link.unacked < link.max_unacked
+
+
+async def _serve_metrics(
+    settings: Settings,
+    tree: Callable[[], dict[str, Any]],
+    ready_checks: dict[str, Callable[[], bool]],
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """/metrics, /healthz and /readyz on `metrics_addr` (no API) until the process stops.
+
+    Cancelled with the process's nursery: nothing long-lived (no WebSocket) is served here.
+    """
+    from soar.app import serve_web
+    from soar.web.app import WebContext
+
+    ctx = WebContext(tree=tree, ready_checks=ready_checks)
+    await serve_web(settings, ctx, trio.Event(), bind=settings.metrics_addr, api=False,
+                    task_status=task_status)
 
 
 # -- soar track ----------------------------------------------------------------------------
@@ -210,6 +242,9 @@ async def run_track(settings: Settings) -> int:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_signalled, stop)
             await pipeline.open()
+            if settings.metrics_addr:
+                await nursery.start(_serve_metrics, settings, pipeline.tree,
+                                    {"database": pipeline.database_ready})
             async with trio.open_nursery() as core:
                 await core.start(pipeline.run)
                 await core.start(receiver.run)

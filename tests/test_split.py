@@ -7,12 +7,14 @@ the same rows (aircraft, receive time) and the flights the same in number per ai
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +22,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 from psycopg import sql
 
 from soar.config import load_settings
@@ -66,6 +70,7 @@ class Cluster:
         self.tracks = [f"tcp://127.0.0.1:{free_port()}" for _ in range(2)]
         self.lives = [f"tcp://127.0.0.1:{free_port()}" for _ in range(2)]
         self.http = f"127.0.0.1:{free_port()}"
+        self.metrics = {name: f"127.0.0.1:{free_port()}" for name in ("track0", "track1", "ingest")}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def env(self, **extra: str) -> dict[str, str]:
@@ -81,7 +86,8 @@ class Cluster:
 
     def start_track(self, k: int) -> None:
         self.start(f"track{k}", ["track"], SOAR_TRACK_INDEX=str(k), SOAR_LIVE_ADDR=self.lives[k],
-                   SOAR_DATA_DIR=str(self.tmp / f"track{k}"))
+                   SOAR_DATA_DIR=str(self.tmp / f"track{k}"),
+                   SOAR_METRICS_ADDR=self.metrics[f"track{k}"])
 
     def start_all(self, replay: list[Path], speed: float | None = None) -> None:
         for k in range(2):
@@ -110,12 +116,29 @@ class Cluster:
     def logs(self, name: str) -> str:
         return (self.tmp / f"{name}.log").read_text()[-4000:]
 
-    def get(self, path: str) -> int:
-        try:
-            with urllib.request.urlopen(f"http://{self.http}{path}", timeout=5) as resp:
-                return int(resp.status)
-        except OSError:
-            return 0
+    def get(self, path: str, addr: str | None = None) -> int:
+        return fetch(addr or self.http, path)[0]
+
+
+def fetch(addr: str, path: str) -> tuple[int, str]:
+    """(status, body) of a GET; (0, "") while nothing answers."""
+    try:
+        with urllib.request.urlopen(f"http://{addr}{path}", timeout=5) as resp:
+            return int(resp.status), resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def samples(metrics_text: str, name: str) -> list[Sample]:
+    return [s for family in text_string_to_metric_families(metrics_text)
+            for s in family.samples if s.name == name]
+
+
+def sample(metrics_text: str, name: str) -> float:
+    """The sum of a metric's samples in a Prometheus text exposition."""
+    return sum(s.value for s in samples(metrics_text, name))
 
 
 def wait_for(predicate: Any, timeout: float, what: str) -> None:
@@ -135,7 +158,7 @@ async def test_split_mode_matches_all_in_one(
     # on scheduling in either mode. The SBS sample's ~6,800 aircraft spread over both tracks.
     files = [testdata / SBS_SAMPLE]
     settings = load_settings(environ={}, overrides={"data_dir": str(tmp_path / "ref"), "shards": 4})
-    await run_replay(settings, db_url, files)
+    reference = await run_replay(settings, db_url, files)
     expected = fix_keys(db_url)
     expected_flights = flights_per_aircraft(db_url)
     assert len(expected_flights) > 1000
@@ -146,10 +169,40 @@ async def test_split_mode_matches_all_in_one(
         cluster.wait_ingest(120)
         wait_for(lambda: len(fix_keys(second_db)) >= len(expected), 60, "the tracks to commit")
         wait_for(lambda: cluster.get("/healthz") == 200, 30, "soar web")
+        # each track process serves its own metrics on metrics_addr (no API there)
+        received = 0.0
+        for k in range(2):
+            addr = cluster.metrics[f"track{k}"]
+            status, text = fetch(addr, "/metrics")
+            assert status == 200, text
+            received += sample(text, "soar_track_envelopes_received_total")
+            assert sample(text, "soar_fixes_processed_total") > 0
+            assert fetch(addr, "/readyz")[0] == 200
+            assert fetch(addr, "/api/aircraft")[0] == 404
+        assert received == reference["messages"]  # every envelope reached one track
     finally:
         cluster.stop()
     assert fix_keys(second_db) == expected
     assert flights_per_aircraft(second_db) == expected_flights
+
+
+def test_ingest_serves_metrics_health_and_readiness(tmp_path: Path, second_db: str) -> None:
+    cluster = Cluster(tmp_path, second_db)
+    try:
+        # no feed configured and no capture: it waits for tracks and signals
+        cluster.start("ingest", ["ingest"], SOAR_DATA_DIR=str(tmp_path / "ingest"),
+                      SOAR_METRICS_ADDR=cluster.metrics["ingest"])
+        addr = cluster.metrics["ingest"]
+        wait_for(lambda: fetch(addr, "/healthz")[0] == 200, 30, "soar ingest's /healthz")
+        status, body = fetch(addr, "/healthz")
+        assert set(json.loads(body)["tree"]) == {"sources", "links", "routers"}
+        status, text = fetch(addr, "/metrics")
+        assert status == 200
+        running = {s.labels["task"] for s in samples(text, "soar_task_running") if s.value == 1}
+        assert {f"link.{track}" for track in cluster.tracks} <= running
+        assert fetch(addr, "/readyz")[0] == 200  # nothing unacknowledged yet
+    finally:
+        cluster.stop()
 
 
 async def test_killed_track_loses_no_fix(

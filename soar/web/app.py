@@ -27,7 +27,9 @@ class WebContext:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-def create_app(ctx: WebContext) -> QuartTrio:
+def create_app(ctx: WebContext, *, api: bool = True) -> QuartTrio:
+    """The web app; with `api=False` only /healthz, /readyz and /metrics (split-mode ingest and
+    track processes, which have no API to serve)."""
     app = QuartTrio("soar.web", static_folder=None)
     app.config["SOAR"] = ctx
 
@@ -47,10 +49,8 @@ def create_app(ctx: WebContext) -> QuartTrio:
         body = prometheus_client.generate_latest(prometheus_client.REGISTRY)
         return Response(body, content_type=prometheus_client.CONTENT_TYPE_LATEST)
 
-    try:  # the API and pages arrive as blueprints once written
+    if api:
         from soar.web.api import register as register_api
-    except ImportError:
-        pass
-    else:
+
         register_api(app, ctx)
     return app
