@@ -205,3 +205,38 @@ async def test_raw_archive_keeps_every_message_per_protocol_and_day(
     assert [env.data.decode() for env in archived] == original
     with gzip.open(archive / files[0], "rt") as day:
         assert day.readline().split("\t")[0].isdigit()  # receive time in µs, then the line
+
+
+async def test_a_stuck_shard_shows_its_backlog_in_the_queue_depth_gauge(
+    testdata: Path, tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The pipeline measures every stage's queue once a second from outside: a shard that
+    # stopped taking input cannot report its own backlog, so the watcher must.
+    from prometheus_client import REGISTRY
+
+    settings = settings_for(tmp_path, shards=1, channel_size=200)
+    ogn = _PacedSource(Protocol.OGN, _ogn_payloads(testdata, 1), 0, 1183)
+    original = Pipeline._run_shard
+
+    async def stuck(self: Pipeline, index: int) -> None:
+        await trio.sleep_forever()
+
+    monkeypatch.setattr(Pipeline, "_run_shard", stuck)
+    pipeline = Pipeline(settings, db_url,
+                        sources=[SourceSpec("ogn", Protocol.OGN, ogn.run, RestartPolicy.TEMPORARY)])
+    monkeypatch.setattr(Pipeline, "_run_shard", original)
+    await pipeline.open()
+
+    def gauge() -> float | None:
+        return REGISTRY.get_sample_value("soar_queue_depth", {"stage": "shard.0"})
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pipeline.run)
+            with trio.fail_after(10):
+                while (gauge() or 0) < 200:  # the whole channel, seen from outside
+                    await trio.sleep(0.1)
+            nursery.cancel_scope.cancel()
+    finally:
+        await pipeline.close()
+    assert pipeline.shard_channels[0][0].statistics().current_buffer_used == 200

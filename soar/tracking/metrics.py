@@ -19,7 +19,6 @@ FLIGHTS_RESUMED = Counter(
     "soar_flights_resumed_total", "Timed-out flights resumed when the aircraft came back in time"
 )
 FLIGHTS_CLOSED = Counter("soar_flights_closed_total", "Flights closed", ["reason"])
-SHARD_QUEUE_DEPTH = Gauge("soar_shard_queue_depth", "Inputs waiting for a shard", ["shard"])
 SHARD_AIRCRAFT = Gauge("soar_shard_aircraft", "Aircraft whose state a shard holds", ["shard"])
 SHARD_QUARANTINED = Counter(
     "soar_shard_quarantined_total", "Inputs whose processing raised, set aside", ["shard"]

@@ -64,7 +64,6 @@ from soar.tracking.metrics import (
     LATE_FIXES,
     SHARD_AIRCRAFT,
     SHARD_QUARANTINED,
-    SHARD_QUEUE_DEPTH,
     SINK_BACKPRESSURE,
     SINK_DROPPED,
 )
@@ -77,7 +76,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-_QUEUE_GAUGE_EVERY = 256
+_CHECKPOINT_EVERY = 256
 LANDED_MEMORY_US = 48 * HOUR
 
 
@@ -350,7 +349,7 @@ class Shard:
             await self._emit(backlog, sinks)  # rows of flights closed by `restore`
             while True:
                 # receive() is a checkpoint (~10 µs); what is already buffered is taken
-                # without one, with a checkpoint every _QUEUE_GAUGE_EVERY inputs instead.
+                # without one, with a checkpoint every _CHECKPOINT_EVERY inputs instead.
                 try:
                     item = receive.receive_nowait()
                 except trio.WouldBlock:
@@ -362,10 +361,7 @@ class Shard:
                     break
                 await self._one(item, sinks)
                 self._processed += 1
-                if self._processed % _QUEUE_GAUGE_EVERY == 0:
-                    SHARD_QUEUE_DEPTH.labels(self.label).set(
-                        receive.statistics().current_buffer_used
-                    )
+                if self._processed % _CHECKPOINT_EVERY == 0:
                     await self._apply_results(result_receive, sinks)
                     await trio.lowlevel.checkpoint()
                 elif result_receive.statistics().current_buffer_used:
