@@ -77,6 +77,11 @@ class Settings:
         1024**3, "Largest size of each on-disk overload spool before the oldest data is dropped"
     )
     batch_rows: int = _setting(5000, "Store writer: rows per COPY batch")
+    fixes_retention_days: int = _setting(
+        0,
+        "Days of fixes to keep (today included): the hourly maintenance drops older daily"
+        " partitions. 0 keeps everything. Flights and aircraft are kept either way",
+    )
     batch_age: float = _setting(0.2, "Store writer: seconds before a partial batch is written")
     state_batch_age: float = _setting(
         1.0,
@@ -251,6 +256,8 @@ def _validate(s: Settings) -> None:
             raise ConfigError(f"{name}: must be positive")
     if s.track_endpoints and not 0 <= s.track_index < len(s.track_endpoints):
         raise ConfigError("track_index: must name an entry of track_endpoints")
+    if s.fixes_retention_days < 0:
+        raise ConfigError("fixes_retention_days: must be 0 (keep everything) or positive")
     if s.shards < 0:
         raise ConfigError("shards: must be 0 (automatic) or positive")
 

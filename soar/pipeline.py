@@ -481,7 +481,7 @@ class Pipeline:
     async def _maintain_partitions(self) -> None:
         from soar.store.partitions import maintain_partitions
 
-        await maintain_partitions(self.pool)
+        await maintain_partitions(self.pool, retention_days=self.settings.fixes_retention_days)
 
     async def _watch_queues(self) -> None:
         while True:

@@ -240,3 +240,42 @@ async def test_a_stuck_shard_shows_its_backlog_in_the_queue_depth_gauge(
     finally:
         await pipeline.close()
     assert pipeline.shard_channels[0][0].statistics().current_buffer_used == 200
+
+
+async def test_fixes_retention_setting_drops_old_days_from_the_running_pipeline(
+    tmp_path: Path, db_url: str
+) -> None:
+    import datetime as dt
+
+    import psycopg
+
+    from soar.store.partitions import ensure_partitions, existing_partitions, partition_name
+
+    today = dt.datetime.now(dt.UTC).date()
+    old, recent = today - dt.timedelta(days=40), today - dt.timedelta(days=2)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        ensure_partitions(conn, old, 0)
+        ensure_partitions(conn, recent, 0)
+
+    async def idle(sink: OverflowSink) -> None:
+        await trio.sleep_forever()
+
+    settings = settings_for(tmp_path, fixes_retention_days=30)
+    pipeline = Pipeline(settings, db_url,
+                        sources=[SourceSpec("idle", Protocol.OGN, idle, RestartPolicy.TEMPORARY)])
+    await pipeline.open()
+
+    def partitions() -> set[str]:
+        with psycopg.connect(db_url) as conn:
+            return existing_partitions(conn)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pipeline.run)
+            with trio.fail_after(20):
+                while partition_name(old) in await trio.to_thread.run_sync(partitions):
+                    await trio.sleep(0.2)
+            nursery.cancel_scope.cancel()
+    finally:
+        await pipeline.close()
+    assert partition_name(recent) in partitions()

@@ -23,6 +23,9 @@ PARTITIONS_CREATED = Counter(
     "soar_store_partitions_created_total", "Daily fixes partitions created"
 )
 PARTITION_ERRORS = Counter("soar_store_partition_errors_total", "Failed partition maintenance runs")
+PARTITIONS_DROPPED = Counter(
+    "soar_store_partitions_dropped_total", "Daily fixes partitions dropped for retention"
+)
 
 
 def partition_name(day: dt.date) -> str:
@@ -103,23 +106,40 @@ def drop_partitions_before(conn: psycopg.Connection[Any], day: dt.date) -> list[
         if part_day < day:
             with conn.transaction():
                 conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
+            PARTITIONS_DROPPED.inc()
             log.info("partitions.dropped", partition=name)
             dropped.append(name)
     return dropped
 
 
+def maintain_once(
+    conn: psycopg.Connection[Any], today: dt.date, *, days_ahead: int = 7, retention_days: int = 0
+) -> tuple[list[str], list[str]]:
+    """Partitions from yesterday to `days_ahead` days ahead; with `retention_days`, drop the days
+    before the last `retention_days` (today included). Returns (created, dropped)."""
+    created = ensure_partitions(conn, today - dt.timedelta(days=1), days_ahead + 1)
+    dropped: list[str] = []
+    if retention_days > 0:
+        dropped = drop_partitions_before(conn, today - dt.timedelta(days=retention_days - 1))
+    return created, dropped
+
+
 async def maintain_partitions(
-    pool: ConnectionPool, *, days_ahead: int = 7, interval_s: float = 3600.0
+    pool: ConnectionPool,
+    *,
+    days_ahead: int = 7,
+    retention_days: int = 0,
+    interval_s: float = 3600.0,
 ) -> None:
-    """Trio task: keep `days_ahead` days of partitions ahead of today, checking every interval.
+    """Trio task: `maintain_once` now and every interval (UTC days).
 
     A failed run is logged and counted, and tried again at the next interval.
     """
 
-    def run_once() -> list[str]:
+    def run_once() -> tuple[list[str], list[str]]:
         today = dt.datetime.now(dt.UTC).date()
         with pool.connection() as conn:
-            return ensure_partitions(conn, today - dt.timedelta(days=1), days_ahead + 1)
+            return maintain_once(conn, today, days_ahead=days_ahead, retention_days=retention_days)
 
     while True:
         try:

@@ -8,7 +8,12 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from soar.store.migrate import migrate, migrations
-from soar.store.partitions import ensure_partitions, existing_partitions, partition_name
+from soar.store.partitions import (
+    ensure_partitions,
+    existing_partitions,
+    maintain_once,
+    partition_name,
+)
 
 
 def _fresh_database(admin_url: str, name: str) -> str:
@@ -82,3 +87,30 @@ def test_rows_in_default_partition_move_into_a_new_day(db_url: str) -> None:
         in_default = conn.execute("SELECT count(*) FROM fixes_default").fetchone()
         total = conn.execute("SELECT count(*) FROM fixes").fetchone()
     assert (in_day, in_default, total) == ((1,), (1,), (2,))
+
+
+def test_retention_drops_whole_days_before_the_kept_ones_and_nothing_else(db_url: str) -> None:
+    today = dt.date(2026, 3, 20)
+
+    def noon(days_ago: int) -> dt.datetime:
+        return dt.datetime.combine(today - dt.timedelta(days=days_ago), dt.time(12), dt.UTC)
+
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        ensure_partitions(conn, today - dt.timedelta(days=10), 10)
+        conn.execute(
+            "INSERT INTO fixes (received_at, aircraft_id, lat, lon, protocol)"
+            " VALUES (%s, 1, 50, 4, 'ogn'), (%s, 1, 50, 4, 'ogn'), (%s, 1, 50, 4, 'ogn')",
+            (noon(9), noon(2), noon(0)),
+        )
+        # keeping 3 days: today and the two before it
+        created, dropped = maintain_once(conn, today, days_ahead=1, retention_days=3)
+        assert created == [partition_name(today + dt.timedelta(days=1))]
+        assert dropped == [partition_name(today - dt.timedelta(days=d)) for d in range(10, 2, -1)]
+        kept = {partition_name(today - dt.timedelta(days=d)) for d in range(3)}
+        assert kept <= existing_partitions(conn)
+        rows = [r[0] for r in conn.execute("SELECT received_at FROM fixes ORDER BY 1")]
+        assert rows == [noon(2), noon(0)]
+        # idempotent; and 0 keeps everything
+        assert maintain_once(conn, today, days_ahead=1, retention_days=3) == ([], [])
+        assert maintain_once(conn, today + dt.timedelta(days=30), days_ahead=0,
+                             retention_days=0)[1] == []
