@@ -96,19 +96,41 @@ def ensure_partitions(
     return created
 
 
+#: How long a retention drop waits for its lock. DROP takes an ACCESS EXCLUSIVE lock on `fixes`;
+#: waiting behind a long reader (a pg_dump, a slow query) would queue every writer's COPY
+#: behind it. Give up instead and try again at the next maintenance run.
+DROP_LOCK_TIMEOUT = "1s"
+
+
 def drop_partitions_before(conn: psycopg.Connection[Any], day: dt.date) -> list[str]:
-    """Drop daily partitions wholly before `day` (retention). Returns the names dropped."""
+    """Drop daily partitions wholly before `day` (retention). Returns the names dropped.
+
+    A partition whose lock is not had within `DROP_LOCK_TIMEOUT` is left for the next run
+    (logged); one another process dropped first is skipped.
+    """
     dropped: list[str] = []
     for name in sorted(existing_partitions(conn)):
         if not name.startswith("fixes_p") or len(name) != len("fixes_p20250101"):
             continue
         part_day = dt.datetime.strptime(name[len("fixes_p") :], "%Y%m%d").date()
-        if part_day < day:
+        if part_day >= day:
+            continue
+        try:
             with conn.transaction():
-                conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
-            PARTITIONS_DROPPED.inc()
-            log.info("partitions.dropped", partition=name)
-            dropped.append(name)
+                conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(
+                    sql.Literal(DROP_LOCK_TIMEOUT)))
+                # every track runs retention: another one may have dropped it a moment ago
+                exists = conn.execute("SELECT to_regclass(%s)", (name,)).fetchone()
+                if exists is None or exists[0] is None:
+                    continue
+                conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
+        except psycopg.errors.LockNotAvailable:
+            log.warning("partitions.drop_postponed", partition=name, reason="lock_timeout",
+                        lock_timeout=DROP_LOCK_TIMEOUT)
+            continue
+        PARTITIONS_DROPPED.inc()
+        log.info("partitions.dropped", partition=name)
+        dropped.append(name)
     return dropped
 
 
@@ -117,10 +139,12 @@ def maintain_once(
 ) -> tuple[list[str], list[str]]:
     """Partitions from yesterday to `days_ahead` days ahead; with `retention_days`, drop the days
     before the last `retention_days` (today included). Returns (created, dropped)."""
-    created = ensure_partitions(conn, today - dt.timedelta(days=1), days_ahead + 1)
-    dropped: list[str] = []
-    if retention_days > 0:
-        dropped = drop_partitions_before(conn, today - dt.timedelta(days=retention_days - 1))
+    first = today - dt.timedelta(days=1)
+    keep_from = today - dt.timedelta(days=retention_days - 1) if retention_days > 0 else None
+    if keep_from is not None and keep_from > first:
+        first = keep_from  # never create a day only to drop it
+    created = ensure_partitions(conn, first, (today - first).days + days_ahead)
+    dropped = drop_partitions_before(conn, keep_from) if keep_from is not None else []
     return created, dropped
 
 

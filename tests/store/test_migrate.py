@@ -9,6 +9,7 @@ from psycopg.conninfo import make_conninfo
 
 from soar.store.migrate import migrate, migrations
 from soar.store.partitions import (
+    drop_partitions_before,
     ensure_partitions,
     existing_partitions,
     maintain_once,
@@ -114,3 +115,26 @@ def test_retention_drops_whole_days_before_the_kept_ones_and_nothing_else(db_url
         assert maintain_once(conn, today, days_ahead=1, retention_days=3) == ([], [])
         assert maintain_once(conn, today + dt.timedelta(days=30), days_ahead=0,
                              retention_days=0)[1] == []
+
+
+def test_retention_of_one_day_never_creates_a_day_only_to_drop_it(db_url: str) -> None:
+    today = dt.date(2026, 4, 2)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        created, dropped = maintain_once(conn, today, days_ahead=1, retention_days=1)
+        assert created == [partition_name(today), partition_name(today + dt.timedelta(days=1))]
+        assert dropped == []
+
+
+def test_a_retention_drop_behind_a_long_reader_is_postponed_not_queued(db_url: str) -> None:
+    # DROP needs an exclusive lock on `fixes`; waiting behind a pg_dump would queue every COPY
+    # behind it. It gives up after DROP_LOCK_TIMEOUT and the next hourly run tries again.
+    old = dt.date(2026, 1, 10)
+    with psycopg.connect(db_url, autocommit=True) as conn, psycopg.connect(db_url) as reader:
+        ensure_partitions(conn, old, 0)
+        reader.execute("SELECT count(*) FROM fixes")  # holds ACCESS SHARE until it commits
+        assert drop_partitions_before(conn, old + dt.timedelta(days=1)) == []
+        assert partition_name(old) in existing_partitions(conn)
+        reader.commit()
+        assert drop_partitions_before(conn, old + dt.timedelta(days=1)) == [partition_name(old)]
+        # a second process finding it gone skips it without an error
+        assert drop_partitions_before(conn, old + dt.timedelta(days=1)) == []
