@@ -27,7 +27,7 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from soar.config import Settings
 from soar.database import Database, open_database
-from soar.runtime import settle_runtime
+from soar.runtime import log_slow_gc_pauses, settle_runtime
 from soar.web.app import WebContext, create_app
 
 log = structlog.get_logger(__name__)
@@ -109,6 +109,7 @@ async def _run(settings: Settings, db: Database, shutdown: trio.Event) -> int:
 
         bound = await nursery.start(web)
         settle_runtime()
+        nursery.start_soon(log_slow_gc_pauses)
         log.info("soar.started", http=bound, database="embedded" if db.embedded else "external")
 
         async with trio.open_nursery() as core:
@@ -136,6 +137,6 @@ async def _run(settings: Settings, db: Database, shutdown: trio.Event) -> int:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(exit_code)
-        nursery.cancel_scope.cancel()  # the signal watcher, the live hub
+        nursery.cancel_scope.cancel()  # the signal watcher, the live hub, the GC pause log
     log.info("soar.stopped", exit_code=exit_code)
     return exit_code

@@ -18,7 +18,8 @@ the young generations. So:
   after ~10 million net allocations: many minutes apart at full feed rates, not seconds.
   (10,000 for the youngest made middle-generation pauses of up to 90 ms; 5,000 halves them.)
 
-`soar_gc_pause_seconds{generation}` shows what the collector still costs.
+`soar_gc_pause_seconds{generation}` shows what the collector still costs; pauses over 100 ms
+are logged as `gc.slow_pause` by `log_slow_gc_pauses`, a task of each process.
 
 **The GIL switch interval.** The store writers convert and COPY rows in worker threads while
 the trio thread runs the live path. Every time the trio thread comes back from a system call
@@ -30,14 +31,15 @@ keeps the live path responsive; throughput was unchanged in the benchmark
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import sys
 import time
+from collections import deque
 from typing import Any
 
 import prometheus_client
 import structlog
+import trio
 
 log = structlog.get_logger(__name__)
 
@@ -53,6 +55,12 @@ GC_PAUSE = prometheus_client.Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
 )
 
+# The callback runs wherever a collection starts, possibly inside code that holds a lock:
+# prometheus_client's label lock (held while /metrics copies a dict) or structlog's write
+# lock. Neither may be taken in it, so the children are bound here and slow pauses are only
+# queued (deque.append takes no lock) for `log_slow_gc_pauses` to write.
+_PAUSE_BY_GENERATION = {generation: GC_PAUSE.labels(str(generation)) for generation in range(3)}
+_slow_pauses: deque[tuple[int, float, int | None]] = deque(maxlen=100)
 _started: list[float] = []
 
 
@@ -63,13 +71,20 @@ def _on_gc(phase: str, info: dict[str, Any]) -> None:
     if not _started:
         return
     pause = time.perf_counter() - _started[0]
-    generation = int(info.get("generation", 2))
-    GC_PAUSE.labels(str(generation)).observe(pause)
+    generation = min(int(info.get("generation", 2)), 2)
+    _PAUSE_BY_GENERATION[generation].observe(pause)
     if pause >= SLOW_PAUSE_S:
-        # a collection during interpreter shutdown finds its log stream already closed
-        with contextlib.suppress(ValueError, OSError):
+        _slow_pauses.append((generation, pause, info.get("collected")))
+
+
+async def log_slow_gc_pauses(*, interval_s: float = 5.0) -> None:
+    """Trio task: log the collector's slow pauses (`gc.slow_pause`), from outside the callback."""
+    while True:
+        while _slow_pauses:
+            generation, pause, collected = _slow_pauses.popleft()
             log.warning("gc.slow_pause", generation=generation, pause_ms=round(pause * 1000, 1),
-                        collected=info.get("collected"))
+                        collected=collected)
+        await trio.sleep(interval_s)
 
 
 def settle_runtime() -> None:

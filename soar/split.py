@@ -33,7 +33,7 @@ from soar.decode import Decoder
 from soar.overflow import OverflowSink, decode_envelope
 from soar.pipeline import EnvelopeSink, Pipeline, SourceSpec, live_sources
 from soar.records import Envelope, Protocol
-from soar.runtime import settle_runtime
+from soar.runtime import log_slow_gc_pauses, settle_runtime
 from soar.spool import DiskSpool
 from soar.supervisor import ChildSpec, RestartPolicy, Supervisor
 from soar.tracking.router import shard_of
@@ -114,12 +114,14 @@ async def run_ingest(settings: Settings, replay: list[Path], speed: float | None
         nursery.start_soon(_signalled, stop)
         nursery.start_soon(links_sup.run)
         nursery.start_soon(routers.run)
+        nursery.start_soon(log_slow_gc_pauses)
         if settings.metrics_addr:
             def tree() -> dict[str, Any]:
                 return {sup.name: sup.tree() for sup in (sources, links_sup, routers)}
 
             # ready while every track keeps up (a stalled one fills its unacknowledged window)
-            ready = {f"track {link.address}": functools.partial(_keeping_up, link) for link in links}
+            ready = {f"track {link.address}": functools.partial(getattr, link, "keeping_up")
+                     for link in links}
             await nursery.start(_serve_metrics, settings, tree, ready)
 
         async def sources_then_stop() -> None:
@@ -148,10 +150,6 @@ async def run_ingest(settings: Settings, replay: list[Path], speed: float | None
         nursery.cancel_scope.cancel()
     log.info("ingest.stopped")
     return 0
-
-
-def _keeping_up(link: TrackLink) -> bool:
-    return link.unacked < link.max_unacked
 
 
 async def _serve_metrics(
@@ -249,6 +247,7 @@ async def run_track(settings: Settings) -> int:
                 await core.start(pipeline.run)
                 await core.start(receiver.run)
                 settle_runtime()
+                nursery.start_soon(log_slow_gc_pauses)
                 log.info("track.started", address=address, slice=settings.track_index,
                          slices=len(settings.track_endpoints))
                 await stop.wait()
@@ -290,6 +289,7 @@ async def run_web(settings: Settings) -> int:
             async with trio.open_nursery() as web:
                 await web.start(serve_web, settings, ctx, web_stop)
                 settle_runtime()
+                nursery.start_soon(log_slow_gc_pauses)
                 log.info("web.started", http=settings.http_addr, live=hub.address)
                 await stop.wait()
                 web_stop.set()  # hypercorn finishes its requests and returns

@@ -119,6 +119,15 @@ class TrackLink:
     def unacked(self) -> int:
         return self._unacked_envelopes + len(self._pending)
 
+    @property
+    def keeping_up(self) -> bool:
+        """The track acknowledges about as fast as it is sent to: under half the window.
+
+        Not `unacked < max_unacked`: once full, `offer` drops the oldest batch and the count
+        sits just under the limit while data is being lost.
+        """
+        return self.unacked < self.max_unacked // 2
+
     def offer(self, env: Envelope) -> None:
         """Never blocks; past `max_unacked` the oldest batch is dropped, counted and logged."""
         self._pending.append(env)

@@ -54,20 +54,32 @@ def test_settle_runtime_sets_thresholds_freezes_start_up_and_times_every_collect
     assert result["switch"] == SWITCH_INTERVAL_S < 0.005  # CPython's default is 5 ms
 
 
-def test_a_slow_pause_is_logged_and_a_closed_log_stream_never_raises_from_the_collector(
+async def test_a_slow_pause_is_queued_by_the_callback_and_logged_by_the_task(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    import trio
+
     from soar import runtime
 
     logged: list[dict[str, object]] = []
 
-    class ClosedStream:
+    class Recorder:
         def warning(self, event: str, **fields: object) -> None:
             logged.append({"event": event, **fields})
-            raise ValueError("I/O operation on closed file.")
 
-    monkeypatch.setattr(runtime, "log", ClosedStream())
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the collector's callback must not take the metric's label lock")
+
+    monkeypatch.setattr(runtime, "log", Recorder())
     monkeypatch.setattr(runtime, "SLOW_PAUSE_S", 0.0)
+    monkeypatch.setattr(runtime.GC_PAUSE, "labels", forbidden)
     runtime._on_gc("start", {"generation": 2})
-    runtime._on_gc("stop", {"generation": 2, "collected": 3})  # must not raise
-    assert logged and logged[0]["event"] == "gc.slow_pause" and logged[0]["generation"] == 2
+    runtime._on_gc("stop", {"generation": 2, "collected": 3})
+    assert logged == []  # nothing written from inside a collection
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runtime.log_slow_gc_pauses)
+        await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+    assert len(logged) == 1
+    assert logged[0]["event"] == "gc.slow_pause"
+    assert logged[0]["generation"] == 2 and logged[0]["collected"] == 3

@@ -64,3 +64,42 @@ async def test_lost_older_batch_is_resent_although_newer_ones_were_acked(
         nursery.cancel_scope.cancel()
     assert sock.received == [2, 1]
     assert link.unacked == 0
+
+
+class DeadTrack:
+    """Stands in for the socket of a track that takes batches and never acknowledges one."""
+
+    async def asend(self, data: bytes) -> None:
+        return None
+
+    async def arecv(self) -> bytes:
+        await trio.sleep_forever()
+        raise AssertionError
+
+
+async def test_a_track_that_never_acknowledges_is_not_keeping_up_while_batches_are_dropped(
+    testdata: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    from soar.transport import LINK_DROPPED
+
+    def dropped() -> float:
+        return LINK_DROPPED.labels(track="inproc://dead")._value.get()
+
+    link = TrackLink("inproc://dead", batch_size=10, max_unacked=100)
+    sock = DeadTrack()
+    before = dropped()
+    envelopes = ogn_envelopes(testdata, 50)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(link._receive_acks, sock)
+        nursery.start_soon(link._send_loop, sock)
+        assert link.keeping_up
+        for round_ in range(10):  # 500 envelopes offered against a window of 100
+            for env in envelopes:
+                link.offer(env)
+            await trio.sleep(1.0)
+            if round_ >= 2:
+                # full and dropping: the count sits just under the limit, never at it
+                assert dropped() > before
+                assert link.unacked <= link.max_unacked
+                assert not link.keeping_up
+        nursery.cancel_scope.cancel()
