@@ -31,6 +31,7 @@ import structlog
 import trio
 from prometheus_client import Counter, Gauge
 
+from soar.channels import receive_buffered
 from soar.config import Settings
 from soar.decode import Decoder, StoreRow
 from soar.ingest.tcp import wall_clock_us
@@ -385,16 +386,7 @@ class Pipeline:
         last_tick_us = 0
         # A trio checkpoint costs ~10 µs: take what is already buffered and hand it on without
         # one per message, and wait (await) only when a channel is empty or full.
-        while True:
-            try:
-                env = receive.receive_nowait()
-            except trio.WouldBlock:
-                try:
-                    env = await receive.receive()
-                except trio.EndOfChannel:
-                    break
-            except trio.EndOfChannel:
-                break
+        while (env := await receive_buffered(receive)) is not None:
             if env.received_us - last_tick_us >= TICK_EVERY_US:
                 # The fix clock reaches every shard, so a shard with no traffic still times
                 # its flights out.

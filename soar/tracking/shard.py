@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import structlog
 import trio
 
+from soar.channels import receive_buffered
 from soar.records import AircraftSeen, Fix, FlightRow, Rejected
 from soar.tracking.agl import AglCalculator
 from soar.tracking.enrichment import Enricher, EnrichFn, EnrichmentResult, airport_enrich
@@ -347,18 +348,8 @@ class Shard:
             nursery.start_soon(self.enricher.run, request_receive, result_send)
             backlog, self._backlog = self._backlog, []
             await self._emit(backlog, sinks)  # rows of flights closed by `restore`
-            while True:
-                # receive() is a checkpoint (~10 µs); what is already buffered is taken
-                # without one, with a checkpoint every _CHECKPOINT_EVERY inputs instead.
-                try:
-                    item = receive.receive_nowait()
-                except trio.WouldBlock:
-                    try:
-                        item = await receive.receive()
-                    except trio.EndOfChannel:
-                        break
-                except trio.EndOfChannel:
-                    break
+            # with a checkpoint every _CHECKPOINT_EVERY inputs instead of one per receive
+            while (item := await receive_buffered(receive)) is not None:
                 await self._one(item, sinks)
                 self._processed += 1
                 if self._processed % _CHECKPOINT_EVERY == 0:
