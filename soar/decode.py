@@ -122,7 +122,7 @@ class Decoder:
             self.reject("mode_ac", env.data)  # no address to track it by
             return
         payload = frame.payload
-        remainder = modes.crc_remainder(payload) if len(payload) in (7, 14) else None
+        remainder = modes.crc_remainder(payload)
         address = modes.icao_address(payload, remainder)
         if address is None:
             self.reject("modes_no_address", payload.hex())

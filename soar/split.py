@@ -120,8 +120,7 @@ async def run_ingest(settings: Settings, replay: list[Path], speed: float | None
                 return {sup.name: sup.tree() for sup in (sources, links_sup, routers)}
 
             # ready while every track keeps up (a stalled one fills its unacknowledged window)
-            ready = {f"track {link.address}": functools.partial(getattr, link, "keeping_up")
-                     for link in links}
+            ready = {f"track {link.address}": link.keeping_up for link in links}
             await nursery.start(_serve_metrics, settings, tree, ready)
 
         async def sources_then_stop() -> None:

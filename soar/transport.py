@@ -119,7 +119,6 @@ class TrackLink:
     def unacked(self) -> int:
         return self._unacked_envelopes + len(self._pending)
 
-    @property
     def keeping_up(self) -> bool:
         """The track acknowledges about as fast as it is sent to: under half the window.
 
