@@ -272,7 +272,7 @@ class Supervisor:
                     return
                 if error is None and spec.policy is not RestartPolicy.PERMANENT:
                     child.state = ChildState.FINISHED
-                    log.info("task.finished", task=spec.name, supervisor=self.name)
+                    log.debug("task.finished", task=spec.name, supervisor=self.name)
                     return
                 if error is not None and spec.policy is RestartPolicy.TEMPORARY:
                     child.state = ChildState.FAILED

@@ -19,6 +19,7 @@ from __future__ import annotations
 import atexit
 import os
 import subprocess
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -65,8 +66,12 @@ class EmbeddedPostgres:
 
     def start(self, data_dir: Path) -> str:
         """Initialise the cluster if needed, start it and return its connection URL."""
-        from pgserver.postgres_server import get_server
-        from pgserver.utils import PostmasterInfo
+        with warnings.catch_warnings():
+            # platformdirs warns at import when XDG_RUNTIME_DIR is unset (every service and
+            # container) and falls back to /tmp/runtime-UID, which works: two lines of noise.
+            warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+            from pgserver.postgres_server import get_server
+            from pgserver.utils import PostmasterInfo
 
         data_dir = Path(data_dir).expanduser().resolve()
         data_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -82,8 +87,11 @@ class EmbeddedPostgres:
         self._data_dir = data_dir
         self._url = str(server.get_uri())
         self._apply_settings()
-        log.info("embedded_pg.started", data_dir=str(data_dir), url=self._url,
-                 shared_with_running_server=self._borrowed)
+        # The caller reports the start (database.embedded_started); sharing another process's
+        # server is worth a line of its own: stopping that process stops this one's database.
+        (log.info if self._borrowed else log.debug)(
+            "embedded_pg.started", data_dir=str(data_dir), url=self._url,
+            shared_with_running_server=self._borrowed)
         return self._url
 
     def pause(self) -> None:
@@ -95,7 +103,7 @@ class EmbeddedPostgres:
         server = self._require_server()
         with server._lock:
             server.ensure_postgres_running()
-        log.info("embedded_pg.resumed", data_dir=str(self._data_dir))
+        log.debug("embedded_pg.resumed", data_dir=str(self._data_dir))
 
     def stop(self) -> None:
         """Stop the server and release pgserver's handle. Safe to call twice."""
@@ -110,7 +118,7 @@ class EmbeddedPostgres:
             type(server)._instances.pop(server.pgdata, None)
             atexit.unregister(self.stop)
             self._server = None
-            log.info("embedded_pg.stopped", data_dir=str(self._data_dir))
+            log.debug("embedded_pg.stopped", data_dir=str(self._data_dir))
 
     def _require_server(self) -> Any:
         if self._server is None:

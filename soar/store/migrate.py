@@ -73,7 +73,7 @@ def migrate(url: str) -> list[str]:
                         "INSERT INTO schema_migrations (name, checksum) VALUES (%s, %s)",
                         (migration.name, migration.checksum),
                     )
-                log.info("migrate.applied", migration=migration.name)
+                log.debug("migrate.applied", migration=migration.name)
                 applied_now.append(migration.name)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))

@@ -91,7 +91,7 @@ def ensure_partitions(
                 ).format(table, sql.Literal(start), sql.Literal(end))
             )
         PARTITIONS_CREATED.inc()
-        log.info("partitions.created", partition=name, moved_from_default=moved)
+        log.debug("partitions.created", partition=name, moved_from_default=moved)
         created.append(name)
     return created
 
@@ -129,7 +129,7 @@ def drop_partitions_before(conn: psycopg.Connection[Any], day: dt.date) -> list[
                         lock_timeout=DROP_LOCK_TIMEOUT)
             continue
         PARTITIONS_DROPPED.inc()
-        log.info("partitions.dropped", partition=name)
+        log.debug("partitions.dropped", partition=name)
         dropped.append(name)
     return dropped
 
@@ -167,8 +167,13 @@ async def maintain_partitions(
 
     while True:
         try:
-            await trio.to_thread.run_sync(run_once)
+            created, dropped = await trio.to_thread.run_sync(run_once)
         except (psycopg.Error, OSError) as exc:
             PARTITION_ERRORS.inc()
             log.warning("partitions.maintenance_failed", error=str(exc))
+        else:
+            # One line per run, not per partition: a fresh database makes nine at once.
+            if created or dropped:
+                log.info("partitions.maintained", created=len(created), dropped=len(dropped),
+                         newest=max(created, default=None), oldest_dropped=min(dropped, default=None))
         await trio.sleep(interval_s)

@@ -207,7 +207,7 @@ class Shard:
                 continue
             machine = FlightStateMachine.restore(row, list(fixes), self.new_id, self.agl.airports)
             self.aircraft[row.aircraft_id] = _Aircraft(machine)
-            log.info("shard.restored_flight", shard=self.index, flight=str(row.id))
+            log.debug("shard.restored_flight", shard=self.index, flight=str(row.id))
         if now_us is not None:
             self.clock_us = max(self.clock_us, now_us)
             self._backlog.extend(self._sweep())
@@ -420,7 +420,7 @@ class Shard:
             elif isinstance(event, FlightOpened):
                 # A resumed flight is the same flight reopened after a coverage gap.
                 (FLIGHTS_RESUMED if event.how == "resumed" else FLIGHTS_OPENED).inc()
-                log.info(
+                log.debug(
                     "flight.opened",
                     how=event.how,
                     aircraft=f"{event.row.aircraft_id:08x}",
@@ -432,7 +432,7 @@ class Shard:
                 await _store(sinks.flights, event.row, "flights")
             elif isinstance(event, FlightClosed):
                 FLIGHTS_CLOSED.labels(event.reason).inc()
-                log.info(
+                log.debug(
                     "flight.closed",
                     reason=event.reason,
                     aircraft=f"{event.row.aircraft_id:08x}",

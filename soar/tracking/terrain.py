@@ -126,7 +126,7 @@ class Terrain:
                 elapsed = time.perf_counter() - started
                 TILE_LOAD_SECONDS.observe(elapsed)
                 TILE_LOADS.labels("loaded").inc()
-                log.info("terrain.tile_loaded", path=str(path), seconds=round(elapsed, 3))
+                log.debug("terrain.tile_loaded", path=str(path), seconds=round(elapsed, 3))
         else:
             TILE_LOADS.labels("missing").inc()
         self._tiles[key] = tile

@@ -239,7 +239,7 @@ class TowDetector:
         tow.done = True
         if rivals:
             TOWS.labels("ambiguous").inc()
-            log.info(
+            log.debug(
                 "tow.ambiguous",
                 tow=f"{tow.first.aircraft_id:08x}",
                 gliders=[f"{p.glider.first.aircraft_id:08x}" for p in [first, *rivals]],
@@ -261,7 +261,7 @@ class TowDetector:
             altitude_ft=altitude,
             height_ft=height,
         )
-        log.info(
+        log.debug(
             "tow.released",
             glider=f"{release.glider_aircraft_id:08x}",
             tow=f"{release.tow_aircraft_id:08x}",

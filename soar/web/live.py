@@ -522,7 +522,7 @@ def live_blueprint(get_hub: Callable[[], LiveHub | None]) -> Blueprint:
             await websocket.close(1011, "live fixes are not available")
             return
         client = hub.connect()
-        log.info("live.client.connected", client=client.ident)
+        log.debug("live.client.connected", client=client.ident)
         try:
             await websocket.send(json.dumps(connection_status(hub, client)))
             async with trio.open_nursery() as nursery:
@@ -532,7 +532,7 @@ def live_blueprint(get_hub: Callable[[], LiveHub | None]) -> Blueprint:
                     client.queue.put_control(json.dumps(handle_client_message(hub, client, text)))
         finally:
             hub.disconnect(client)
-            log.info("live.client.disconnected", client=client.ident, dropped=client.queue.dropped)
+            log.debug("live.client.disconnected", client=client.ident, dropped=client.queue.dropped)
 
     return bp
 

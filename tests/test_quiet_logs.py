@@ -1,0 +1,112 @@
+"""A quiet terminal: at level info, a replay and a start print a handful of lines whatever the
+number of aircraft and flights; per-aircraft and per-flight events are at debug (their counts
+are metrics), so nothing is lost, only kept off the terminal."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+# The SBS capture is 6,827 aircraft (5,858 flights); the OGN trace, in replay format, adds one
+# aircraft that lands, stays silent for hours and takes off again.
+SBS = "sbs/adsbhub-sbs-sample-20260224.txt.gz"
+OGN = "ogn/soar-flight-descended-out-of-range-then-took-off.txt"
+HANDFUL = 15
+MANY_FLIGHTS = 5000
+
+
+def _env(db_url: str, data_dir: Path, level: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SOAR_")}
+    return env | {"SOAR_DATABASE_URL": db_url, "SOAR_DATA_DIR": str(data_dir),
+                  "SOAR_LOG_LEVEL": level, "SOAR_LOG_FORMAT": "json", **extra}
+
+
+def _replay(testdata: Path, env: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "soar", "replay", str(testdata / SBS), str(testdata / OGN), "--json"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout), proc.stderr.splitlines()
+
+
+def _events(lines: list[str]) -> list[dict[str, Any]]:
+    # Every line is a JSON event: a stray warning or print would be noise too.
+    return [json.loads(line) for line in lines]
+
+
+def test_replay_of_thousands_of_flights_logs_a_handful_of_lines(
+    testdata: Path, db_url: str, tmp_path: Path
+) -> None:
+    summary, lines = _replay(testdata, _env(db_url, tmp_path, "info"))
+    assert summary["flights"] > MANY_FLIGHTS, summary  # the test is about many flights
+    names = [e["event"] for e in _events(lines)]
+    assert len(lines) <= HANDFUL, "\n".join(lines)
+    assert names.count("replay.file_done") == 2
+
+
+def test_per_flight_events_are_at_debug(testdata: Path, db_url: str, tmp_path: Path) -> None:
+    summary, lines = _replay(testdata, _env(db_url, tmp_path, "debug"))
+    events = _events(lines)
+    opened = [e for e in events if e["event"] == "flight.opened"]
+    assert all(e["level"] == "debug" for e in opened)
+    # one line per new flight (a resumed one is the same flight, not a new one)
+    assert sum(e["how"] != "resumed" for e in opened) == summary["flights"] > MANY_FLIGHTS
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return int(resp.status) == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def test_start_with_thousands_of_open_flights_logs_a_handful_of_lines(
+    testdata: Path, db_url: str, tmp_path: Path
+) -> None:
+    # A replay leaves its flights open (a capture has no "later"); `soar run` takes them back
+    # and, on the wall clock, closes every one of them as timed out: thousands of events.
+    summary, _lines = _replay(testdata, _env(db_url, tmp_path, "warning"))
+    assert summary["flights"] > MANY_FLIGHTS
+
+    port = _free_port()
+    env = _env(db_url, tmp_path, "info", SOAR_HTTP_ADDR=f"127.0.0.1:{port}")
+    proc = subprocess.Popen([sys.executable, "-m", "soar", "run"], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300  # a bound for a stuck start, not a measurement
+        while not _ready(f"http://127.0.0.1:{port}/readyz"):
+            assert proc.poll() is None, proc.communicate()[0][-3000:]
+            assert time.monotonic() < deadline, "soar never became ready"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out[-3000:]
+    lines = out.splitlines()
+    events = {e["event"]: e for e in _events(lines)}
+    assert events["pipeline.flights_restored"]["flights"] > MANY_FLIGHTS
+    assert len(lines) <= HANDFUL, "\n".join(lines)
