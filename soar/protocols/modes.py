@@ -25,8 +25,18 @@ identity codes) and the CPR arithmetic (`airborne_position_pair`, `airborne_posi
   against the last position with a speed limit (1,500 kt plus 10 km); a global result that
   fails is kept as a candidate and adopted when the next global result agrees with it, so a
   track anchored on a bad position recovers.
-- Surface position (TC 5-8): the newest even/odd pair within 25 s, else this frame alone,
-  against the last position (at most 10 min old) or the configured receiver reference.
+- Surface position (TC 5-8): surface CPR repeats every 90 degrees, so an even/odd pair (at
+  most 25 s apart) gives up to eight candidates (two latitudes, four longitudes) and a
+  reference must choose. In order: the aircraft's own last position (the candidate must pass
+  the same track check as an airborne global result); else the one candidate within 5 NM of a
+  known airport (`airports`, a lookup the caller passes in); else the receiver reference, whose
+  candidate must lie within 45 NM of it. A frame without a pair is decoded locally, and only
+  against the aircraft's own last position (at most 10 min old), never against the receiver:
+  a local decode silently lands within 45 NM of whatever reference it is given, so a receiver
+  that did not hear the aircraft (a feed merged from several receivers, a wrong
+  `receiver_lat/lon`) would place it hundreds of kilometres wrong with nothing to show it.
+  A result farther from its reference than that reference allows is rejected
+  (`surface_out_of_range`), as is a pair nothing can place (`surface_no_reference`).
 - A `Fix` is returned only for a position decoded from the message just fed, with the
   aircraft's latest callsign, altitude, ground speed, track, vertical rate, squawk and
   air/ground state. Velocity subtypes 3/4 (heading and air speed) go to their own state
@@ -37,6 +47,8 @@ from __future__ import annotations
 
 import collections
 import math
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pyModeS._altcode import altcode_to_altitude
@@ -56,7 +68,15 @@ from soar.records import AddressType, AircraftType, Fix, Protocol, Rejected
 PAIR_WINDOW_US = 10_000_000
 SURFACE_PAIR_WINDOW_US = 25_000_000
 LOCAL_REFERENCE_MAX_AGE_US = 60_000_000
+# Below 250 kt (the speed limit under FL100, kept by anything about to land or taxiing) an
+# aircraft covers 42 NM in 10 min: its own position stays within a local decode's 45 NM.
 SURFACE_REFERENCE_MAX_AGE_US = 600_000_000
+# A local surface decode is right only if its reference lies within half a CPR zone of the
+# truth (half of 90/60 degrees of latitude: 45 NM); no receiver sees a surface transmitter
+# that far away.
+SURFACE_RANGE_KM = 45 * 1.852
+# An airport's reference point can lie several kilometres from its runway ends and aprons.
+SURFACE_AIRPORT_RADIUS_M = 5 * 1852.0
 MAX_SPEED_KT = 1_500.0
 POSITION_MARGIN_KM = 10.0
 _EARTH_RADIUS_KM = 6371.0088
@@ -190,6 +210,24 @@ _EMITTER_AIRCRAFT_TYPE: dict[str, AircraftType] = {
 _CprFrame = tuple[int, int, int]
 
 
+class Located(typing.Protocol):
+    """Anything with a position: what an airport lookup returns."""
+
+    @property
+    def lat(self) -> float: ...
+
+    @property
+    def lon(self) -> float: ...
+
+
+AirportLookup = Callable[[float, float, float], Located | None]
+"""`(lat, lon, max_m)` → an airport within `max_m` metres of the point, or None.
+
+`soar.tracking.airports.AirportIndex.nearest` is one; the caller passes it in, so this module
+reads no airport table itself.
+"""
+
+
 @dataclass(slots=True)
 class AircraftState:
     """What one aircraft has told us so far."""
@@ -238,12 +276,39 @@ def _reachable(lat: float, lon: float, from_lat: float, from_lon: float, elapsed
     return _distance_km(lat, lon, from_lat, from_lon) <= limit
 
 
+def _surface_candidates(
+    even: _CprFrame, odd: _CprFrame, *, even_is_newer: bool
+) -> list[tuple[float, float]]:
+    """Every position an even/odd surface pair can mean: 4 longitudes 90 degrees apart, for
+    the northern and the southern latitude (each only if both frames fall in its NL zone).
+
+    pyModeS resolves the pair against one reference; asking it once per hemisphere (a
+    reference at 45 N or 45 S picks that hemisphere's latitude) gives both latitudes, and
+    each result is one of its four longitudes.
+    """
+    candidates: list[tuple[float, float]] = []
+    for hemisphere in (45.0, -45.0):
+        pair = surface_position_pair(
+            even[1], even[2], odd[1], odd[2],
+            lat_ref=hemisphere, lon_ref=0.0, even_is_newer=even_is_newer,
+        )
+        if pair is None or any(abs(pair[0] - lat) < 1e-9 for lat, _ in candidates):
+            continue  # no solution here, or latitude 0, which both hemispheres return
+        lat, lon = pair
+        candidates.extend((lat, (lon + quadrant + 180.0) % 360.0 - 180.0)
+                          for quadrant in (0.0, 90.0, 180.0, 270.0))
+    return candidates
+
+
 class ModeSAccumulator:
     """Per-shard Mode S state: messages in, `Fix` out when a new position is decoded.
 
     Counters (never reset; the caller exports them as metrics): `rejected[reason]` for every
     message returned as `Rejected`, `stats[event]` for the rest (positions by method, CPR
-    zone mismatches, positions without a surface reference, ignored type codes).
+    zone mismatches, surface frames waiting for their pair, ignored type codes).
+
+    `reference`: the receiver's (lat, lon), `airports`: an airport lookup; both only place
+    surface positions of aircraft with no position of their own yet.
     """
 
     def __init__(
@@ -252,8 +317,10 @@ class ModeSAccumulator:
         expiry_us: int = 300_000_000,
         *,
         trust_address_parity: bool = False,
+        airports: AirportLookup | None = None,
     ) -> None:
         self.reference = reference
+        self.airports = airports
         self.expiry_us = expiry_us
         self.trust_address_parity = trust_address_parity
         self.rejected: collections.Counter[str] = collections.Counter()
@@ -555,49 +622,89 @@ class ModeSAccumulator:
             other = state.surface_odd
             state.surface_even = frame
 
-        have_track = (
-            state.lat is not None
+        position: tuple[float, float] | None = None
+        global_misfit = False
+        if other is not None and abs(received_us - other[0]) <= SURFACE_PAIR_WINDOW_US:
+            even, odd_frame = (other, frame) if odd else (frame, other)
+            if state.lat is not None and state.lon is not None:
+                # the candidates are 90 degrees apart: a position of any age tells them
+                # apart, and pyModeS picks the one nearest it
+                pair = surface_position_pair(
+                    even[1], even[2], odd_frame[1], odd_frame[2],
+                    lat_ref=state.lat, lon_ref=state.lon, even_is_newer=not odd,
+                )
+                if pair is None:
+                    self.stats["cpr_zone_mismatch"] += 1
+                elif self._accept_global(state, pair, received_us):
+                    position = pair
+                    self.stats["position_surface_pair"] += 1
+                else:
+                    global_misfit = True
+            elif candidates := _surface_candidates(even, odd_frame, even_is_newer=not odd):
+                placed = self._place_surface_pair(candidates, message)
+                if isinstance(placed, Rejected):
+                    return placed
+                position = placed
+            else:
+                self.stats["cpr_zone_mismatch"] += 1
+        # After a misfit pair the track, not the pair, is the suspect (in 25 s a surface
+        # aircraft moves a few km, nothing beside a 1.5-degree CPR zone): a local decode
+        # against the track would only confirm the track.
+        if (
+            position is None
+            and not global_misfit
+            and state.lat is not None
             and state.lon is not None
             and abs(received_us - state.position_us) <= SURFACE_REFERENCE_MAX_AGE_US
-        )
-        if have_track:
-            assert state.lat is not None and state.lon is not None
-            reference: tuple[float, float] | None = (state.lat, state.lon)
-        else:
-            reference = self.reference
-        if reference is None:
-            self.stats["surface_no_reference"] += 1
-            return None
-
-        position: tuple[float, float] | None = None
-        if other is not None and abs(received_us - other[0]) <= SURFACE_PAIR_WINDOW_US:
-            if odd:
-                even, odd_frame = other, frame
-            else:
-                even, odd_frame = frame, other
-            position = surface_position_pair(
-                even[1],
-                even[2],
-                odd_frame[1],
-                odd_frame[2],
-                lat_ref=reference[0],
-                lon_ref=reference[1],
-                even_is_newer=not odd,
-            )
-        if position is None:
-            position = surface_position_with_ref(odd, cpr_lat, cpr_lon, *reference)
-            self.stats["position_surface_local"] += 1
-        else:
-            self.stats["position_surface_pair"] += 1
-        if have_track:
-            assert state.lat is not None and state.lon is not None
-            if not _reachable(
-                position[0], position[1], state.lat, state.lon, received_us - state.position_us
-            ):
+        ):
+            local = surface_position_with_ref(odd, cpr_lat, cpr_lon, state.lat, state.lon)
+            distance_km = _distance_km(local[0], local[1], state.lat, state.lon)
+            if distance_km > SURFACE_RANGE_KM:
                 return self._reject(
-                    "implausible_position", message, lat=position[0], lon=position[1]
+                    "surface_out_of_range", message, lat=local[0], lon=local[1],
+                    reference="track", distance_km=round(distance_km, 1),
                 )
+            if not _reachable(
+                local[0], local[1], state.lat, state.lon, received_us - state.position_us
+            ):
+                return self._reject("implausible_position", message, lat=local[0], lon=local[1])
+            position = local
+            self.stats["position_surface_local"] += 1
+        if position is None:
+            if global_misfit:
+                return self._reject("implausible_position", message)
+            self.stats["surface_unpaired"] += 1
+            return None
         return self._fix(state, position, None, received_us, source, signal_db)
+
+    def _place_surface_pair(
+        self, candidates: list[tuple[float, float]], message: bytes
+    ) -> tuple[float, float] | Rejected:
+        """The candidate at a known airport, else the receiver's, for an aircraft not yet placed."""
+        if self.airports is not None:
+            best: tuple[float, float] | None = None
+            best_m = math.inf
+            for lat, lon in candidates:
+                airport = self.airports(lat, lon, SURFACE_AIRPORT_RADIUS_M)
+                if airport is not None:
+                    metres = 1000 * _distance_km(lat, lon, airport.lat, airport.lon)
+                    if metres < best_m:
+                        best, best_m = (lat, lon), metres
+            if best is not None:
+                self.stats["position_surface_airport"] += 1
+                return best
+        if self.reference is None:
+            return self._reject("surface_no_reference", message)
+        ref_lat, ref_lon = self.reference
+        lat, lon = min(candidates, key=lambda c: _distance_km(c[0], c[1], ref_lat, ref_lon))
+        distance_km = _distance_km(lat, lon, ref_lat, ref_lon)
+        if distance_km > SURFACE_RANGE_KM:
+            return self._reject(
+                "surface_out_of_range", message, lat=lat, lon=lon,
+                reference="receiver", distance_km=round(distance_km, 1),
+            )
+        self.stats["position_surface_receiver"] += 1
+        return lat, lon
 
     def _fix(
         self,
