@@ -8,6 +8,7 @@ the key (`ConfigError`), never a traceback.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 import types
@@ -16,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from soar.hostport import APRS_IS_PORT, BEAST_PORT, SBS_PORT, parse_host_port
 
 
 class ConfigError(Exception):
@@ -54,18 +57,28 @@ class Settings:
     shards: int = _setting(0, "Number of shard owner tasks; 0 = 2 x CPU cores")
 
     aprs_server: str | None = _setting(
-        None, "APRS-IS host:port (e.g. aprs.glidernet.org:14580); unset = no APRS-IS source"
+        None,
+        f"APRS-IS host[:port] (e.g. aprs.glidernet.org; port {APRS_IS_PORT} when none is given);"
+        " unset = no APRS-IS source",
     )
     aprs_callsign: str = _setting("SOAR", "Callsign used in the APRS-IS login line")
     aprs_filter: str | None = _setting(None, "APRS-IS server-side filter, e.g. r/47/8/500")
-    aprs_passcode: int = _setting(-1, "APRS-IS passcode; -1 = receive only")
-    beast_servers: list[str] = _list_setting("Beast TCP sources, host:port[,host:port...]")
-    sbs_servers: list[str] = _list_setting("SBS/BaseStation TCP sources, host:port[,...]")
+    aprs_passcode: int = _setting(-1, "APRS-IS passcode (0 to 32767); -1 = receive only")
+    beast_servers: list[str] = _list_setting(
+        f"Beast TCP sources, host[:port][,host[:port]...] (port {BEAST_PORT} when none is given)"
+    )
+    sbs_servers: list[str] = _list_setting(
+        f"SBS/BaseStation TCP sources, host[:port][,...] (port {SBS_PORT} when none is given)"
+    )
     receiver_lat: float | None = _setting(
-        None, "Reference latitude for ADS-B surface positions (your receiver)"
+        None,
+        "Reference latitude (-90 to 90) for ADS-B surface positions (your receiver);"
+        " set with receiver_lon",
     )
     receiver_lon: float | None = _setting(
-        None, "Reference longitude for ADS-B surface positions (your receiver)"
+        None,
+        "Reference longitude (-180 to 180) for ADS-B surface positions (your receiver);"
+        " set with receiver_lat",
     )
 
     elevation_dir: Path | None = _setting(
@@ -116,11 +129,12 @@ class Settings:
         return self.shards or 2 * (os.cpu_count() or 1)
 
 
-def split_host_port(value: str, key: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"{key}: expected host:port, got {value!r}")
-    return host.strip("[]"), int(port)
+def split_host_port(value: str, key: str, default_port: int | None = None) -> tuple[str, int]:
+    """`parse_host_port` for a setting: a bad address is a ConfigError naming the key."""
+    try:
+        return parse_host_port(value, default_port)
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
 
 
 def env_name(name: str) -> str:
@@ -230,11 +244,11 @@ def _validate(s: Settings) -> None:
     if s.metrics_addr:
         split_host_port(s.metrics_addr, "metrics_addr")
     if s.aprs_server:
-        split_host_port(s.aprs_server, "aprs_server")
+        split_host_port(s.aprs_server, "aprs_server", APRS_IS_PORT)
     for addr in s.beast_servers:
-        split_host_port(addr, "beast_servers")
+        split_host_port(addr, "beast_servers", BEAST_PORT)
     for addr in s.sbs_servers:
-        split_host_port(addr, "sbs_servers")
+        split_host_port(addr, "sbs_servers", SBS_PORT)
     if s.log_format not in ("auto", "json", "console"):
         raise ConfigError(f"log_format: expected auto, json or console, got {s.log_format!r}")
     if s.log_level not in ("debug", "info", "warning", "error"):
@@ -249,17 +263,32 @@ def _validate(s: Settings) -> None:
                 "database_url: expected a postgresql:// URL or libpq connection string"
             ) from None
     for name in ("shutdown_deadline", "batch_age", "state_batch_age"):
-        if getattr(s, name) <= 0:
-            raise ConfigError(f"{name}: must be positive")
+        value = getattr(s, name)
+        if not math.isfinite(value) or value <= 0:  # nan compares false with everything
+            raise ConfigError(f"{name}: must be a positive number of seconds, got {value}")
     for name in ("channel_size", "batch_rows", "spool_max_bytes"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{name}: must be positive")
-    if s.track_endpoints and not 0 <= s.track_index < len(s.track_endpoints):
+    _validate_receiver(s.receiver_lat, s.receiver_lon)
+    if not (s.aprs_passcode == -1 or 0 <= s.aprs_passcode <= 32767):
+        raise ConfigError(
+            f"aprs_passcode: expected -1 (receive only) or 0 to 32767, got {s.aprs_passcode}"
+        )
+    if s.track_index < 0 or (s.track_endpoints and s.track_index >= len(s.track_endpoints)):
         raise ConfigError("track_index: must name an entry of track_endpoints")
     if s.fixes_retention_days < 0:
         raise ConfigError("fixes_retention_days: must be 0 (keep everything) or positive")
     if s.shards < 0:
         raise ConfigError("shards: must be 0 (automatic) or positive")
+
+
+def _validate_receiver(lat: float | None, lon: float | None) -> None:
+    for name, value, limit in (("receiver_lat", lat, 90.0), ("receiver_lon", lon, 180.0)):
+        if value is not None and not (math.isfinite(value) and -limit <= value <= limit):
+            raise ConfigError(f"{name}: must be between -{limit:g} and {limit:g}, got {value}")
+    if (lat is None) != (lon is None):
+        # one without the other would be silently unused: surface positions need both
+        raise ConfigError("receiver_lat, receiver_lon: set both or neither")
 
 
 def reference_markdown() -> str:

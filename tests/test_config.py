@@ -51,12 +51,40 @@ def test_soar_section_in_toml(tmp_path: Path) -> None:
         ({"SOAR_DATABASE_URL": "mysql://x"}, "database_url"),
         ({"SOAR_ARCHIVE_RAW": "maybe"}, "SOAR_ARCHIVE_RAW"),
         ({"SOAR_SHUTDOWN_DEADLINE": "-1"}, "shutdown_deadline"),
+        ({"SOAR_SHUTDOWN_DEADLINE": "nan"}, "shutdown_deadline"),
+        ({"SOAR_BATCH_AGE": "inf"}, "batch_age"),
+        ({"SOAR_RECEIVER_LAT": "123", "SOAR_RECEIVER_LON": "8"}, "receiver_lat"),
+        ({"SOAR_RECEIVER_LAT": "47", "SOAR_RECEIVER_LON": "-180.5"}, "receiver_lon"),
+        ({"SOAR_RECEIVER_LAT": "nan", "SOAR_RECEIVER_LON": "8"}, "receiver_lat"),
+        ({"SOAR_RECEIVER_LAT": "47"}, "receiver_lon"),  # one without the other is never used
+        ({"SOAR_APRS_PASSCODE": "99999"}, "aprs_passcode"),
+        ({"SOAR_APRS_PASSCODE": "-2"}, "aprs_passcode"),
+        ({"SOAR_TRACK_INDEX": "-1"}, "track_index"),
+        ({"SOAR_APRS_SERVER": "::1:14580"}, "aprs_server"),  # IPv6 with a port: brackets
+        ({"SOAR_BEAST_SERVERS": "radar:0"}, "beast_servers"),
+        ({"SOAR_METRICS_ADDR": "127.0.0.1"}, "metrics_addr"),  # a listen address needs a port
     ],
 )
 def test_bad_environment_values_name_the_key(environ: dict[str, str], key: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(environ=environ)
     assert key in str(info.value)
+
+
+def test_numbers_at_the_edges_of_their_ranges() -> None:
+    s = load_settings(environ={"SOAR_RECEIVER_LAT": "-90", "SOAR_RECEIVER_LON": "180",
+                               "SOAR_APRS_PASSCODE": "32767"})
+    assert (s.receiver_lat, s.receiver_lon, s.aprs_passcode) == (-90.0, 180.0, 32767)
+
+
+def test_feed_addresses_without_a_port_take_the_protocols_port() -> None:
+    s = load_settings(environ={"SOAR_APRS_SERVER": "aprs.glidernet.org",
+                               "SOAR_BEAST_SERVERS": "radar,[::1]:30105,[fe80::1]",
+                               "SOAR_SBS_SERVERS": "radar"})
+    # kept as written: each source adds its own protocol's port (see test_ingest_sources)
+    assert (s.aprs_server, s.beast_servers, s.sbs_servers) == (
+        "aprs.glidernet.org", ["radar", "[::1]:30105", "[fe80::1]"], ["radar"])
+    assert load_settings(environ={"SOAR_HTTP_ADDR": "[::1]:8081"}).http_host_port == ("::1", 8081)
 
 
 def test_bad_toml_values_name_the_key(tmp_path: Path) -> None:
@@ -83,6 +111,7 @@ def _soar(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     [
         ({"SOAR_SHARDS": "two"}, "SOAR_SHARDS"),
         ({"SOAR_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}, "database_url"),
+        ({"SOAR_RECEIVER_LAT": "123", "SOAR_RECEIVER_LON": "8"}, "receiver_lat"),
     ],
 )
 def test_start_up_fails_with_one_line_and_no_traceback(env: dict[str, str], key: str) -> None:

@@ -16,12 +16,12 @@ import trio
 
 import soar
 from soar.backoff import Backoff
+from soar.hostport import APRS_IS_PORT, parse_host_port
 from soar.ingest.tcp import (
     Connection,
     EnvelopeSink,
     NowUs,
     ReconnectingClient,
-    parse_hostport,
     pump_lines,
     wall_clock_us,
 )
@@ -29,7 +29,7 @@ from soar.records import Protocol
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_PORT = 14580
+DEFAULT_PORT = APRS_IS_PORT
 KEEPALIVE_INTERVAL = 20.0
 IDLE_TIMEOUT = 300.0
 MAX_LINE = 1024
@@ -69,7 +69,7 @@ class AprsIsSource:
         backoff: Backoff | None = None,
         now_us: NowUs = wall_clock_us,
     ) -> None:
-        host, port = parse_hostport(server, DEFAULT_PORT)
+        host, port = parse_host_port(server, DEFAULT_PORT)
         if not callsign or any(c.isspace() for c in callsign):
             raise ValueError(f"bad APRS-IS callsign: {callsign!r}")
         if server_filter is not None and ("\r" in server_filter or "\n" in server_filter):

@@ -12,13 +12,13 @@ from typing import NoReturn
 import structlog
 
 from soar.backoff import Backoff
+from soar.hostport import BEAST_PORT, parse_host_port
 from soar.ingest import metrics
 from soar.ingest.tcp import (
     Connection,
     EnvelopeSink,
     NowUs,
     ReconnectingClient,
-    parse_hostport,
     wall_clock_us,
 )
 from soar.protocols.beast import BeastDeframer
@@ -26,7 +26,7 @@ from soar.records import Envelope, Protocol
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_PORT = 30005
+DEFAULT_PORT = BEAST_PORT
 
 
 class BeastSource:
@@ -40,7 +40,7 @@ class BeastSource:
         backoff: Backoff | None = None,
         now_us: NowUs = wall_clock_us,
     ) -> None:
-        host, port = parse_hostport(server, DEFAULT_PORT)
+        host, port = parse_host_port(server, DEFAULT_PORT)
         self.source = source or f"beast:{host}:{port}"
         self.client = ReconnectingClient(
             host,

@@ -5,18 +5,18 @@ from __future__ import annotations
 from typing import NoReturn
 
 from soar.backoff import Backoff
+from soar.hostport import SBS_PORT, parse_host_port
 from soar.ingest.tcp import (
     Connection,
     EnvelopeSink,
     NowUs,
     ReconnectingClient,
-    parse_hostport,
     pump_lines,
     wall_clock_us,
 )
 from soar.records import Protocol
 
-DEFAULT_PORT = 30003
+DEFAULT_PORT = SBS_PORT
 MAX_LINE = 1024
 
 
@@ -32,7 +32,7 @@ class SbsSource:
         backoff: Backoff | None = None,
         now_us: NowUs = wall_clock_us,
     ) -> None:
-        host, port = parse_hostport(server, DEFAULT_PORT)
+        host, port = parse_host_port(server, DEFAULT_PORT)
         self.source = source or f"sbs:{host}:{port}"
         self.max_line = max_line
         self.client = ReconnectingClient(

@@ -7,7 +7,9 @@ connection ends for any reason — refused, reset, closed by the peer, silent fo
 `idle_timeout` — sleeps a `soar.backoff.Backoff` delay on trio's clock and starts again (by
 default 1 s doubling to 60 s, jittered). The backoff resets after a healthy connection: one that
 delivered data for at least 60 s, from its first byte to its last — a server that accepts and
-never answers, or answers once and goes silent, keeps the delays growing.
+never answers, or answers once and goes silent, keeps the delays growing. Each failure is a
+warning: `source.connect_failed` (address, error, `retry_in_s`) when no connection came up,
+`source.disconnected` when one was lost.
 
 Only connection trouble is retried: `Connection` turns socket errors into `ConnectionLost`, so
 an error anywhere else (a closed downstream channel, a bug) propagates to the supervisor.
@@ -58,24 +60,6 @@ class ConnectionLost(Exception):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
-
-
-def parse_hostport(spec: str, default_port: int | None = None) -> tuple[str, int]:
-    """`host:port`, `[v6addr]:port` or (with a default port) a bare host."""
-    spec = spec.strip()
-    host, sep, port = spec.rpartition(":")
-    if spec.startswith("[") and "]" in spec:
-        inner, _, rest = spec[1:].partition("]")
-        if rest.startswith(":") and rest[1:].isdigit():
-            return inner, int(rest[1:])
-        if not rest and default_port is not None:
-            return inner, default_port
-        raise ValueError(f"not host:port: {spec!r}")
-    if sep and port.isdigit() and host and ":" not in host:
-        return host, int(port)
-    if default_port is not None and spec and (not sep or ":" in host):
-        return spec, default_port
-    raise ValueError(f"not host:port: {spec!r}")
 
 
 class LineSplitter:
@@ -249,14 +233,25 @@ class ReconnectingClient:
                     connected.set(0)
                 delay = self._next_delay(conn)
                 reconnects.inc()
-                self._log.warning(
-                    "source.disconnected",
-                    reason=lost.reason,
-                    detail=lost.detail,
-                    up_s=None if up_since is None else trio.current_time() - up_since,
-                    received_bytes=0 if conn is None else conn.bytes_received,
-                    retry_in_s=round(delay, 3),
-                )
+                if up_since is None:
+                    # never connected (host down, refused, unresolvable): the operator needs the
+                    # address and the error, not just that a feed is quiet
+                    self._log.warning(
+                        "source.connect_failed",
+                        address=f"{self.host}:{self.port}",
+                        reason=lost.reason,
+                        error=lost.detail,
+                        retry_in_s=round(delay, 3),
+                    )
+                else:
+                    self._log.warning(
+                        "source.disconnected",
+                        reason=lost.reason,
+                        detail=lost.detail,
+                        up_s=trio.current_time() - up_since,
+                        received_bytes=0 if conn is None else conn.bytes_received,
+                        retry_in_s=round(delay, 3),
+                    )
                 await trio.sleep(delay)
         finally:
             connected.set(0)
@@ -302,7 +297,8 @@ class ReconnectingClient:
                 raise
             sock.close()
             errors.append(f"{sockaddr}: {error}")
-            self._log.info("source.connect_failed", address=str(sockaddr), error=error)
+            if step < count - 1:  # the last failure is in the warning that follows
+                self._log.info("source.address_failed", address=str(sockaddr), error=error)
         self._next_address = first + 1
         raise ConnectionLost("connect_failed", "; ".join(errors))
 

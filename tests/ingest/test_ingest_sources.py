@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 import trio
 import trio.testing
 from ingest_servers import (
@@ -38,10 +39,11 @@ from prometheus_client import REGISTRY
 
 import soar
 from soar.backoff import Backoff
+from soar.hostport import APRS_IS_PORT, BEAST_PORT, SBS_PORT, parse_host_port
 from soar.ingest.aprs import AprsIsSource, login_line
 from soar.ingest.beast_source import BeastSource
 from soar.ingest.sbs_source import SbsSource
-from soar.ingest.tcp import LineSplitter, parse_hostport
+from soar.ingest.tcp import LineSplitter
 from soar.records import Envelope, Protocol
 
 
@@ -106,12 +108,54 @@ def test_line_splitter_over_long_spanning_reads() -> None:
     assert splitter.too_long == 2
 
 
-def test_parse_hostport() -> None:
-    assert parse_hostport("aprs.glidernet.org:14580") == ("aprs.glidernet.org", 14580)
-    assert parse_hostport("aprs.glidernet.org", 14580) == ("aprs.glidernet.org", 14580)
-    assert parse_hostport("[::1]:30005") == ("::1", 30005)
-    with pytest.raises(ValueError):
-        parse_hostport("nohost")
+def test_parse_host_port() -> None:
+    assert parse_host_port("aprs.glidernet.org:10152") == ("aprs.glidernet.org", 10152)
+    assert parse_host_port(" aprs.glidernet.org ", APRS_IS_PORT) == ("aprs.glidernet.org", 14580)
+    assert parse_host_port("[::1]:30005") == ("::1", 30005)
+    assert parse_host_port("[::1]", BEAST_PORT) == ("::1", 30005)
+    assert parse_host_port("fe80::1%eth0", SBS_PORT) == ("fe80::1%eth0", 30003)
+    assert parse_host_port("10.0.0.7", SBS_PORT) == ("10.0.0.7", 30003)
+    for bad in ("nohost", "::1:30005", "[::1]30005", "host:0", "host:65536", "host:http",
+                ":30005", "[nonsense]:1", "two words:1", ""):
+        with pytest.raises(ValueError, match="expected host"):
+            parse_host_port(bad)
+    with pytest.raises(ValueError, match="expected host"):
+        parse_host_port("::1:30005", BEAST_PORT)  # an IPv6 address with a port needs brackets
+
+
+async def test_bare_host_connects_to_the_protocols_standard_port() -> None:
+    """`SOAR_APRS_SERVER=aprs.glidernet.org` means port 14580; the sources and config agree."""
+    from soar.config import load_settings
+
+    settings = load_settings(environ={"SOAR_APRS_SERVER": "aprs.glidernet.org",
+                                      "SOAR_BEAST_SERVERS": "radar.local,[::1]",
+                                      "SOAR_SBS_SERVERS": "radar.local"})
+    assert settings.aprs_server is not None
+    aprs = AprsIsSource(settings.aprs_server, "N0CALL")
+    beast = [BeastSource(addr) for addr in settings.beast_servers]
+    sbs = SbsSource(settings.sbs_servers[0])
+    assert (aprs.client.host, aprs.client.port) == ("aprs.glidernet.org", 14580)
+    assert [(b.client.host, b.client.port) for b in beast] == [("radar.local", 30005),
+                                                               ("::1", 30005)]
+    assert (sbs.client.host, sbs.client.port) == ("radar.local", 30003)
+
+
+async def test_a_feed_that_cannot_connect_is_a_warning_with_address_error_and_retry(
+    clock: trio.testing.MockClock,
+) -> None:
+    port = refused_port()
+    with structlog.testing.capture_logs() as logs:
+        source = SbsSource(f"127.0.0.1:{port}", source="t-refused",
+                           backoff=Backoff(base=2.0, cap=60.0, jitter=0.0))
+        with trio.move_on_after(2.0 + 4.0 + 0.5):  # three attempts: at 0, 2 and 6 s
+            await source.run(trio.open_memory_channel[Envelope](1)[0])
+    failed = [e for e in logs if e["event"] == "source.connect_failed"]
+    assert [e["log_level"] for e in failed] == ["warning"] * 3
+    assert [e["retry_in_s"] for e in failed] == [2.0, 4.0, 8.0]
+    for event in failed:
+        assert event["address"] == f"127.0.0.1:{port}"
+        assert "Connection refused" in event["error"] or "ECONNREFUSED" in event["error"]
+    assert not [e for e in logs if e["event"] == "source.disconnected"]  # it never connected
 
 
 def test_login_line() -> None:
