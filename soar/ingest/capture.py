@@ -1,21 +1,32 @@
 """Capture files for `soar replay`: read them as envelopes stamped with their RECORDED times.
 
-Formats (auto-detected from the first bytes, or named explicitly):
+Formats (auto-detected from the first recognisable line, or named explicitly):
 
 - ``ogn``: ``<ISO-8601 time> <APRS line>`` per line (the recorded OGN traces). A time without
-  a zone is UTC.
+  a zone is UTC. Or a raw APRS-IS capture, the lines as the server sent them (what
+  ``nc aprs.glidernet.org 10152`` writes), which records no receive times: see below.
 - ``sbs``: SBS/BaseStation CSV lines. The time is the message's *generated* date and time
   (fields 7 and 8, e.g. ``2026/02/24,14:57:36.000``), read as UTC, falling back to the logged
   date and time (fields 9 and 10); a leading ``<ISO-8601 time> `` before the CSV wins when
   present (captures recorded the OGN way).
 - ``beast``: a raw Beast byte stream (what port 30005 sends). Beast carries no wall time, only
   each receiver's 48-bit 12 MHz MLAT counter, so a frame's time is ``start_us`` plus the counter
-  ticks since the first frame (÷ 12 per µs). ``start_us`` defaults to the file's modification
+  ticks since the first frame (÷ 12 per µs); ``start_us`` defaults to the file's modification
   time. A counter of 0 (receivers without one) or a jump backwards or of more than an hour
   (receiver restart, 48-bit wrap) does not move the time; the counter is re-based there.
 - ``archive``: soar's own raw archive (`soar.ingest.archive`): ``received_us<TAB>payload``,
   payload the line itself for OGN/SBS and hex for Beast; the protocol comes from the file
   name (``ogn-2026-02-24.log.gz``) unless given.
+
+Receive times of a raw APRS-IS capture: the server writes a keep-alive comment every 20 s
+carrying its clock (``# aprsc 2.1.4-g408ed49 19 Apr 2017 15:23:32 GMT GLIDERN2 …``). The most
+recent keep-alive is the anchor of the lines after it; lines before the first keep-alive take
+``start_us`` when given, else the first keep-alive's time. All the lines between two keep-alives
+would share one instant, and the tracker (which orders and de-duplicates fixes by time) would
+see them as duplicates, so a line that carries its own APRS time (``/hhmmssh``) takes that time,
+placed on the anchor's day, when it lies within 10 minutes of the anchor; other lines (server
+and status lines, odd clocks) take the anchor. With no keep-alive and no ``start_us`` the lines
+have no time: each is rejected as ``no_receive_time`` (`receive_time_problem` says so first).
 
 Any of them may be gzip-compressed: recognised by its magic bytes, whatever the file is called.
 A malformed line or stray bytes are counted in `CaptureStats.rejects` (and the
@@ -57,6 +68,20 @@ _ISO_PREFIX = rb"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d\S*"
 _ARCHIVE_LINE = re.compile(rb"^\d+\t")
 _SBS_LINE = re.compile(rb"^(?:" + _ISO_PREFIX + rb"\s+)?" + _SBS_TYPES + rb",")
 _OGN_LINE = re.compile(rb"^" + _ISO_PREFIX + rb"\s+\S")
+_APRS_IS_LINE = re.compile(rb"^[A-Za-z0-9-]{1,16}>[A-Za-z0-9-]{1,16}[,:]")
+_SERVER_COMMENT = re.compile(rb"^#\s*(?:aprsc|javAPRS\w*|logresp)\b")
+_KEEPALIVE = re.compile(
+    rb"^#.*?\b(\d{1,2}) (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) (\d{4})"
+    rb" (\d\d):(\d\d):(\d\d) GMT\b"
+)
+_MONTHS = {m: i for i, m in enumerate(
+    (b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"),
+    start=1)}
+_PACKET_TIME = re.compile(rb":[/@>](\d\d)(\d\d)(\d\d)h")
+_PACKET_TIME_WINDOW_US = 600_000_000
+_DAY_US = 86_400_000_000
+_SNIFF_BYTES = 8192
+_MAX_LEADING_JUNK = 5  # logger chatter before the data ("connecting to server")
 _ARCHIVE_NAME = re.compile(r"^(ogn|sbs|beast)-\d{4}-\d\d-\d\d\.log(?:\.gz)?$")
 _PROGRESS_EVERY = 256
 
@@ -95,22 +120,109 @@ def open_capture(path: Path) -> tuple[BinaryIO, BinaryIO]:
 
 
 def detect_format(path: Path) -> CaptureFormat:
+    return _sniff(path)[0]
+
+
+def is_raw_aprs_is(path: Path) -> bool:
+    """An OGN capture without receive times: APRS-IS lines exactly as the server sent them."""
+    try:
+        return _sniff(path) == (CaptureFormat.OGN, True)
+    except ValueError:
+        return False
+
+
+def _sniff(path: Path) -> tuple[CaptureFormat, bool]:
+    """(format, raw APRS-IS) from the first recognisable line of the file."""
     reader, raw = open_capture(path)
     with raw, reader:
-        head = reader.read(8192)
+        head = reader.read(_SNIFF_BYTES)
     if head[:1] == b"\x1a":
-        return CaptureFormat.BEAST
+        return CaptureFormat.BEAST, False
+    junk = 0
     for line in head.splitlines():
         if not line.strip():
             continue
         if _ARCHIVE_LINE.match(line):
-            return CaptureFormat.ARCHIVE
+            return CaptureFormat.ARCHIVE, False
         if _SBS_LINE.match(line):
-            return CaptureFormat.SBS
+            return CaptureFormat.SBS, False
         if _OGN_LINE.match(line):
-            return CaptureFormat.OGN
-        break
+            return CaptureFormat.OGN, False
+        if _APRS_IS_LINE.match(line) or _SERVER_COMMENT.match(line):
+            return CaptureFormat.OGN, True
+        junk += 1
+        if junk > _MAX_LEADING_JUNK:
+            break
     raise ValueError(f"{path}: not a capture format soar knows (ogn, sbs, beast, archive)")
+
+
+def receive_time_problem(
+    path: Path, fmt: CaptureFormat | str | None = None, start_us: int | None = None
+) -> str | None:
+    """Why `path` cannot be replayed with these receive times (None: it can), in a sentence.
+
+    A raw APRS-IS capture needs a server keep-alive line or `start_us`; `start_us` means
+    something only to captures that record no absolute time (Beast, raw APRS-IS).
+    """
+    kind = CaptureFormat(fmt) if fmt is not None else detect_format(path)
+    raw_aprs = kind is CaptureFormat.OGN and is_raw_aprs_is(path)
+    if start_us is not None and kind is not CaptureFormat.BEAST and not raw_aprs:
+        return (
+            f"{path}: --start is for captures without recorded times (Beast, raw APRS-IS); "
+            f"this {kind.value} capture records its own"
+        )
+    if raw_aprs and start_us is None and first_keepalive_us(path) is None:
+        return (
+            f"{path}: a raw APRS-IS capture with no server keep-alive line "
+            "('# aprsc … 19 Apr 2017 15:23:32 GMT …') to take receive times from; "
+            "pass --start with the UTC time the capture began"
+        )
+    return None
+
+
+def keepalive_us(line: bytes) -> int | None:
+    """The server time (µs) of an APRS-IS keep-alive comment line, else None."""
+    match = _KEEPALIVE.match(line)
+    if match is None:
+        return None
+    day, month, year, hours, minutes, seconds = match.groups()
+    try:
+        moment = datetime(int(year), _MONTHS[month], int(day), int(hours), int(minutes),
+                          int(seconds), tzinfo=UTC)
+    except ValueError:  # 31 Feb, 25:00:00
+        return None
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def first_keepalive_us(path: Path) -> int | None:
+    """The server time of the first keep-alive line in the capture (reads up to it)."""
+    reader, raw = open_capture(path)
+    with raw, reader:
+        try:
+            for line in reader:
+                if line.startswith(b"#"):
+                    found = keepalive_us(line)
+                    if found is not None:
+                        return found
+        except (OSError, EOFError):  # unreadable further on: the reader counts that
+            pass
+    return None
+
+
+def packet_time_us(line: bytes, anchor_us: int) -> int | None:
+    """The APRS line's own `hhmmssh` time placed on the day that puts it nearest `anchor_us`,
+    if that is within 10 minutes of it; None otherwise."""
+    match = _PACKET_TIME.match(line, max(line.find(b":"), 0))
+    if match is None:
+        return None
+    hours, minutes, seconds = (int(g) for g in match.groups())
+    if hours > 23 or minutes > 59 or seconds > 59:
+        return None
+    of_day = ((hours * 60 + minutes) * 60 + seconds) * 1_000_000
+    day_start = anchor_us - anchor_us % _DAY_US
+    best = min((day_start + shift + of_day for shift in (-_DAY_US, 0, _DAY_US)),
+               key=lambda t: abs(t - anchor_us))
+    return best if abs(best - anchor_us) <= _PACKET_TIME_WINDOW_US else None
 
 
 def iso_to_us(text: str) -> int:
@@ -147,22 +259,29 @@ def iter_capture(
     *,
     source: str | None = None,
     stats: CaptureStats | None = None,
-    beast_start_us: int | None = None,
+    start_us: int | None = None,
     archive_protocol: Protocol | None = None,
 ) -> Iterator[Envelope]:
-    """The envelopes of one capture file, in file order, with their recorded receive times."""
+    """The envelopes of one capture file, in file order, with their recorded receive times.
+
+    `start_us` is when a capture without recorded times began: a Beast capture's first frame
+    (default: the file's modification time), a raw APRS-IS capture's lines before its first
+    keep-alive. Captures that record their own times do not use it.
+    """
     path = Path(path)
     kind = CaptureFormat(fmt) if fmt is not None else detect_format(path)
     stats = stats if stats is not None else CaptureStats()
     stats.bytes_total = path.stat().st_size
     name = source or path.name
     if kind is CaptureFormat.BEAST:
-        start_us = beast_start_us if beast_start_us is not None else path.stat().st_mtime_ns // 1000
-        yield from _counted(_beast(path, name, start_us, stats), name, Protocol.BEAST, stats)
+        first_us = start_us if start_us is not None else path.stat().st_mtime_ns // 1000
+        yield from _counted(_beast(path, name, first_us, stats), name, Protocol.BEAST, stats)
         return
     if kind is CaptureFormat.ARCHIVE:
         protocol = archive_protocol or _archive_protocol(path)
         parse: Callable[[bytes], tuple[int, bytes]] = _archive_parser(protocol)
+    elif kind is CaptureFormat.OGN and is_raw_aprs_is(path):
+        protocol, parse = Protocol.OGN, _AprsIsClock(path, start_us).parse
     elif kind is CaptureFormat.OGN:
         protocol, parse = Protocol.OGN, _parse_ogn
     else:
@@ -226,6 +345,30 @@ def _parse_ogn(line: bytes) -> tuple[int, bytes]:
     if not rest:
         raise ValueError("empty_line")
     return received_us, rest
+
+
+class _AprsIsClock:
+    """Receive times for a raw APRS-IS capture's lines (see the module doc)."""
+
+    def __init__(self, path: Path, start_us: int | None) -> None:
+        self._path = path
+        self._anchor_us = start_us
+        self._looked_ahead = False
+
+    def parse(self, line: bytes) -> tuple[int, bytes]:
+        if line.startswith(b"#"):
+            server_us = keepalive_us(line)
+            if server_us is not None:
+                self._anchor_us = server_us
+                return server_us, line
+        anchor_us = self._anchor_us
+        if anchor_us is None and not self._looked_ahead:
+            self._looked_ahead = True
+            anchor_us = self._anchor_us = first_keepalive_us(self._path)
+        if anchor_us is None:
+            raise ValueError("no_receive_time")
+        own_us = packet_time_us(line, anchor_us)
+        return (anchor_us if own_us is None else own_us), line
 
 
 def _sbs_parser() -> Callable[[bytes], tuple[int, bytes]]:
@@ -337,7 +480,7 @@ async def replay(
     fmt: CaptureFormat | str | None = None,
     progress: Callable[[ReplayProgress], None] | None = None,
     batch_size: int = 1000,
-    beast_start_us: int | None = None,
+    start_us: int | None = None,
 ) -> list[CaptureStats]:
     """Send every envelope of `paths`, merged by recorded time, paced on trio's clock.
 
@@ -351,7 +494,7 @@ async def replay(
         raise ValueError(f"replay speed must be positive, got {speed}")
     stats = [CaptureStats() for _ in paths]
     sources: Iterable[Iterator[Envelope]] = [
-        iter_capture(p, fmt, stats=s, beast_start_us=beast_start_us)
+        iter_capture(p, fmt, stats=s, start_us=start_us)
         for p, s in zip(paths, stats, strict=True)
     ]
     merged = heapq.merge(*sources, key=lambda env: env.received_us)

@@ -18,12 +18,20 @@ from soar.ingest.capture import (
     CaptureStats,
     ReplayProgress,
     detect_format,
+    is_raw_aprs_is,
     iter_capture,
+    keepalive_us,
+    packet_time_us,
+    receive_time_problem,
     replay,
 )
 from soar.records import Envelope, Protocol
 
 NO_ACTIVE = "ogn/soar-flight-no-active-fixes.txt"
+# raw APRS-IS captures: the lines as the server sent them, no receive-time prefix
+FULL_FEED = "ogn/svoop-ogn-full-feed-5000-20170419.txt"  # one keep-alive, at line 4546
+SERVER_SENTENCES = "ogn/ognclientjava-server-sentences-20141015.txt"  # two keep-alives, CRLF
+NO_KEEPALIVE = "ogn/ognpython-OGN_log-20160921.txt"  # a logger line first, no keep-alive
 
 
 def us(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> int:
@@ -116,7 +124,7 @@ def test_beast_binary_times_from_mlat(testdata: Path, tmp_path: Path) -> None:
         else:
             path.write_bytes(wire)
         assert detect_format(path) is CaptureFormat.BEAST
-        got = list(iter_capture(path, beast_start_us=start))
+        got = list(iter_capture(path, start_us=start))
         assert [e.data for e in got] == [f.to_bytes() for f in frames]
         assert [e.received_us for e in got] == [
             start + ((f.mlat - frames[0].mlat) & MLAT_MASK) // 12 for f in frames
@@ -135,7 +143,7 @@ def test_beast_counter_wrap_and_restart(testdata: Path, tmp_path: Path) -> None:
     ]
     path = tmp_path / "restart.bin"
     path.write_bytes(b"".join(f.encode() for f in restarted))
-    got = list(iter_capture(path, beast_start_us=0))
+    got = list(iter_capture(path, start_us=0))
     expected = [((f.mlat - frames[0].mlat) & MLAT_MASK) // 12 for f in frames[:1500]]
     assert [e.received_us for e in got[:1500]] == expected
     assert wrapped[0].mlat > wrapped[1499].mlat  # it did wrap
@@ -178,6 +186,104 @@ def test_malformed_input_is_counted_not_raised(testdata: Path, tmp_path: Path) -
     stats = CaptureStats()
     assert 0 < len(list(iter_capture(truncated, CaptureFormat.OGN, stats=stats))) < 100
     assert stats.rejects["unreadable"] == 1
+
+
+def own_time(line: bytes, day_us: int) -> int | None:
+    """The `/hhmmssh` time an APRS line carries, on the given UTC day (µs)."""
+    _header, _colon, payload = line.partition(b":")
+    if payload[:1] not in (b"/", b"@", b">") or payload[7:8] != b"h":
+        return None
+    hours, minutes, seconds = int(payload[1:3]), int(payload[3:5]), int(payload[5:7])
+    return day_us + ((hours * 60 + minutes) * 60 + seconds) * 1_000_000
+
+
+def test_raw_aprs_is_capture_times_from_the_keepalive(testdata: Path, tmp_path: Path) -> None:
+    path = testdata / FULL_FEED
+    lines = path.read_bytes().splitlines()
+    assert lines[0].startswith(b"# aprsc") and lines[4545].startswith(b"# aprsc")
+    assert detect_format(path) is CaptureFormat.OGN and is_raw_aprs_is(path)
+    assert receive_time_problem(path) is None
+    stats = CaptureStats()
+    got = list(iter_capture(path, stats=stats))
+    assert stats.rejected == 0 and len(got) == 5000
+    assert [e.data for e in got] == lines  # the lines as they are, server lines included
+    server_time = us(2017, 4, 19, 15, 23, 32)  # the only keep-alive's server clock
+    assert got[4545].received_us == server_time
+    day = us(2017, 4, 19)
+    for env in got:
+        own = own_time(env.data, day)
+        # a line with its own time takes it; the others (the banner and the login response,
+        # before the keep-alive, and the keep-alive itself) take the keep-alive's time
+        assert env.received_us == (server_time if own is None else own), env.data
+    assert sum(own_time(e.data, day) is None for e in got) == 3
+    times = [e.received_us for e in got]
+    assert us(2017, 4, 19, 15, 19, 31) == min(times) and max(times) == us(2017, 4, 19, 15, 23, 33)
+    # gzipped, the same
+    assert list(iter_capture(gzip_copy(path, tmp_path / "feed.gz"), source=path.name)) == got
+
+
+def test_raw_aprs_is_each_keepalive_is_the_anchor_after_it(testdata: Path) -> None:
+    path = testdata / SERVER_SENTENCES
+    got = list(iter_capture(path))
+    assert len(got) == 18 and all(not e.data.endswith(b"\r") for e in got)
+    first, second = us(2014, 10, 15, 10, 25, 54), us(2014, 10, 15, 10, 26, 14)
+    keepalives = [e for e in got if keepalive_us(e.data) is not None]
+    assert [e.received_us for e in keepalives] == [first, second]
+    assert [e.received_us for e in got[:2]] == [first, first]  # banner, logresp: before it
+    day = us(2014, 10, 15)
+    for env in got[2:]:
+        own = own_time(env.data, day)
+        if own is not None:
+            assert env.received_us == own
+
+
+def test_raw_aprs_is_without_a_keepalive_needs_a_start(testdata: Path) -> None:
+    path = testdata / NO_KEEPALIVE
+    assert path.read_bytes().startswith(b"connecting to server\n")  # skipped by the detection
+    assert detect_format(path) is CaptureFormat.OGN and is_raw_aprs_is(path)
+    problem = receive_time_problem(path)
+    assert problem is not None and "keep-alive" in problem and "--start" in problem
+    stats = CaptureStats()
+    assert list(iter_capture(path, stats=stats)) == []  # no time to give them: all counted
+    assert stats.rejects == {"no_receive_time": 500}
+
+    start = us(2016, 9, 21, 7, 0, 0)
+    assert receive_time_problem(path, start_us=start) is None
+    got = list(iter_capture(path, start_us=start))
+    assert len(got) == 500
+    assert got[0].data == b"connecting to server" and got[0].received_us == start
+    day = us(2016, 9, 21)
+    for env in got:
+        own = own_time(env.data, day)
+        assert env.received_us == (start if own is None else own)
+    # beacon times 06:59:55-07:03:01, on the day --start names
+    times = [e.received_us for e in got]
+    assert (min(times), max(times)) == (us(2016, 9, 21, 6, 59, 55), us(2016, 9, 21, 7, 3, 1))
+
+
+def test_start_is_refused_where_the_capture_records_its_times(testdata: Path) -> None:
+    start = us(2020, 1, 1)
+    for name in (OGN_TRACE, SBS_SAMPLE):
+        problem = receive_time_problem(testdata / name, start_us=start)
+        assert problem is not None and "records its own" in problem
+    # Beast: --start is the first frame's time
+    assert receive_time_problem(testdata / "adsb/traffic-sample_dump1090-LFBO-20200212.beast",
+                                start_us=start) is None
+
+
+def test_keepalive_and_packet_times(testdata: Path) -> None:
+    line = (testdata / FULL_FEED).read_bytes().splitlines()[4545]
+    assert keepalive_us(line) == us(2017, 4, 19, 15, 23, 32)
+    assert keepalive_us(line.replace(b"19 Apr", b"31 Apr")) is None  # no such day
+    assert keepalive_us(b"# logresp ROCT-90 unverified, server GLIDERN2") is None
+    beacon = (testdata / FULL_FEED).read_bytes().splitlines()[2]
+    assert beacon.startswith(b"FLRDDD37F>APRS,qAS,EGDM:/152306h")
+    assert packet_time_us(beacon, us(2017, 4, 19, 15, 23, 32)) == us(2017, 4, 19, 15, 23, 6)
+    # on whichever day puts it nearest the anchor, and only within 10 minutes of it
+    assert packet_time_us(beacon, us(2017, 4, 20, 15, 20, 0)) == us(2017, 4, 20, 15, 23, 6)
+    assert packet_time_us(beacon, us(2017, 4, 19, 15, 40, 0)) is None  # 17 min off: not trusted
+    midnight = beacon.replace(b"/152306h", b"/235958h")
+    assert packet_time_us(midnight, us(2017, 4, 20, 0, 0, 5)) == us(2017, 4, 19, 23, 59, 58)
 
 
 def test_unknown_format_is_refused(tmp_path: Path) -> None:
