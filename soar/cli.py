@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="benchmarks (all, or one part)")
     b.add_argument("part", nargs="?", default="all", choices=["all", "protocols", "store", "pipeline"])
     b.add_argument("--seconds", type=float, default=None)
+    from soar.bench.cli import add_options as add_bench_options
+
+    add_bench_options(b)  # --profile, --timeline: the bench's own flags live with the bench
 
     d = sub.add_parser("ddb", help="OGN device database")
     dsub = d.add_subparsers(dest="ddb_command", required=True)
@@ -99,7 +102,8 @@ def _dispatch(command: str, args: argparse.Namespace, settings: Settings) -> int
     if command == "bench":
         from soar.bench.cli import bench_command
 
-        return bench_command(settings, args.part, args.seconds)
+        return bench_command(settings, args.part, args.seconds, profile=args.profile,
+                             timeline=args.timeline)
     if command == "ddb":
         from soar.ddb import ddb_command
 

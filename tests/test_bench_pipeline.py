@@ -49,6 +49,11 @@ def test_sbs_feed_copies_reach_the_aircraft_count(testdata: Path) -> None:
     assert len(idents) >= 10_000
 
 
+def test_ratios_have_two_significant_digits() -> None:
+    assert [bench._ratio(x) for x in (0.01467, 0.4006, 0.654, 1.53, 12.4)] == [
+        "0.015x", "0.40x", "0.65x", "1.5x", "12x"]
+
+
 def test_latency_histogram_quantiles_within_one_percent() -> None:
     rng = random.Random(8)
     samples = [rng.lognormvariate(11, 1) for _ in range(20_000)]  # µs, median ~60 ms
@@ -66,13 +71,20 @@ def test_latency_histogram_quantiles_within_one_percent() -> None:
 
 
 @pytest.mark.slow
-def test_short_sbs_run_commits_and_reaches_websocket(db_url: str, testdata: Path) -> None:
-    rows = bench.run(db_url, testdata, 1.5, feeds=("sbs",))
+def test_short_sbs_run_commits_and_reaches_websocket(
+    db_url: str, testdata: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = bench.run(db_url, testdata, 1.5, feeds=("sbs",), timeline=True)
     assert len(rows) == 1
     row = rows[0]
     assert row.messages > 1000
     assert row.rate > 0 and row.fixes_rate > 0
     assert row.raw_copy_rate > 0
+    # the paced run is fed at half of what this run's throughput run measured, not a fixed rate
+    assert row.paced_asked == pytest.approx(row.rate / 2)
+    assert row.paced_rate > 0 and row.paced_share == pytest.approx(row.paced_rate / row.rate)
+    assert row.vs_parse == pytest.approx(row.rate / row.baseline_rate)
+    assert row.vs_copy == pytest.approx(row.fixes_rate / row.raw_copy_rate)
     assert row.commit_p50_ms is not None and row.commit_p99_ms is not None
     assert row.ws_fixes > 0 and row.ws_p50_ms is not None
     assert row.peak_rss_mib > 10
@@ -83,3 +95,9 @@ def test_short_sbs_run_commits_and_reaches_websocket(db_url: str, testdata: Path
     assert int(gc_note.split("gen0: ")[1].split(",")[0]) > 0, gc_note  # the callback counted
     table = bench.format_table(rows)
     assert "| sbs |" in table and "recv→commit" in table
+    # each figure as its ratio to the same run's baseline first, the absolute rates after it
+    cells = next(line for line in table.splitlines() if line.startswith("| sbs |")).split("|")
+    assert cells[2].strip().startswith(bench._ratio(row.vs_parse) + " (")
+    assert f"{row.rate:,.0f} / {row.baseline_rate:,.0f} lines/s" in cells[2]
+    assert cells[3].strip().startswith(bench._ratio(row.vs_copy) + " (")
+    assert "sbs paced run, second:" in capsys.readouterr().err  # --timeline

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import tempfile
 from pathlib import Path
@@ -9,12 +10,26 @@ from pathlib import Path
 from soar.config import Settings
 
 
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """The bench's own flags. They are flags, not `SOAR_*` variables: those are the service's
+    settings, and soar refuses a `SOAR_*` variable it does not know."""
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                        help="pipeline: record each soar process with py-spy into "
+                        "DIR/<feed>-<full|paced>.txt (collapsed stacks)")
+    parser.add_argument("--timeline", action="store_true",
+                        help="pipeline: print, for each paced run, fixes and worst latency per "
+                        "second, queue depths every 100 ms and GC pauses over 5 ms (stderr)")
+
+
 def testdata_dir() -> Path:
     here = Path(__file__).resolve().parents[2]
     return Path(os.environ.get("SOAR_TESTDATA", str(here.parent / "shared" / "data")))
 
 
-def bench_command(settings: Settings, part: str, seconds: float | None) -> int:
+def bench_command(
+    settings: Settings, part: str, seconds: float | None, *, profile: Path | None = None,
+    timeline: bool = False,
+) -> int:
     from soar.cli import UserError
 
     data = testdata_dir()
@@ -35,9 +50,11 @@ def bench_command(settings: Settings, part: str, seconds: float | None) -> int:
     if part in ("all", "pipeline"):
         from soar.bench import pipeline
 
-        print("\n## End to end (socket -> decode -> shard -> committed)\n")
+        print("\n## End to end (socket -> decode -> shard -> committed; ratios to same-run "
+              "baselines first)\n")
         with _database(settings) as url:
-            print(pipeline.format_table(pipeline.run(url, data, seconds or 60.0)))
+            rows = pipeline.run(url, data, seconds or 60.0, profile=profile, timeline=timeline)
+            print(pipeline.format_table(rows))
     return 0
 
 
