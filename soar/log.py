@@ -2,12 +2,17 @@
 
 Every event carries the task that logged it: the supervisor binds `task` for its children, and
 where nothing is bound the trio task's own name is used, so no line is anonymous.
+
+While a progress bar is on screen (`soar replay`), `lines_above` sends every log line through
+the bar's writer, so lines appear above the bar instead of being glued to it.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TextIO
 
 import structlog
@@ -21,6 +26,39 @@ def _add_task(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, An
         except RuntimeError:  # outside trio: start-up, CLI, worker threads
             event["task"] = "main"
     return event
+
+
+#: where log lines go instead of their stream while a progress bar is shown
+_divert: Callable[[str], None] | None = None
+
+
+class _LogStream:
+    """The stream every log line is written to, as one `write` of the whole line."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        divert = _divert
+        if divert is not None:
+            divert(text)
+            return len(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+@contextmanager
+def lines_above(write: Callable[[str], None]) -> Iterator[None]:
+    """Within the block, log lines (their newline included) go to `write`: e.g. `tqdm.write`
+    with `end=""`, which clears the bar, prints the line and redraws the bar below it."""
+    global _divert
+    previous, _divert = _divert, write
+    try:
+        yield
+    finally:
+        _divert = previous
 
 
 def configure_logging(
@@ -48,8 +86,12 @@ def configure_logging(
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        # WriteLogger writes a line and its newline at once (PrintLogger prints them apart)
+        logger_factory=structlog.WriteLoggerFactory(
+            file=_LogStream(stream)  # type: ignore[arg-type]  # write and flush are all it uses
+        ),
         cache_logger_on_first_use=True,
     )
     # Libraries that use stdlib logging (hypercorn, psycopg_pool) go to stderr, warnings only.
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, stream=_LogStream(sys.stderr),
+                        format="%(name)s %(levelname)s %(message)s")

@@ -4,6 +4,11 @@ Each file becomes a source of the pipeline (its protocol detected from its conte
 with its recorded receive times, paced on trio's clock at `--speed` or as fast as possible.
 The pipeline then drains exactly as on shutdown, so when the summary prints every fix of the
 capture is committed.
+
+A replay in which nothing was accepted — every message rejected by the capture reader or the
+decoder, or none read at all — is almost always the wrong `--format`: it exits 1 with one line
+naming the format tried, the most common reject reason and, when the file looks like another
+format, that format.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -20,10 +26,18 @@ from typing import Any
 import structlog
 import trio
 
-from soar.cli import UserError
+from soar.cli import EXIT_NOTHING_ACCEPTED, EXIT_OK, UserError
 from soar.config import Settings
 from soar.database import open_database
-from soar.ingest.capture import CaptureStats, iter_capture
+from soar.ingest.capture import (
+    CaptureFormat,
+    CaptureStats,
+    _archive_protocol,
+    detect_format,
+    iter_capture,
+    receive_time_problem,
+)
+from soar.log import lines_above
 from soar.pipeline import EnvelopeSink, Pipeline, SourceSpec
 from soar.records import Envelope, Protocol
 from soar.runtime import settle_runtime
@@ -34,14 +48,17 @@ log = structlog.get_logger(__name__)
 _READ_BATCH = 2000
 
 
-def capture_protocol(path: Path, fmt: str = "auto") -> Protocol:
-    """The protocol of a capture file (raises ValueError naming the file when unknown)."""
-    from soar.ingest.capture import CaptureFormat, _archive_protocol, detect_format
-
+def capture_kind(path: Path, fmt: str = "auto") -> tuple[CaptureFormat, Protocol]:
+    """The format and protocol of a capture file (ValueError naming the file when unknown)."""
     kind = CaptureFormat(fmt) if fmt != "auto" else detect_format(path)
     if kind is CaptureFormat.ARCHIVE:
-        return _archive_protocol(path)
-    return Protocol(kind.value)
+        return kind, _archive_protocol(path)
+    return kind, Protocol(kind.value)
+
+
+def capture_protocol(path: Path, fmt: str = "auto") -> Protocol:
+    """The protocol of a capture file (raises ValueError naming the file when unknown)."""
+    return capture_kind(path, fmt)[1]
 
 
 class CaptureSource:
@@ -53,18 +70,22 @@ class CaptureSource:
         fmt: str = "auto",
         speed: float | None = None,
         progress: Callable[[int], None] | None = None,
+        start_us: int | None = None,
     ) -> None:
+        if speed is not None and not (math.isfinite(speed) and speed > 0):
+            raise ValueError(f"replay speed must be a positive number, got {speed}")
         self.path = path
-        self.protocol = capture_protocol(path, fmt)
+        self.kind, self.protocol = capture_kind(path, fmt)
         self.fmt = fmt
         self.speed = speed
+        self.start_us = start_us
         self.progress = progress or (lambda _n: None)
         self.sent = 0
         self.stats = CaptureStats()
 
     async def run(self, sink: EnvelopeSink) -> None:
         envelopes: Iterator[Envelope] = iter_capture(
-            self.path, None if self.fmt == "auto" else self.fmt, stats=self.stats
+            self.path, self.kind, stats=self.stats, start_us=self.start_us
         )
         first_us: int | None = None
         started = trio.current_time()
@@ -106,8 +127,12 @@ async def run_replay(
     progress: Callable[[int], None] | None = None,
     pipeline_hook: Callable[[Pipeline], None] | None = None,
     stop_on_signal: bool = False,
+    start_us: int | None = None,
 ) -> dict[str, Any]:
-    sources = [CaptureSource(f, fmt, speed, progress) for f in files]
+    """Replay `files` and return the summary: counts of messages, fixes, flights and rejects
+    (by reason), and `accepted`, the messages neither the capture reader nor the decoder
+    rejected."""
+    sources = [CaptureSource(f, fmt, speed, progress, start_us) for f in files]
     specs = [
         SourceSpec(f"replay:{s.path.name}:{i}", s.protocol, s.run, RestartPolicy.TEMPORARY)
         for i, s in enumerate(sources)
@@ -125,12 +150,48 @@ async def run_replay(
     finally:
         await pipeline.close()
     summary = pipeline.summary()
+    summary["accepted"] = sum(
+        decoder.messages - sum(decoder.rejects.values()) for decoder in pipeline.decoders.values()
+    )
     for source in sources:  # lines the capture reader could not even frame
         summary["messages"] += source.stats.rejected
         summary["rejects"] += source.stats.rejected
         for reason, count in source.stats.rejects.items():
-            summary["reject_reasons"][f"capture: {reason}"] = count
+            key = f"capture: {reason}"
+            summary["reject_reasons"][key] = summary["reject_reasons"].get(key, 0) + count
+    summary["formats"] = {str(source.path): source.kind.value for source in sources}
     return summary
+
+
+_A_FORMAT = {"ogn": "an OGN", "sbs": "an SBS", "beast": "a Beast", "archive": "a soar raw archive"}
+
+
+def nothing_accepted(summary: dict[str, Any], fmt: str = "auto") -> str | None:
+    """The one line that explains a replay in which nothing was accepted, else None."""
+    if summary["accepted"] > 0:
+        return None
+    formats: dict[str, str] = summary["formats"]
+    tried = "/".join(sorted(set(formats.values())))
+    if summary["messages"] == 0:
+        line = f"no messages read as {tried}"
+    else:
+        reasons: dict[str, int] = summary["reject_reasons"]
+        reason, count = max(reasons.items(), key=lambda kv: kv[1]) if reasons else ("?", 0)
+        count_text = "the 1 message" if summary["messages"] == 1 else f"all {summary['messages']} messages"
+        line = (f"{count_text} rejected as {tried}: "
+                f"most common reason {reason!r} ({count})")
+    if fmt != "auto":  # the user named a format: does the file look like another one?
+        for path, used in formats.items():
+            try:
+                looks = detect_format(Path(path)).value
+            except (ValueError, OSError):
+                continue
+            if looks != used:
+                option = looks if looks != CaptureFormat.ARCHIVE else "auto"
+                line += (f"; is {Path(path).name} {_A_FORMAT[looks]} file? "
+                         f"try --format {option}")
+                break
+    return line
 
 
 async def replay_command(settings: Settings, args: argparse.Namespace) -> int:
@@ -140,24 +201,38 @@ async def replay_command(settings: Settings, args: argparse.Namespace) -> int:
             raise UserError(f"{f}: no such capture file")
     try:
         for f in files:
-            capture_protocol(f, args.format)
-    except ValueError as exc:
+            kind, _protocol = capture_kind(f, args.format)
+            problem = receive_time_problem(f, kind, args.start)
+            if problem is not None:
+                raise UserError(problem)
+    except (ValueError, OSError) as exc:
         raise UserError(str(exc)) from None
     db = await trio.to_thread.run_sync(open_database, settings)
     settle_runtime()
-    bar: Any = None
-    if sys.stderr.isatty() and not args.json:
-        from tqdm import tqdm
-
-        bar = tqdm(unit=" msg", desc="replay", file=sys.stderr)
+    show_bar = args.progress == "always" or (
+        args.progress == "auto" and sys.stderr.isatty() and not args.json
+    )
     try:
-        summary = await run_replay(
-            settings, db.url, files, fmt=args.format, speed=args.speed,
-            progress=bar.update if bar is not None else None, stop_on_signal=True,
-        )
+        if show_bar:
+            from tqdm import tqdm
+
+            bar = tqdm(unit=" msg", desc="replay", file=sys.stderr)
+
+            def advance(messages: int) -> None:
+                bar.update(messages)
+
+            # log lines are printed above the bar, never through it
+            with bar, lines_above(lambda text: tqdm.write(text, file=sys.stderr, end="")):
+                summary = await run_replay(
+                    settings, db.url, files, fmt=args.format, speed=args.speed,
+                    progress=advance, stop_on_signal=True, start_us=args.start,
+                )
+        else:
+            summary = await run_replay(
+                settings, db.url, files, fmt=args.format, speed=args.speed,
+                stop_on_signal=True, start_us=args.start,
+            )
     finally:
-        if bar is not None:
-            bar.close()
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(db.stop)
     if args.json:
@@ -169,4 +244,9 @@ async def replay_command(settings: Settings, args: argparse.Namespace) -> int:
         )
         for reason, count in sorted(summary["reject_reasons"].items(), key=lambda kv: -kv[1]):
             print(f"  rejected {count:>8}  {reason}")
-    return 0
+    failure = nothing_accepted(summary, args.format)
+    if failure is not None:
+        sys.stdout.flush()
+        print(f"soar: {failure}", file=sys.stderr)
+        return EXIT_NOTHING_ACCEPTED
+    return EXIT_OK
