@@ -103,7 +103,7 @@ class Fix:
     ground_speed_kt: float | None = None
     track_deg: float | None = None
     climb_fpm: float | None = None
-    turn_rate: float | None = None  # degrees per second; OGN `rot` is half-turns per 2 min
+    turn_rate: float | None = None  # degrees per second; OGN `rot` is half-turns per minute
     callsign: str | None = None
     squawk: str | None = None
     on_ground: bool | None = None  # transponder air/ground state, when the protocol says

@@ -37,10 +37,12 @@ from soar.records import (
 
 FEET_PER_METRE = 1 / 0.3048
 KMH_PER_KT = 1.852
-KT_PER_MPH = 0.868976
-KT_PER_MS = 3.6 / 1.852
-#: OGN `rot` is in half-turns per two minutes: 180° / 120 s.
-DEG_PER_S_PER_ROT = 1.5
+MS_PER_MPH = 0.44704
+#: OGN `rot` is in half-turns per minute, 180° / 60 s: python-ogn-client's HPM_TO_DEGS, and the
+#: OGN tracker firmware writes its turn rate in deg/s divided by 3. The heading changes between
+#: consecutive real beacons of circling gliders agree (tests/protocols/test_ogn_fields.py).
+DEG_PER_S_PER_ROT = 3.0
+FEET_PER_FLIGHT_LEVEL = 100
 
 # Rejection reasons: a small fixed vocabulary, so they can label a metric.
 REASON_EMPTY = "empty line"
@@ -48,6 +50,7 @@ REASON_HEADER = "bad aprs header"
 REASON_APRS = "aprs parse error"
 REASON_FORMAT = "unsupported aprs format"
 REASON_NO_ADDRESS = "aircraft beacon without address"
+REASON_TIME = "bad packet time"
 
 
 @dataclass(slots=True, frozen=True)
@@ -74,16 +77,25 @@ class AircraftBeacon:
     stealth: bool = False
     no_track: bool = False
     climb_fpm: float | None = None
-    rot: float | None = None  # half-turns per two minutes, as sent
+    rot: float | None = None  # half-turns per minute, as sent
     signal_db: float | None = None
     bit_errors: int | None = None
     freq_offset_khz: float | None = None
     gps_accuracy: tuple[int, int] | None = None  # horizontal x vertical, metres
     callsign: str | None = None
-    squawk: str | None = None
-    flight_level: float | None = None
+    squawk: str | None = None  # Mode A code, 4 octal digits as sent
+    flight_level: float | None = None  # as sent: hundreds of feet of pressure altitude
     comment: str = ""  # the comment tokens not understood above, in order
     raw: str = ""
+
+    @property
+    def pressure_altitude_ft(self) -> float | None:
+        """The flight level in feet (standard-pressure altitude, not MSL)."""
+        if self.flight_level is None:
+            return None
+        # Computed when asked, not for every beacon (most ADS-B relays carry an FL, and the round
+        # showed in the parse rate). Rounded: FL020.11 is 2,011 ft, not 2011.0000000000002.
+        return round(self.flight_level * FEET_PER_FLIGHT_LEVEL, 2)
 
 
 @dataclass(slots=True)
@@ -184,7 +196,7 @@ OgnRecord = (
 # header
 
 _SOURCE_RE = re.compile(r"[A-Za-z0-9]{1,9}(?:-[A-Za-z0-9]{1,8})?\Z")
-_TOCALL_RE = re.compile(r"[A-Za-z0-9]{1,9}(?:-(?:0?\d|1[0-5]))?\Z")
+_TOCALL_RE = re.compile(r"[A-Za-z0-9]+(?:-(?:0?\d|1[0-5]))?\Z")
 _APRSLIB_TOCALL_RE = re.compile(r"[A-Z0-9]{1,6}(?:-\d{1,2})?\Z")
 _PATH_RE = re.compile(r"[A-Za-z0-9\-]{1,9}\*?\Z")
 
@@ -216,6 +228,8 @@ def _is_receiver(header: AprsHeader) -> bool:
 
 _ID_RE = re.compile(r"id([0-9A-F]{2})([0-9A-F]{6})\Z")
 _ID_NAVITER_RE = re.compile(r"id([0-9A-F]{4})([0-9A-F]{6})\Z")
+# Wingman: flags, the pilot's own callsign (the sender name), then the device's 6 hex digits.
+_ID_NAMED_RE = re.compile(r"id([0-9A-F]{2})([A-Za-z0-9]+)([0-9A-F]{6})\Z")
 _CLIMB_RE = re.compile(r"([+-]?\d+(?:\.\d+)?)fpm\Z")
 _ROT_RE = re.compile(r"([+-]?\d+(?:\.\d+)?)rot\Z")
 _DB_RE = re.compile(r"([+-]?\d+(?:\.\d+)?)dB\Z")
@@ -224,8 +238,8 @@ _KHZ_RE = re.compile(r"([+-]?\d+(?:\.\d+)?)kHz\Z")
 _GPS_RE = re.compile(r"gps(\d+)x(\d+)\Z")
 _DAO_RE = re.compile(r"!W(\d)(\d)!\Z")
 _CALLSIGN_RE = re.compile(r"(?:fn)?(?:A\d:)?([A-Za-z0-9\-]{1,10})\Z")
-_SQUAWK_RE = re.compile(r"Sq(\d{4})\Z")
-_FL_RE = re.compile(r"FL(\d{1,3}(?:\.\d+)?)\Z")
+_SQUAWK_RE = re.compile(r"[Ss][Qq]([0-7]{4})\Z")
+_FL_RE = re.compile(r"FL(-?\d+(?:\.\d+)?)\Z")
 _NAME_ADDRESS_RE = re.compile(r"([A-Z]{3})([0-9A-F]{6})\Z")
 
 _ADDRESS_TYPES = (AddressType.OTHER, AddressType.ICAO, AddressType.FLARM, AddressType.OGN)
@@ -252,11 +266,21 @@ class _AircraftComment:
     rest: list[str] = field(default_factory=list)
 
 
-def _parse_aircraft_comment(comment: str) -> _AircraftComment:
+def _wingman_id(token: str, name: str) -> re.Match[str] | None:
+    """Wingman's `id07N0ABC7A39971` as the `idXXYYYYYY` it stands for (`id07A39971`)."""
+    m = _ID_NAMED_RE.match(token)
+    if m is None or m.group(2) != name:
+        return None
+    return _ID_RE.match(f"id{m.group(1)}{m.group(3)}")
+
+
+def _parse_aircraft_comment(comment: str, name: str) -> _AircraftComment:
     out = _AircraftComment()
     for token in comment.split():
         if token.startswith("id"):
             m = _ID_RE.match(token)
+            if m is None and _ID_NAVITER_RE.match(token) is None:
+                m = _wingman_id(token, name)
             if m is not None:
                 flags = int(m.group(1), 16)
                 out.stealth = bool(flags & 0x80)
@@ -319,7 +343,7 @@ def _parse_aircraft_comment(comment: str) -> _AircraftComment:
             if m is not None:
                 out.callsign = m.group(1)
                 continue
-        elif token.startswith("Sq"):
+        elif token.startswith(("Sq", "sq", "SQ", "sQ")):
             m = _SQUAWK_RE.match(token)
             if m is not None:
                 out.squawk = m.group(1)
@@ -425,7 +449,7 @@ def _parse_dvs_status(
 
 
 def _weather_from_aprslib(
-    header: AprsHeader, packet_time: str | None, parsed: dict[str, object], raw: str
+    header: AprsHeader, packet_time: str | None, parsed: dict[str, object], body: str, raw: str
 ) -> WeatherBeacon:
     weather = parsed.get("weather")
     wx: dict[str, object] = weather if isinstance(weather, dict) else {}
@@ -434,19 +458,28 @@ def _weather_from_aprslib(
         value = source.get(key)
         return float(value) if isinstance(value, int | float) else None
 
-    # aprslib reads the `ddd/sss` extension as course/knots (→ km/h) though in a weather report
-    # it is wind direction / mph, and gives gusts in m/s.
-    speed_kmh = num(parsed, "speed")
+    # FANET ground stations send wind `ddd/sss` and gust `gGGG` in knots (python-ogn-client reads
+    # them so), not in the mph of an APRS weather report. aprslib reads `ddd/sss` as a course
+    # extension (knots → km/h) and drops `000` (calm), so it is read here as sent where the
+    # position has the usual form; aprslib's gust, mph → m/s, is scaled back to the number sent.
+    direction: float | None
+    speed: float | None
+    m = _SPEED_GIVEN_RE.match(body)
+    if m is not None and m.group(1).isdigit():
+        direction, speed = float(int(m.group(1))), float(int(m.group(2)))
+    else:
+        course, speed_kmh = num(parsed, "course"), num(parsed, "speed")
+        direction = course if course is not None else num(wx, "wind_direction")
+        speed = None if speed_kmh is None else float(round(speed_kmh / KMH_PER_KT))
     gust_ms = num(wx, "wind_gust")
-    course = num(parsed, "course")
     return WeatherBeacon(
         header=header,
         packet_time=packet_time,
         lat=num(parsed, "latitude"),
         lon=num(parsed, "longitude"),
-        wind_direction_deg=course if course is not None else num(wx, "wind_direction"),
-        wind_speed_kt=None if speed_kmh is None else speed_kmh / KMH_PER_KT * KT_PER_MPH,
-        wind_gust_kt=None if gust_ms is None else gust_ms * KT_PER_MS,
+        wind_direction_deg=direction,
+        wind_speed_kt=speed,
+        wind_gust_kt=None if gust_ms is None else float(round(gust_ms / MS_PER_MPH)),
         temperature_c=num(wx, "temperature"),
         humidity_pct=num(wx, "humidity"),
         pressure_hpa=num(wx, "pressure"),
@@ -475,12 +508,27 @@ class _Position:
 
 # The format nearly every OGN position uses: `/hhmmssh DDMM.mmN T DDDMM.mmE S ccc/sss/A=nnnnnn …`.
 # Anything this does not match exactly (and anything aprslib would read differently: PHG, an
-# altitude inside the comment, other DAO forms, telemetry) goes to aprslib.
+# altitude inside the comment, other DAO forms, telemetry) goes to aprslib, and so does a time
+# that is not one (`194490h`), for aprslib's path to reject. PureGlide sends the course with
+# decimals (`166.56186289668/018`), which aprslib leaves in the comment.
 _FAST_POSITION_RE = re.compile(
-    r"/(\d{6})h(\d{2})(\d{2}\.\d{2})([NS])([/\\0-9A-Z])(\d{3})(\d{2}\.\d{2})([EW])([!-~])"
-    r"(?:(\d{3})/(\d{3}))?(?:/A=(\d{6}|-\d{5}))?(?: (.*))?\Z"
+    r"/((?:[01]\d|2[0-3])[0-5]\d[0-5]\d)h"
+    r"(\d{2})(\d{2}\.\d{2})([NS])([/\\0-9A-Z])(\d{3})(\d{2}\.\d{2})([EW])([!-~])"
+    r"(?:(\d{3}(?:\.\d+)?)/(\d{3}))?(?:/A=(\d{6}|-\d{5}))?(?: (.*))?\Z"
 )
-_SPEED_GIVEN_RE = re.compile(r"[/@]\d{6}[hz/]\d{4}\.\d{2}[NS].\d{5}\.\d{2}[EW].(\d{3})/(\d{3})")
+_SPEED_GIVEN_RE = re.compile(
+    r"[/@]\d{6}[hz/]\d{4}\.\d{2}[NS].\d{5}\.\d{2}[EW].(\d{3}(?:\.\d+)?)/(\d{3})"
+)
+# A valid APRS timestamp as aprslib reports it: hhmmss`h`, or ddhhmm `z` (UTC) / `/` (local).
+_TIMESTAMP_RE = re.compile(
+    r"(?:(?:[01]\d|2[0-3])[0-5]\d[0-5]\dh|(?:0[1-9]|[12]\d|3[01])(?:[01]\d|2[0-3])[0-5]\d[z/])\Z"
+)
+
+
+def _track(course: str) -> float | None:
+    # `000` is APRS for "course unknown"; 360 is north.
+    c = float(course)
+    return c % 360 if 0 < c <= 360 else None
 
 
 def _fast_position(body: str) -> _Position | None:
@@ -502,8 +550,7 @@ def _fast_position(body: str) -> _Position | None:
     track: float | None = None
     ground_speed: float | None = None
     if course is not None:
-        c = int(course)
-        track = float(c % 360) if 1 <= c <= 360 else None
+        track = _track(course)
         ground_speed = float(int(speed))
     return _Position(
         packet_time=m.group(1),
@@ -559,11 +606,19 @@ def _position_from_aprslib(parsed: dict[str, object], body: str) -> _Position | 
     ground_speed = (
         float(round(speed_kmh / KMH_PER_KT)) if isinstance(speed_kmh, int | float) else None
     )
-    if ground_speed is None:
+    comment = str(parsed.get("comment", ""))
+    # Only needed when aprslib found no course or speed: most lines are spared the match.
+    m = _SPEED_GIVEN_RE.match(body) if track is None or ground_speed is None else None
+    if m is not None and "." in m.group(1):
+        # A decimal course is no APRS data extension: aprslib left `ccc.cc/sss` in the comment.
+        given = f"{m.group(1)}/{m.group(2)}"
+        if comment.startswith(given):
+            comment = comment[len(given) :].strip(" ")
+            track = _track(m.group(1))
+            ground_speed = float(int(m.group(2)))
+    if ground_speed is None and m is not None and m.group(2) == "000":
         # aprslib drops a speed of 000, but for OGN a stationary aircraft is information.
-        m = _SPEED_GIVEN_RE.match(body)
-        if m is not None and m.group(2) == "000":
-            ground_speed = 0.0
+        ground_speed = 0.0
     return _Position(
         packet_time=packet_time,
         lat=float(lat),
@@ -576,22 +631,24 @@ def _position_from_aprslib(parsed: dict[str, object], body: str) -> _Position | 
         ),
         track_deg=track,
         ground_speed_kt=ground_speed,
-        comment=str(parsed.get("comment", "")),
+        comment=comment,
         dao_applied=True,
     )
 
 
-def _status_text(body: str) -> tuple[str | None, str]:
-    """`>hhmmssh text` → (hhmmss, text); the timestamp is optional."""
+def _status_text(body: str) -> tuple[str | None, str] | None:
+    """`>hhmmssh text` → (hhmmss, text); the timestamp is optional. None: a time that is none."""
     text = body[1:]
     if len(text) >= 7 and text[:6].isdigit() and text[6] in "hz":
+        if _TIMESTAMP_RE.match(text, 0, 7) is None:
+            return None
         ts = text[:6] if text[6] == "h" else None
         return ts, text[7:].strip(" ")
     return None, text.strip(" ")
 
 
 def _aircraft_beacon(header: AprsHeader, pos: _Position, raw: str) -> AircraftBeacon | Rejected:
-    c = _parse_aircraft_comment(pos.comment)
+    c = _parse_aircraft_comment(pos.comment, header.name)
     lat, lon = pos.lat, pos.lon
     if c.dao is not None and not pos.dao_applied:
         # aprslib's DAO arithmetic, kept identical.
@@ -676,7 +733,10 @@ def _parse_line(line: str, fast: bool) -> OgnRecord:
 
     kind = body[0]
     if kind == ">":
-        packet_time, text = _status_text(body)
+        status = _status_text(body)
+        if status is None:
+            return Rejected(REASON_TIME, raw=line, detail={"time": body[1:8]})
+        packet_time, text = status
         if header.tocall == "OGNDVS":
             return _parse_dvs_status(header, packet_time, text, line)
         if _is_receiver(header):
@@ -689,10 +749,13 @@ def _parse_line(line: str, fast: bool) -> OgnRecord:
         if isinstance(parsed, Rejected):
             parsed.raw = line
             return parsed
+        raw_ts = parsed.get("raw_timestamp")
+        if isinstance(raw_ts, str) and _TIMESTAMP_RE.match(raw_ts) is None:
+            # aprslib takes `194490h` (seconds 90) and gives epoch 0 for it.
+            return Rejected(REASON_TIME, raw=line, detail={"time": raw_ts})
         if parsed.get("symbol") == "_":
-            raw_ts = parsed.get("raw_timestamp")
             packet_time = raw_ts[:6] if isinstance(raw_ts, str) and raw_ts.endswith("h") else None
-            return _weather_from_aprslib(header, packet_time, parsed, line)
+            return _weather_from_aprslib(header, packet_time, parsed, body, line)
         pos = _position_from_aprslib(parsed, body)
         if pos is None:
             return Rejected(REASON_FORMAT, raw=line, detail={"format": parsed.get("format")})
