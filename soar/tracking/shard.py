@@ -238,7 +238,13 @@ class Shard:
         if self._modes is None:
             from soar.protocols.modes import ModeSAccumulator
 
-            self._modes = ModeSAccumulator(self.modes_reference)
+            # Surface pairs with no track or receiver nearby are placed by the airport they
+            # are at (the four CPR candidates are 90 degrees apart: only one can be near one).
+            airports = self.agl.airports
+            self._modes = ModeSAccumulator(
+                self.modes_reference,
+                airports=airports.nearest if airports is not None else None,
+            )
         return self._modes
 
     def _sbs_accumulator(self) -> SbsAccumulator:
