@@ -11,12 +11,17 @@
 Shutdown order: cancel the sources, let the core drain (every stage ends when its input closes,
 the writer flushes last), stop the web server, stop the embedded PostgreSQL; all within
 `shutdown_deadline` seconds.
+
+The listening socket is bound before anything else starts: an address already in use is one
+line naming the setting to change, with no database started and nothing to undo.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable
 
@@ -25,7 +30,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
-from soar.config import Settings
+from soar.config import ConfigError, Settings, env_name, split_host_port
 from soar.database import Database, open_database
 from soar.runtime import log_slow_gc_pauses, settle_runtime
 from soar.web.app import WebContext, create_app
@@ -42,19 +47,54 @@ def migrate_command(settings: Settings) -> int:
     return 0
 
 
+def listen_socket(settings: Settings, key: str) -> socket.socket:
+    """A socket listening on the address of setting `key` (`http_addr`, `metrics_addr`).
+
+    Bound at start-up, before the database or the pipeline, and handed to hypercorn later:
+    an address in use (another soar?) is a ConfigError naming the setting, not a traceback
+    after the whole process has started.
+    """
+    addr = getattr(settings, key)
+    host, port = split_host_port(addr, key)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        # as hypercorn does: a restart does not wait for the old connections' TIME_WAIT
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(HypercornConfig().backlog)  # listening now holds the port against others
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"{key}: {addr} is already in use (another soar running?); "
+                f"set {env_name(key)} to a free host:port"
+            ) from None
+        reason = exc.strerror or str(exc)
+        raise ConfigError(
+            f"{key}: cannot listen on {addr}: {reason}; set {env_name(key)} to a local host:port"
+        ) from None
+    return sock
+
+
 async def serve_web(
     settings: Settings,
     ctx: WebContext,
     stop: trio.Event,
     *,
     bind: str | None = None,
+    sock: socket.socket | None = None,
     api: bool = True,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """hypercorn on `bind` (default `http_addr`) until `stop` is set; `api=False`: health and
-    metrics only (see `create_app`)."""
+    """hypercorn on `sock` (from `listen_socket`), else on `bind` (default `http_addr`) until
+    `stop` is set; `api=False`: health and metrics only (see `create_app`)."""
     config = HypercornConfig()
-    config.bind = [bind or settings.http_addr]
+    if sock is not None:
+        # hypercorn adopts a descriptor (`fd://`) and closes it itself: give it its own copy,
+        # so the caller's socket object stays the caller's to close
+        config.bind = [f"fd://{os.dup(sock.fileno())}"]
+    else:
+        config.bind = [bind or settings.http_addr]
     config.accesslog = None
     config.errorlog = None
     config.graceful_timeout = 5.0
@@ -71,15 +111,18 @@ async def _watch_signals(shutdown: trio.Event) -> None:
 
 async def run_all_in_one(settings: Settings, shutdown: trio.Event | None = None) -> int:
     """Run everything until SIGTERM/SIGINT (or `shutdown` is set); return the exit code."""
-    db: Database = await trio.to_thread.run_sync(open_database, settings)
-    try:
-        return await _run(settings, db, shutdown or trio.Event())
-    finally:
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(db.stop)
+    with listen_socket(settings, "http_addr") as listener:
+        db: Database = await trio.to_thread.run_sync(open_database, settings)
+        try:
+            return await _run(settings, db, shutdown or trio.Event(), listener)
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(db.stop)
 
 
-async def _run(settings: Settings, db: Database, shutdown: trio.Event) -> int:
+async def _run(
+    settings: Settings, db: Database, shutdown: trio.Event, listener: socket.socket
+) -> int:
     from soar.pipeline import Pipeline
     from soar.web.live import AircraftDirectory, LiveHub
 
@@ -103,7 +146,7 @@ async def _run(settings: Settings, db: Database, shutdown: trio.Event) -> int:
 
         async def web(*, task_status: trio.TaskStatus[list[str]]) -> None:
             try:
-                await serve_web(settings, ctx, web_stop, task_status=task_status)
+                await serve_web(settings, ctx, web_stop, sock=listener, task_status=task_status)
             finally:
                 web_done.set()
 

@@ -18,8 +18,10 @@ spool what it had not committed; ingest resends what was never acknowledged.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import signal
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -68,9 +70,25 @@ class IngestRouter:
         self.links[target].offer(env)
 
 
+def _metrics_listener(settings: Settings) -> contextlib.AbstractContextManager[socket.socket | None]:
+    """The metrics_addr socket, bound before anything starts (see `soar.app.listen_socket`)."""
+    from soar.app import listen_socket
+
+    if not settings.metrics_addr:
+        return contextlib.nullcontext()
+    return listen_socket(settings, "metrics_addr")
+
+
 async def run_ingest(settings: Settings, replay: list[Path], speed: float | None) -> int:
     if not settings.track_endpoints:
         raise ConfigError("track_endpoints: soar ingest needs the shard map (SOAR_TRACK_ENDPOINTS)")
+    with _metrics_listener(settings) as listener:
+        return await _run_ingest(settings, replay, speed, listener)
+
+
+async def _run_ingest(
+    settings: Settings, replay: list[Path], speed: float | None, listener: socket.socket | None
+) -> int:
     from soar.replay import CaptureSource
 
     links = [TrackLink(address) for address in settings.track_endpoints]
@@ -115,13 +133,13 @@ async def run_ingest(settings: Settings, replay: list[Path], speed: float | None
         nursery.start_soon(links_sup.run)
         nursery.start_soon(routers.run)
         nursery.start_soon(log_slow_gc_pauses)
-        if settings.metrics_addr:
+        if listener is not None:
             def tree() -> dict[str, Any]:
                 return {sup.name: sup.tree() for sup in (sources, links_sup, routers)}
 
             # ready while every track keeps up (a stalled one fills its unacknowledged window)
             ready = {f"track {link.address}": link.keeping_up for link in links}
-            await nursery.start(_serve_metrics, settings, tree, ready)
+            await nursery.start(_serve_metrics, settings, listener, tree, ready)
 
         async def sources_then_stop() -> None:
             await sources.run()
@@ -153,6 +171,7 @@ async def run_ingest(settings: Settings, replay: list[Path], speed: float | None
 
 async def _serve_metrics(
     settings: Settings,
+    listener: socket.socket,
     tree: Callable[[], dict[str, Any]],
     ready_checks: dict[str, Callable[[], bool]],
     *,
@@ -166,7 +185,7 @@ async def _serve_metrics(
     from soar.web.app import WebContext
 
     ctx = WebContext(tree=tree, ready_checks=ready_checks)
-    await serve_web(settings, ctx, trio.Event(), bind=settings.metrics_addr, api=False,
+    await serve_web(settings, ctx, trio.Event(), sock=listener, api=False,
                     task_status=task_status)
 
 
@@ -220,6 +239,11 @@ class WalSource:
 async def run_track(settings: Settings) -> int:
     if not settings.track_endpoints:
         raise ConfigError("track_endpoints: soar track needs the shard map (SOAR_TRACK_ENDPOINTS)")
+    with _metrics_listener(settings) as listener:
+        return await _run_track(settings, listener)
+
+
+async def _run_track(settings: Settings, listener: socket.socket | None) -> int:
     address = settings.track_endpoints[settings.track_index]
     db = await trio.to_thread.run_sync(open_database, settings)
     try:
@@ -239,8 +263,8 @@ async def run_track(settings: Settings) -> int:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_signalled, stop)
             await pipeline.open()
-            if settings.metrics_addr:
-                await nursery.start(_serve_metrics, settings, pipeline.tree,
+            if listener is not None:
+                await nursery.start(_serve_metrics, settings, listener, pipeline.tree,
                                     {"database": pipeline.database_ready})
             async with trio.open_nursery() as core:
                 await core.start(pipeline.run)
@@ -266,13 +290,20 @@ async def run_track(settings: Settings) -> int:
 
 
 async def run_web(settings: Settings) -> int:
+    from soar.app import listen_socket
+
+    if settings.database_url is None:
+        raise ConfigError("database_url: soar web reads the tracks' database (SOAR_DATABASE_URL)")
+    with listen_socket(settings, "http_addr") as listener:
+        return await _run_web(settings, listener)
+
+
+async def _run_web(settings: Settings, listener: socket.socket) -> int:
     from soar.app import serve_web
     from soar.store.writer import open_pool
     from soar.web.app import WebContext
     from soar.web.live import AircraftDirectory, LiveHub
 
-    if settings.database_url is None:
-        raise ConfigError("database_url: soar web reads the tracks' database (SOAR_DATABASE_URL)")
     db = await trio.to_thread.run_sync(open_database, settings)
     pool = await trio.to_thread.run_sync(open_pool, db.url)
     directory = AircraftDirectory()
@@ -286,7 +317,7 @@ async def run_web(settings: Settings) -> int:
             await nursery.start(directory.run, pool)
             await nursery.start(hub.run)
             async with trio.open_nursery() as web:
-                await web.start(serve_web, settings, ctx, web_stop)
+                await web.start(functools.partial(serve_web, sock=listener), settings, ctx, web_stop)
                 settle_runtime()
                 nursery.start_soon(log_slow_gc_pauses)
                 log.info("web.started", http=settings.http_addr, live=hub.address)
