@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.slow
+# Bounds for a busy machine (replays of 38,000 messages, a start), not measurements.
+pytestmark = [pytest.mark.slow, pytest.mark.time_limit(300)]
 
 # The SBS capture is 6,827 aircraft (5,858 flights); the OGN trace, in replay format, adds one
 # aircraft that lands, stays silent for hours and takes off again.
