@@ -113,6 +113,23 @@ class Settings:
     live_sources: list[str] = _list_setting(
         "Split mode: pynng addresses `soar web` subscribes to (each track's live_addr)"
     )
+    nats_url: str | None = _setting(
+        None,
+        "Split mode: NATS server(s) with JetStream, nats://host:port[,...]; unset = an embedded"
+        " nats-server under data_dir/nats, shared by the processes on this machine",
+    )
+    nats_partitions: int = _setting(
+        64,
+        "Split mode: partitions of the envelope stream (by aircraft hash); the same in every"
+        " process, and fixed once the stream exists",
+    )
+    nats_lease_s: float = _setting(
+        10.0, "Split mode: seconds a silent track keeps its partitions before others take over"
+    )
+    nats_token: str | None = _setting(None, "Split mode: NATS authentication token, if any")
+    nats_creds: Path | None = _setting(
+        None, "Split mode: NATS credentials file (.creds: JWT and NKey seed), if any"
+    )
     ddb_url: str | None = _setting(
         None, "OGN device database URL or file to refresh daily (`soar ddb import` loads it once)"
     )
@@ -262,11 +279,17 @@ def _validate(s: Settings) -> None:
             raise ConfigError(
                 "database_url: expected a postgresql:// URL or libpq connection string"
             ) from None
-    for name in ("shutdown_deadline", "batch_age", "state_batch_age"):
+    for name in ("shutdown_deadline", "batch_age", "state_batch_age", "nats_lease_s"):
         value = getattr(s, name)
         if not math.isfinite(value) or value <= 0:  # nan compares false with everything
             raise ConfigError(f"{name}: must be a positive number of seconds, got {value}")
-    for name in ("channel_size", "batch_rows", "spool_max_bytes"):
+    if s.nats_url is not None:
+        for url in s.nats_url.split(","):
+            if url.strip().split("://", 1)[0] not in ("nats", "tls", "ws", "wss"):
+                raise ConfigError(
+                    f"nats_url: expected nats://host:port (or tls://, ws://, wss://), got {url!r}"
+                )
+    for name in ("channel_size", "batch_rows", "spool_max_bytes", "nats_partitions"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{name}: must be positive")
     _validate_receiver(s.receiver_lat, s.receiver_lon)
