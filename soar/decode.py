@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import math
 from collections import Counter as CounterDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import structlog
 from prometheus_client import Counter
 
-from soar.protocols import beast, modes, ogn, sbs
+from soar.log import RateLimited
+from soar.protocols import beast, modes, ogn, sbs, text
 from soar.records import (
     AddressType,
     Envelope,
@@ -35,11 +38,20 @@ REJECTS = Counter(
     "soar_messages_rejected_total", "Messages rejected by the decode step", ["protocol", "reason"]
 )
 
+TEXT_CLEANED = Counter(
+    "soar_messages_text_cleaned_total",
+    "Text fields the decode step cleaned: control characters removed (kind=control) or bytes "
+    "that were not UTF-8 replaced by U+FFFD (kind=invalid_utf8)",
+    ["protocol", "field", "kind"],
+)
+
 ShardItem = Fix | ModeSInput | SbsInput
 UNUSED = Counter(
     "soar_messages_unused_total", "Messages parsed but not stored (weather, tracker status)",
     ["protocol", "kind"],
 )
+
+R = TypeVar("R")
 
 StoreRow = ReceiverRow | ReceiverStatusRow | ServerMessageRow
 
@@ -64,6 +76,9 @@ class Decoder:
         self._receivers_seen: dict[str, int] = {}
         self._last_receiver_flush_us = 0
         self._messages_metric = MESSAGES.labels(protocol=protocol.value)
+        # A feed can repeat a bad line thousands of times a minute: the metric counts each one,
+        # the log says so once a minute per field and kind.
+        self._text_log = RateLimited(log)
 
     def decode(self, env: Envelope) -> Decoded:
         self.messages += 1
@@ -90,9 +105,25 @@ class Decoder:
         REJECTS.labels(protocol=self.protocol.value, reason=reason).inc()
         log.debug("message.rejected", protocol=self.protocol.value, reason=reason, raw=str(raw)[:200])
 
+    def _parse(self, env: Envelope, parse: Callable[[str], R]) -> tuple[str, R]:
+        """Decode and parse one line; a line with control characters or bytes that are not
+        UTF-8 has its record's text fields cleaned, each one counted."""
+        line, invalid = text.decode(env.data)
+        record = parse(line)
+        if not invalid and text.is_clean(line):
+            return line, record
+        record, found = text.clean_record(record, invalid)
+        protocol = self.protocol.value
+        for field_name, kind in found:
+            TEXT_CLEANED.labels(protocol=protocol, field=field_name, kind=kind).inc()
+            self._text_log.log(
+                (field_name, kind), "warning", "message.text_cleaned", protocol=protocol,
+                field=field_name, kind=kind, line=repr(line)[:200],
+            )
+        return line, record
+
     def _decode_ogn(self, env: Envelope, out: Decoded) -> None:
-        text = env.data.decode("utf-8", errors="replace")
-        parsed = ogn.parse_line(text)
+        line, parsed = self._parse(env, ogn.parse_line)
         if isinstance(parsed, ogn.AircraftBeacon):
             fix = ogn.to_fix(parsed, env.received_us, env.source)
             if fix.receiver:
@@ -110,7 +141,7 @@ class Decoder:
             # Parsed and understood, but soar keeps no table for them (yet): counted, not lost.
             UNUSED.labels(protocol=self.protocol.value, kind=type(parsed).__name__).inc()
         else:
-            self.reject(parsed.reason, text)
+            self.reject(parsed.reason, line)
 
     def _decode_beast(self, env: Envelope, out: Decoded) -> None:
         try:
@@ -133,10 +164,9 @@ class Decoder:
         out.shard_items.append((aircraft_id(AddressType.ICAO, address), item))
 
     def _decode_sbs(self, env: Envelope, out: Decoded) -> None:
-        text = env.data.decode("utf-8", errors="replace")
-        parsed = sbs.parse_line(text)
+        line, parsed = self._parse(env, sbs.parse_line)
         if isinstance(parsed, sbs.SbsMessage):
             item = SbsInput(parsed, env.received_us, env.source)
             out.shard_items.append((aircraft_id(AddressType.ICAO, parsed.icao), item))
         else:
-            self.reject(parsed.reason, text)
+            self.reject(parsed.reason, line)

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 import structlog
@@ -95,3 +97,41 @@ def configure_logging(
     # Libraries that use stdlib logging (hypercorn, psycopg_pool) go to stderr, warnings only.
     logging.basicConfig(level=logging.WARNING, stream=_LogStream(sys.stderr),
                         format="%(name)s %(levelname)s %(message)s")
+
+
+@dataclass(slots=True)
+class _Window:
+    logged_at: float
+    suppressed: int = 0
+
+
+class RateLimited:
+    """At most one log line per key per `period` seconds, for events a feed can repeat at line
+    rate (2,500 bad lines are a metric and one line a minute, not 2,500 lines).
+
+    The first occurrence of a key is logged at once; later ones within the period are counted
+    and the next line that is logged carries that count as `suppressed`. Keys come from a small
+    fixed vocabulary (protocol, field, kind), so the table stays small. The clock is injectable
+    (monotonic by default, so a wall clock step neither floods nor silences the log).
+    """
+
+    def __init__(
+        self, logger: Any, period: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.logger = logger
+        self.period = period
+        self.clock = clock
+        self._windows: dict[Hashable, _Window] = {}
+
+    def log(self, key: Hashable, level: str, event: str, **fields: Any) -> bool:
+        """Log `event` at `level` unless `key` was logged less than `period` ago (then count it).
+        Returns whether a line was written."""
+        now = self.clock()
+        window = self._windows.get(key)
+        if window is not None and now - window.logged_at < self.period:
+            window.suppressed += 1
+            return False
+        suppressed = window.suppressed if window is not None else 0
+        self._windows[key] = _Window(now)
+        getattr(self.logger, level)(event, suppressed=suppressed, **fields)
+        return True
