@@ -304,6 +304,7 @@ class StoreWriter(Generic[T]):
             with trio.CancelScope(shield=True):
                 prepared = await trio.to_thread.run_sync(self._prepare, items)
                 await self._spool_append(prepared)
+            self._batches_settled += 1  # safe in the on-disk spool
         if input_open:
             log.warning("store.spool_full", family=self.name, bytes=self.spool.bytes_used)
         await trio.sleep_forever()
