@@ -8,14 +8,15 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import psycopg
 import pytest
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
-from soar.store.embedded import TEST_SETTINGS, EmbeddedPostgres
-from soar.store.migrate import migrate
+# Every test has a time limit (tests/timelimit.py).
+pytest_plugins = ["timelimit"]
+
+if TYPE_CHECKING:
+    from soar.store.embedded import EmbeddedPostgres
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -40,11 +41,20 @@ _numbers = itertools.count()
 
 
 def database_url(url: str, dbname: str) -> str:
+    from psycopg.conninfo import make_conninfo
+
     return make_conninfo(url, dbname=dbname)
 
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[EmbeddedPostgres]:
+    # Imported here, not at the top: the pure tests need neither psycopg nor PostgreSQL.
+    import psycopg
+    from psycopg import sql
+
+    from soar.store.embedded import TEST_SETTINGS, EmbeddedPostgres
+    from soar.store.migrate import migrate
+
     # Not under pytest's tmp_path: pytest resets its base directory to mode 0700 whenever
     # another pytest run starts, and the server runs as the `pgserver` user when we are root.
     base = Path(tempfile.mkdtemp(prefix="soar-test-pg-"))
@@ -62,6 +72,9 @@ def pg_server() -> Iterator[EmbeddedPostgres]:
 
 @pytest.fixture
 def db_url(pg_server: EmbeddedPostgres) -> Iterator[str]:
+    import psycopg
+    from psycopg import sql
+
     if not pg_server.running:  # a previous test's outage left it stopped
         pg_server.resume()
     name = f"soar_test_{next(_numbers)}"

@@ -82,11 +82,10 @@ def test_start_ready_metrics_sigterm(tmp_path: Path) -> None:
         assert b"soar_task_running" in body
         assert our_postgres(data_dir), "the embedded PostgreSQL should be running"
 
-        began = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=30)
+        out, _ = proc.communicate(timeout=60)
+        # exit 0 means it drained within SOAR_SHUTDOWN_DEADLINE: past it, soar exits 1
         assert proc.returncode == 0, out.decode()[-3000:]
-        assert time.monotonic() - began < 20
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -101,14 +101,21 @@ async def test_ddb_privacy_on_storage_api_and_websocket(
             await ws.send_message(json.dumps({"type": "area_bulk", "action": "subscribe",
                                               "bounds": {"north": 53, "south": 50, "east": 5,
                                                          "west": 2}}))
+            answers = 0
             while True:
                 message = json.loads(await ws.get_message())
                 if message.get("type") == "fix":
                     streamed.append(message)
+                elif message.get("type") in ("subscribed", "error"):
+                    answers += 1
+                    if answers == 4:  # every subscription above is in place
+                        subscribed.set()
 
+    subscribed = trio.Event()
     nursery.start_soon(watch)
-    await trio.sleep(0.5)  # subscribed before the first fix
-    await pipeline.run()
+    with trio.fail_after(60):
+        await subscribed.wait()
+    await pipeline.run()  # its live publisher starts here: the hub connects to it then
 
     hidden = aircraft_id(AddressType.ICAO, HIDDEN)
     anonymous = aircraft_id(AddressType.ICAO, ANONYMOUS)
@@ -133,8 +140,15 @@ async def test_ddb_privacy_on_storage_api_and_websocket(
     status, body = await http_get(host, "/api/aircraft?bbox=-179,-89,179,89")
     listed = body["aircraft"] if isinstance(body, dict) else body
     assert all(a["id"] != hidden for a in listed)
-    # WebSocket
-    await trio.sleep(0.5)
+    # WebSocket: what the hub took is on the client's socket once its queue is empty and both
+    # visible aircraft have been seen (a hidden fix would have been queued among theirs).
+    def delivered() -> bool:
+        ids = {m["id"] for m in streamed}
+        return {anonymous, named} <= ids and all(len(c.queue) == 0 for c in hub._clients)
+
+    with trio.fail_after(60):
+        while not delivered():
+            await trio.sleep(0.05)
     by_id: dict[int, list[dict[str, Any]]] = {}
     for message in streamed:
         by_id.setdefault(message["id"], []).append(message)
@@ -182,7 +196,6 @@ async def test_stealth_bit_stored_never_streamed_and_shown_without_identity(
     binds = await nursery.start(partial(serve, app, config, shutdown_trigger=trio.sleep_forever))
     host = binds[0].split("://", 1)[1]
     await pipeline.run()
-    await trio.sleep(0.5)
 
     with psycopg.connect(db_url) as conn:
         [(stored,)] = conn.execute("SELECT count(*) FROM fixes WHERE aircraft_id = %s",

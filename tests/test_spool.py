@@ -6,6 +6,8 @@ import gzip
 import os
 import shutil
 import struct
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -281,16 +283,34 @@ def test_directory_that_is_a_file_raises_spool_error(tmp_path: Path) -> None:
     assert info.value.path == blocker / "spool"
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root ignores modes")
+_OPEN_SPOOL = """
+import sys
+from soar.spool import DiskSpool, SpoolError
+try:
+    DiskSpool(sys.argv[1], max_bytes=1 << 20)
+except SpoolError as exc:
+    print(f"SpoolError path={exc.path} {exc}")
+"""
+
+
 def test_read_only_directory_raises_spool_error(tmp_path: Path) -> None:
     directory = tmp_path / "ro"
     directory.mkdir()
     directory.chmod(0o500)
+    # root ignores file modes: as root, open the spool in a child that has lost the
+    # capabilities which let root write anywhere (as soar running as a service user would be)
+    command = [sys.executable, "-c", _OPEN_SPOOL, str(directory / "spool")]
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        assert setpriv, "util-linux setpriv is needed to test file modes as root"
+        command = [setpriv, "--bounding-set", "-dac_override,-dac_read_search", *command]
     try:
-        with pytest.raises(SpoolError, match="ro"):
-            DiskSpool(directory, max_bytes=1 << 20)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     finally:
         directory.chmod(0o700)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"SpoolError path={directory / 'spool'} "), result.stdout
+    assert "ro" in result.stdout
 
 
 def test_directory_removed_while_running_raises_spool_error(tmp_path: Path) -> None:

@@ -46,8 +46,13 @@ async def test_postgresql_stopped_for_30_s_mid_replay(
         await trio.to_thread.run_sync(pg_server.pause)
         stopped = trio.current_time()
         # A commit the server finished while it was shutting down is acknowledged just after
-        # pause() returns (the answer hops back from the worker thread): count from then on.
-        await trio.sleep(0.5)
+        # pause() returns (the answer hops back from the worker thread): count from the moment
+        # the fixes writer has seen the outage and has no batch in flight.
+        fixes = pipeline.writers["fixes"]
+        await wait_for(
+            lambda: not fixes.healthy and fixes._batches_sent == fixes._batches_settled,
+            60, "the fixes writer to see the outage",
+        )
         committed_at_stop = pipeline.committed["fixes"]
         try:
             while trio.current_time() - stopped < OUTAGE_S:

