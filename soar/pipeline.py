@@ -24,6 +24,7 @@ import typing
 from collections import Counter as CounterDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -113,6 +114,7 @@ class Pipeline:
         sources: Sequence[SourceSpec] | None = None,
         *,
         hold_open: bool | None = None,
+        wall_clock: Callable[[], datetime] | None = None,
     ) -> None:
         from soar.live import LivePublisher
         from soar.store.tables import AircraftFamily, FixFamily, FlightFamily, ReceiverFamily
@@ -126,6 +128,8 @@ class Pipeline:
         self.settings = settings
         self.database_url = database_url
         self.pool: Any = None
+        #: the wall clock partition maintenance and retention read (injectable for tests)
+        self.wall_clock = wall_clock
         # Live feeds run until drain(); a replay's sources end by themselves.
         self.hold_open = sources is None if hold_open is None else hold_open
         self.sources = list(live_sources(settings) if sources is None else sources)
@@ -471,9 +475,10 @@ class Pipeline:
         await refresh_forever(self.database_url, self.settings.ddb_url, self.privacy.replace)
 
     async def _maintain_partitions(self) -> None:
-        from soar.store.partitions import maintain_partitions
+        from soar.store.partitions import maintain_partitions, wall_now
 
-        await maintain_partitions(self.pool, retention_days=self.settings.fixes_retention_days)
+        await maintain_partitions(self.pool, retention_days=self.settings.fixes_retention_days,
+                                  clock=self.wall_clock or wall_now)
 
     async def _watch_queues(self) -> None:
         while True:

@@ -3,11 +3,22 @@
 A fix whose day has no partition lands in `fixes_default`. Creating that day's partition later
 would fail while the default partition holds rows of that day, so `ensure_partitions` moves them
 into the new table before attaching it, in one transaction.
+
+Retention (`fixes_retention_days`) drops whole days, and a drop cannot be undone, so it does not
+take the wall clock's word alone. Its "now" is the older of the wall clock and the newest
+receive time stored (the data's own clock); and when the wall clock is more than
+`CLOCK_AHEAD_LIMIT` ahead of that newest receive time, nothing is dropped at all: a clock
+stepped ten years ahead would otherwise drop every day there is (issue 18). That run is logged
+(`retention.clock_ahead`, both times) and counted (`soar_store_retention_skipped_total`). The
+same holds for a database that holds only old data (a replayed capture): retention waits until
+fresh data arrives. Partitions are still created for the wall clock's days, since that is the
+clock live fixes are stamped with.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -26,10 +37,33 @@ PARTITION_ERRORS = Counter("soar_store_partition_errors_total", "Failed partitio
 PARTITIONS_DROPPED = Counter(
     "soar_store_partitions_dropped_total", "Daily fixes partitions dropped for retention"
 )
+RETENTION_SKIPPED = Counter(
+    "soar_store_retention_skipped_total",
+    "Retention runs that dropped nothing because the wall clock was not to be trusted",
+    ["reason"],
+)
+
+#: how far the wall clock may run ahead of the newest stored receive time before retention
+#: distrusts it (feeds send something every few seconds; a whole day of silence is not a feed)
+CLOCK_AHEAD_LIMIT = dt.timedelta(days=1)
+
+
+def wall_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 def partition_name(day: dt.date) -> str:
     return f"fixes_p{day:%Y%m%d}"
+
+
+def _partition_day(name: str) -> dt.date | None:
+    """The day of a daily partition's name; None for any other table."""
+    if not name.startswith("fixes_p") or len(name) != len("fixes_p20250101"):
+        return None
+    try:
+        return dt.datetime.strptime(name[len("fixes_p") :], "%Y%m%d").date()
+    except ValueError:
+        return None
 
 
 def _bounds(day: dt.date) -> tuple[dt.datetime, dt.datetime]:
@@ -110,10 +144,8 @@ def drop_partitions_before(conn: psycopg.Connection[Any], day: dt.date) -> list[
     """
     dropped: list[str] = []
     for name in sorted(existing_partitions(conn)):
-        if not name.startswith("fixes_p") or len(name) != len("fixes_p20250101"):
-            continue
-        part_day = dt.datetime.strptime(name[len("fixes_p") :], "%Y%m%d").date()
-        if part_day >= day:
+        part_day = _partition_day(name)
+        if part_day is None or part_day >= day:
             continue
         try:
             with conn.transaction():
@@ -134,13 +166,80 @@ def drop_partitions_before(conn: psycopg.Connection[Any], day: dt.date) -> list[
     return dropped
 
 
+def newest_stored_at(conn: psycopg.Connection[Any]) -> dt.datetime | None:
+    """The newest receive time stored: of a fix (each aircraft's `last_fix_at`, indexed) or of a
+    receiver's packet (a few thousand rows). `max(received_at)` over `fixes` would read every
+    partition; receivers count too because a quiet club site may see no aircraft for days while
+    its receivers report every few minutes. Fixes with no aircraft row (loaded by hand) are
+    found in the newest partition that holds any."""
+    with conn.transaction():
+        row = conn.execute(
+            "SELECT greatest((SELECT max(last_fix_at) FROM aircraft),"
+            " (SELECT max(latest_packet_at) FROM receivers))"
+        ).fetchone()
+    if row is not None and row[0] is not None:
+        return row[0]  # type: ignore[no-any-return]
+    return _newest_fix(conn)
+
+
+def _newest_fix(conn: psycopg.Connection[Any]) -> dt.datetime | None:
+    days = sorted((n for n in existing_partitions(conn) if _partition_day(n) is not None),
+                  reverse=True)
+    with conn.transaction():
+        # the default partition holds the days that had no partition yet, whichever they are
+        newest: dt.datetime | None = _scalar(conn, sql.SQL(
+            "SELECT max(received_at) FROM fixes_default"))
+        for name in days:
+            table = sql.Identifier(name)
+            if _scalar(conn, sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(table)):
+                in_day: dt.datetime = _scalar(
+                    conn, sql.SQL("SELECT max(received_at) FROM {}").format(table))
+                return in_day if newest is None else max(in_day, newest)
+    return newest
+
+
+def _scalar(conn: psycopg.Connection[Any], query: sql.SQL | sql.Composed) -> Any:
+    row = conn.execute(query).fetchone()
+    return None if row is None else row[0]
+
+
+def retention_keep_from(
+    conn: psycopg.Connection[Any], now: dt.datetime, retention_days: int
+) -> dt.date | None:
+    """The first day retention keeps, by the data's clock; None: drop nothing this time."""
+    newest = newest_stored_at(conn)
+    if newest is None:
+        data_now = now  # nothing stored, so nothing a drop could lose
+    elif now - newest > CLOCK_AHEAD_LIMIT:
+        RETENTION_SKIPPED.labels(reason="clock_ahead").inc()
+        log.warning(
+            "retention.clock_ahead", wall_clock=now.isoformat(), newest_stored=newest.isoformat(),
+            ahead_days=round((now - newest) / dt.timedelta(days=1), 2),
+            hint="the wall clock is ahead of every stored receive time: a clock step, or only "
+                 "old data (a replay); no partition is dropped until fresh data arrives",
+        )
+        return None
+    else:
+        # a wall clock behind the data (stepped back) keeps more, never less
+        data_now = min(now, newest)
+    return data_now.astimezone(dt.UTC).date() - dt.timedelta(days=retention_days - 1)
+
+
 def maintain_once(
-    conn: psycopg.Connection[Any], today: dt.date, *, days_ahead: int = 7, retention_days: int = 0
+    conn: psycopg.Connection[Any],
+    now: dt.datetime | dt.date,
+    *,
+    days_ahead: int = 7,
+    retention_days: int = 0,
 ) -> tuple[list[str], list[str]]:
-    """Partitions from yesterday to `days_ahead` days ahead; with `retention_days`, drop the days
-    before the last `retention_days` (today included). Returns (created, dropped)."""
+    """Partitions from yesterday to `days_ahead` days ahead of `now` (the wall clock; a date is
+    its midnight, UTC); with `retention_days`, drop the days before the last `retention_days`
+    (today included) by the data's clock (`retention_keep_from`). Returns (created, dropped)."""
+    if not isinstance(now, dt.datetime):
+        now = dt.datetime.combine(now, dt.time(), dt.UTC)
+    today = now.astimezone(dt.UTC).date()
     first = today - dt.timedelta(days=1)
-    keep_from = today - dt.timedelta(days=retention_days - 1) if retention_days > 0 else None
+    keep_from = retention_keep_from(conn, now, retention_days) if retention_days > 0 else None
     if keep_from is not None and keep_from > first:
         first = keep_from  # never create a day only to drop it
     created = ensure_partitions(conn, first, (today - first).days + days_ahead)
@@ -154,16 +253,18 @@ async def maintain_partitions(
     days_ahead: int = 7,
     retention_days: int = 0,
     interval_s: float = 3600.0,
+    clock: Callable[[], dt.datetime] = wall_now,
 ) -> None:
-    """Trio task: `maintain_once` now and every interval (UTC days).
+    """Trio task: `maintain_once` now and every interval (UTC days, `clock` the wall clock).
 
     A failed run is logged and counted, and tried again at the next interval.
     """
 
     def run_once() -> tuple[list[str], list[str]]:
-        today = dt.datetime.now(dt.UTC).date()
         with pool.connection() as conn:
-            return maintain_once(conn, today, days_ahead=days_ahead, retention_days=retention_days)
+            return maintain_once(
+                conn, clock(), days_ahead=days_ahead, retention_days=retention_days
+            )
 
     while True:
         try:
