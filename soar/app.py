@@ -34,6 +34,7 @@ from soar.config import ConfigError, Settings, env_name, split_host_port
 from soar.database import Database, open_database
 from soar.runtime import log_slow_gc_pauses, settle_runtime
 from soar.web.app import WebContext, create_app
+from soar.web.connections import count_accept_errors
 
 log = structlog.get_logger(__name__)
 
@@ -98,6 +99,10 @@ async def serve_web(
     config.accesslog = None
     config.errorlog = None
     config.graceful_timeout = 5.0
+    # An idle keep-alive connection costs a descriptor: close it after a while (a held one
+    # each from thousands of clients exhausted the process's descriptors).
+    config.keep_alive_timeout = settings.http_keep_alive
+    count_accept_errors()
     app = create_app(ctx, api=api)
     await hypercorn_serve(app, config, shutdown_trigger=stop.wait, task_status=task_status)
 

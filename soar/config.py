@@ -42,6 +42,9 @@ class Settings:
         Path("./var"), "Directory for the embedded database, spools and raw archives"
     )
     http_addr: str = _setting("127.0.0.1:8080", "host:port the HTTP API, map and /metrics listen on")
+    http_keep_alive: float = _setting(
+        30.0, "Seconds an idle HTTP keep-alive connection is kept open before the server closes it"
+    )
     metrics_addr: str = _setting(
         "",
         "Split mode: host:port on which `soar ingest` and `soar track` serve /metrics, /healthz"
@@ -279,7 +282,8 @@ def _validate(s: Settings) -> None:
             raise ConfigError(
                 "database_url: expected a postgresql:// URL or libpq connection string"
             ) from None
-    for name in ("shutdown_deadline", "batch_age", "state_batch_age", "nats_lease_s"):
+    for name in ("shutdown_deadline", "batch_age", "state_batch_age", "nats_lease_s",
+                 "http_keep_alive"):
         value = getattr(s, name)
         if not math.isfinite(value) or value <= 0:  # nan compares false with everything
             raise ConfigError(f"{name}: must be a positive number of seconds, got {value}")

@@ -22,6 +22,11 @@ SOURCE_RECONNECTS = Counter(
     "Times a source lost or failed to open its connection and scheduled a reconnect",
     ["source", "protocol"],
 )
+SOURCE_SOCKET_ERRORS = Counter(
+    "soar_source_socket_errors_total",
+    "Connection attempts that could not even create a socket (EMFILE: out of descriptors)",
+    ["source", "protocol", "errno"],
+)
 SOURCE_REJECTS = Counter(
     "soar_source_rejects_total",
     "Input a source could not turn into an envelope, by reason",

@@ -19,6 +19,7 @@ injectable wall clock `now_us`; timeouts and backoff use trio's clock, so MockCl
 
 from __future__ import annotations
 
+import errno
 import socket as _stdlib_socket
 import time
 from collections.abc import Awaitable, Callable
@@ -283,7 +284,15 @@ class ReconnectingClient:
         for step in range(count):
             index = (first + step) % count
             family, type_, proto, _canon, sockaddr = infos[index]
-            sock = trio.socket.socket(family, type_, proto)
+            try:
+                sock = trio.socket.socket(family, type_, proto)
+            except OSError as exc:
+                # Out of descriptors (EMFILE/ENFILE) is a lost connection like any other:
+                # retried with back-off, never a crash of the source.
+                metrics.SOURCE_SOCKET_ERRORS.labels(
+                    *self._labels, errno.errorcode.get(exc.errno or 0, "other")
+                ).inc()
+                raise ConnectionLost("no_socket", repr(exc)) from exc
             error = "connect timeout"
             try:
                 with trio.move_on_after(self.connect_timeout):

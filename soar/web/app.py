@@ -15,6 +15,8 @@ import prometheus_client
 from quart import Response, jsonify
 from quart_trio import QuartTrio
 
+from soar.web.connections import finish_responses
+
 
 @dataclass
 class WebContext:
@@ -32,6 +34,7 @@ def create_app(ctx: WebContext, *, api: bool = True) -> QuartTrio:
     track processes, which have no API to serve)."""
     app = QuartTrio("soar.web", static_folder=None)
     app.config["SOAR"] = ctx
+    app.asgi_app = finish_responses(app.asgi_app)  # type: ignore[method-assign,assignment,arg-type]
 
     @app.get("/healthz")
     async def healthz() -> Response:

@@ -421,6 +421,45 @@ async def test_unresolvable_host_is_retried(clock: trio.testing.MockClock) -> No
     assert sample("soar_source_reconnects_total", source="t-unresolvable", protocol="sbs") == 4
 
 
+async def test_out_of_descriptors_is_a_retried_connection_loss_not_a_crash(
+    testdata: Path, clock: trio.testing.MockClock
+) -> None:
+    """EMFILE on the source's own socket() once escalated and ended the whole process."""
+    import os
+    import resource
+
+    lines = sbs_lines(testdata)[:50]
+    server = FeedServer(replay(crlf(lines)))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    labels = {"source": "t-emfile", "protocol": "sbs", "errno": "EMFILE"}
+    before = sample("soar_source_socket_errors_total", **labels)
+    async with trio.open_nursery() as nursery:
+        await server.start(nursery)
+        source = SbsSource(server.address, source="t-emfile", backoff=fast_backoff())
+        send, receive = trio.open_memory_channel[Envelope](len(lines))
+        # No descriptor left for this process: a low limit, and every free number below it
+        # taken, so the next socket() fails with EMFILE.
+        resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 8, hard))
+        fillers: list[int] = []
+        try:
+            while True:
+                try:
+                    fillers.append(os.open(os.devnull, os.O_RDONLY))
+                except OSError:
+                    break
+            nursery.start_soon(source.run, send)
+            while sample("soar_source_socket_errors_total", **labels) < before + 3:
+                await trio.sleep(0.01)
+        finally:
+            for fd in fillers:
+                os.close(fd)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        got = [await receive.receive() for _ in lines]  # descriptors back: it reconnects
+        nursery.cancel_scope.cancel()
+    assert [e.data for e in got] == lines
+    assert server.connections, "the source reached the server once it could"
+
+
 # ---- SBS -----------------------------------------------------------------------------------
 
 
