@@ -1,0 +1,80 @@
+"""NATS JetStream between split-mode processes (issue 14): the transport, not its wiring.
+
+    codec        a batch of envelopes <-> one message body (pure; CodecError for bad input)
+    subjects     NATS names: soar.env.<partition>, soar.live.area.<lat>.<lon>, ... (pure)
+    rendezvous   which live track owns which partition (pure)
+    bridge       nats-py (asyncio) under trio: one asyncio loop in one thread
+    client       JetStreamLink: streams, partition consumers, KV lease buckets, live pub/sub
+    lease        PartitionLeases: a track's share of the partitions, kept by leases
+    embedded     EmbeddedNats: nats-server -js under data_dir/nats, shared on one machine
+    errors       what callers catch (never a nats-py exception)
+
+Bridge choice, measured with `python -m soar.bench.broker` on the 2-core development machine
+(200,000 real OGN envelopes, 100 per message, 4 partitions, embedded server, each runtime in
+its own process), envelopes/s:
+
+    runtime               publish (PubAck awaited)   pull + ack
+    thread bridge          400,000 - 450,000         310,000 - 470,000
+    trio-asyncio           195,000 - 205,000         140,000 - 165,000
+    asyncio alone          545,000 - 580,000         435,000 - 545,000   (baseline, no trio)
+
+The thread bridge is about twice as fast as trio-asyncio and within 20-30 % of nats-py alone,
+and trio-asyncio patches asyncio for the whole process on import. Hence `DEFAULT_BRIDGE`.
+"""
+
+from soar.broker.bridge import DEFAULT_BRIDGE, BridgeKind
+from soar.broker.client import (
+    ConsumerStats,
+    Delivery,
+    JetStreamLink,
+    LeaseBucket,
+    LiveMessage,
+    LiveSubscription,
+    PartitionConsumer,
+    PartitionedStream,
+    Published,
+    StreamSpec,
+    StreamStats,
+    open_link,
+)
+from soar.broker.codec import CodecError, decode_batch, encode_batch
+from soar.broker.embedded import EmbeddedNats, EmbeddedNatsError
+from soar.broker.errors import (
+    BrokerError,
+    BrokerUnavailable,
+    LeaseConflict,
+    PartitionCountMismatch,
+    PayloadTooLarge,
+    StreamFull,
+)
+from soar.broker.lease import LeaseStore, PartitionLeases
+
+__all__ = [
+    "DEFAULT_BRIDGE",
+    "BridgeKind",
+    "BrokerError",
+    "BrokerUnavailable",
+    "CodecError",
+    "ConsumerStats",
+    "Delivery",
+    "EmbeddedNats",
+    "EmbeddedNatsError",
+    "JetStreamLink",
+    "LeaseBucket",
+    "LeaseConflict",
+    "LeaseStore",
+    "LiveMessage",
+    "LiveSubscription",
+    "PartitionConsumer",
+    "PartitionCountMismatch",
+    "PartitionLeases",
+    "PartitionedStream",
+    "PayloadTooLarge",
+    "Published",
+    "StreamFull",
+    "StreamSpec",
+    "StreamStats",
+    "decode_batch",
+    "encode_batch",
+    "open_link",
+]
