@@ -10,16 +10,18 @@
     errors       what callers catch (never a nats-py exception)
 
 Bridge choice, measured with `python -m soar.bench.broker` on the 2-core development machine
-(200,000 real OGN envelopes, 100 per message, 4 partitions, embedded server, each runtime in
-its own process), envelopes/s:
+while other test suites ran on it (load 2-3), so ranges over five runs: 200,000 or 500,000
+real OGN envelopes, 100 per message, 4 partitions, embedded server, each runtime in a process
+of its own, envelopes/s:
 
     runtime               publish (PubAck awaited)   pull + ack
-    thread bridge          400,000 - 450,000         310,000 - 470,000
-    trio-asyncio           195,000 - 205,000         140,000 - 165,000
-    asyncio alone          545,000 - 580,000         435,000 - 545,000   (baseline, no trio)
+    thread bridge          370,000 - 760,000         300,000 - 675,000
+    trio-asyncio           115,000 - 235,000         105,000 - 250,000
+    asyncio alone          440,000 - 600,000         405,000 - 650,000   (baseline, no trio)
 
-The thread bridge is about twice as fast as trio-asyncio and within 20-30 % of nats-py alone,
-and trio-asyncio patches asyncio for the whole process on import. Hence `DEFAULT_BRIDGE`.
+The thread bridge is two to three times as fast as trio-asyncio and close to nats-py alone
+(run to run, either may lead: the trio thread and the asyncio thread overlap), and importing
+trio_asyncio patches asyncio for the whole process. Hence `DEFAULT_BRIDGE = "thread"`.
 """
 
 from soar.broker.bridge import DEFAULT_BRIDGE, BridgeKind

@@ -78,6 +78,8 @@ class PartitionLeases:
 
     `on_acquired(p)` should start consuming p (e.g. start a task) and return; `on_released(p)`
     must return only once p is no longer consumed here. Both run inside a round, one at a time.
+    When `run` is cancelled it releases everything (shielded, at most lease_s) and deletes its
+    keys, so a clean stop hands over at the others' next round instead of after the lease.
     """
 
     def __init__(
