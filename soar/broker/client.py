@@ -535,12 +535,17 @@ async def open_link(
             if "link" in holder:
                 await holder["link"]._on_disconnected()
 
+        failing = [False]  # one warning per outage, not one per reconnect attempt
+
         async def reconnected() -> None:
+            failing[0] = False
             if "link" in holder:
                 await holder["link"]._on_reconnected()
 
         async def error(exc: Exception) -> None:
-            log.warning("broker.connection_error", error=f"{type(exc).__name__}: {exc}")
+            (log.debug if failing[0] else log.warning)(
+                "broker.connection_error", error=f"{type(exc).__name__}: {exc}")
+            failing[0] = True
 
         async def closed() -> None:
             log.debug("broker.closed")
