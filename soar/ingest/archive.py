@@ -46,6 +46,29 @@ def utc_day(received_us: int) -> date:
     return datetime.fromtimestamp(received_us // 1_000_000, UTC).date()
 
 
+#: the OGN id token: `idFFAAAAAA` (flags, address), Naviter `idFFFFAAAAAA`, Wingman `idFF<name>AAAAAA`
+_ID_TOKEN = re.compile(rb" id([0-9A-F]{2})([0-9A-F]{2})?")
+
+
+def asks_not_to_be_tracked(line: bytes) -> bool:
+    """Whether an OGN beacon carries the no-track bit (checked on the raw line, before decoding).
+
+    The owner of a device with the bit set asked that its positions be neither shown nor kept:
+    such a beacon must not reach the disk, the raw archive included. A Naviter id has 16 flag
+    bits (no-track 0x4000) ahead of its address, every other id 8 (no-track 0x40).
+    """
+    for match in _ID_TOKEN.finditer(line):
+        end = line.find(b" ", match.start() + 1)
+        token = line[match.start() + 1 : None if end < 0 else end].rstrip(b"\r")
+        if len(token) == 12 and match.group(2) is not None:  # "id" + 4 flag + 6 address digits
+            try:
+                return bool(int(token[2:6], 16) & 0x4000)
+            except ValueError:
+                pass
+        return bool(int(match.group(1), 16) & 0x40)
+    return False
+
+
 def archive_line(envelope: Envelope) -> bytes:
     payload = envelope.data.hex().encode() if envelope.protocol is Protocol.BEAST else envelope.data
     return b"%d\t%s\n" % (envelope.received_us, payload)
@@ -90,6 +113,9 @@ class RawArchive:
         """Append `envelopes`, flush, and close and compress every day that is over."""
         counts: dict[Protocol, int] = {}
         for envelope in envelopes:
+            if envelope.protocol is Protocol.OGN and asks_not_to_be_tracked(envelope.data):
+                metrics.ARCHIVE_WITHHELD.labels(envelope.protocol.value).inc()
+                continue
             day = utc_day(envelope.received_us)
             key = (envelope.protocol, day)
             file = self._files.get(key)

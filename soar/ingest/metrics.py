@@ -42,6 +42,11 @@ SOURCE_GARBAGE_BYTES = Counter(
     "Beast bytes that belonged to no frame",
     ["source", "protocol"],
 )
+ARCHIVE_WITHHELD = Counter(
+    "soar_archive_withheld_total",
+    "Envelopes kept out of the raw archive: OGN beacons whose sender asked not to be tracked",
+    ["protocol"],
+)
 ARCHIVE_MESSAGES = Counter(
     "soar_archive_messages_total",
     "Envelopes written to the raw archive",

@@ -122,3 +122,72 @@ async def test_run_archives_a_channel(testdata: Path, tmp_path: Path) -> None:
                 await send.send(env)
     got = read_back(tmp_path / "ogn-2025-12-23.log.gz") + read_back(tmp_path / "ogn-2025-12-24.log")
     assert got == [(e.received_us, e.data) for e in ogn]
+
+
+# ---- no-track beacons never reach the archive ----------------------------------------------
+
+
+def _real_beacons(testdata: Path) -> list[bytes]:
+    from soar.protocols import ogn
+
+    lines: list[bytes] = []
+    for path in sorted((testdata / "ogn").rglob("*.txt")):
+        for raw in path.read_bytes().splitlines():
+            if not raw.strip() or raw.startswith(b"#"):
+                continue
+            if raw[:2] == b"20" and b"T" in raw[:20]:  # replay format: receive time first
+                raw = raw.partition(b" ")[2]
+            if isinstance(ogn.parse_line(raw.decode("utf-8", "replace")), ogn.AircraftBeacon):
+                lines.append(raw)
+    return lines
+
+
+def _with_no_track_bit(line: bytes) -> bytes:
+    """The same beacon with the no-track bit set in its id token (Naviter: 16 flag bits)."""
+    import re
+
+    def set_bit(m: re.Match[bytes]) -> bytes:
+        digits = m.group(1)
+        if len(digits) == 10:
+            return b" id%04X%s" % (int(digits[:4], 16) | 0x4000, digits[4:])
+        return b" id%02X%s" % (int(digits[:2], 16) | 0x40, digits[2:])
+
+    return re.sub(rb" id([0-9A-F]{10}|[0-9A-F]{8})(?=[ \r]|$)", set_bit, line, count=1)
+
+
+def test_the_no_track_check_agrees_with_the_parser_on_every_real_beacon(testdata: Path) -> None:
+    from soar.ingest.archive import asks_not_to_be_tracked
+    from soar.protocols import ogn
+
+    lines = _real_beacons(testdata)
+    assert len(lines) > 5000
+    marked = [m for m in map(_with_no_track_bit, lines) if m not in lines]
+    assert len(marked) > 5000, "the id token of most real beacons was found and marked"
+    for line in lines + marked:
+        record = ogn.parse_line(line.decode("utf-8", "replace"))
+        assert isinstance(record, ogn.AircraftBeacon), line
+        assert asks_not_to_be_tracked(line) == record.no_track, line
+    assert sum(1 for m in marked if asks_not_to_be_tracked(m)) == len(marked)
+
+
+def test_no_track_beacons_are_withheld_from_the_archive(testdata: Path, tmp_path: Path) -> None:
+    from prometheus_client import REGISTRY
+
+    lines = (testdata / OGN_TRACE).read_bytes().splitlines()[:200]
+    envelopes = []
+    for i, raw in enumerate(lines):
+        payload = raw.partition(b" ")[2]
+        if i % 2:
+            payload = _with_no_track_bit(payload)
+        envelopes.append(Envelope(Protocol.OGN, at(2025, 12, 23, 22) + i * 1_000_000, payload, "t"))
+    withheld = [e.data for e in envelopes if e.data not in {raw.partition(b" ")[2] for raw in lines}]
+    assert len(withheld) == 100
+    before = REGISTRY.get_sample_value("soar_archive_withheld_total", {"protocol": "ogn"}) or 0.0
+    archive = RawArchive(tmp_path, now_us=lambda: at(2025, 12, 23, 23))
+    archive.write_batch(envelopes)
+    archive.close()
+    kept = [payload for _us, payload in read_back(archive.path_for(Protocol.OGN, datetime(2025, 12, 23, tzinfo=UTC).date()))]
+    assert kept == [e.data for e in envelopes[::2]]
+    assert not set(withheld) & set(kept)
+    after = REGISTRY.get_sample_value("soar_archive_withheld_total", {"protocol": "ogn"}) or 0.0
+    assert after - before == 100
