@@ -103,6 +103,7 @@ async def serve_web(
     # each from thousands of clients exhausted the process's descriptors).
     config.keep_alive_timeout = settings.http_keep_alive
     count_accept_errors()
+    ctx.api_token = settings.api_token
     app = create_app(ctx, api=api)
     await hypercorn_serve(app, config, shutdown_trigger=stop.wait, task_status=task_status)
 

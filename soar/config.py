@@ -42,6 +42,11 @@ class Settings:
         Path("./var"), "Directory for the embedded database, spools and raw archives"
     )
     http_addr: str = _setting("127.0.0.1:8080", "host:port the HTTP API, map and /metrics listen on")
+    api_token: str | None = _setting(
+        None,
+        "Bearer token for /metrics and for the error details in /healthz (unset: /metrics open,"
+        " details only to callers on this host)",
+    )
     http_keep_alive: float = _setting(
         30.0, "Seconds an idle HTTP keep-alive connection is kept open before the server closes it"
     )

@@ -7,12 +7,14 @@ the split `soar web` mode.
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import prometheus_client
-from quart import Response, jsonify
+from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 
 from soar.web.connections import finish_responses
@@ -27,6 +29,8 @@ class WebContext:
     pool: Any = None  # psycopg_pool.ConnectionPool for API queries; None until the DB is up
     live: Any = None  # soar.web.live.LiveHub, when live fixes are wired
     extras: dict[str, Any] = field(default_factory=dict)
+    #: protects /metrics and the details of /healthz (settings.api_token); None: open
+    api_token: str | None = None
 
 
 def create_app(ctx: WebContext, *, api: bool = True) -> QuartTrio:
@@ -38,8 +42,11 @@ def create_app(ctx: WebContext, *, api: bool = True) -> QuartTrio:
 
     @app.get("/healthz")
     async def healthz() -> Response:
-        # Alive as long as this process answers; the tree says what each task is doing.
-        return jsonify({"status": "ok", "tree": ctx.tree()})
+        # Alive as long as this process answers; the tree says what each task is doing. The
+        # states are for anyone; error texts (paths, addresses, SQL) only for this host or a
+        # caller with the token.
+        tree = ctx.tree()
+        return jsonify({"status": "ok", "tree": tree if _trusted(ctx) else without_errors(tree)})
 
     @app.get("/readyz")
     async def readyz() -> tuple[Response, int]:
@@ -49,6 +56,9 @@ def create_app(ctx: WebContext, *, api: bool = True) -> QuartTrio:
 
     @app.get("/metrics")
     async def metrics() -> Response:
+        if ctx.api_token and not _token_given(ctx.api_token):
+            return Response("a bearer token is required (SOAR_API_TOKEN)\n", status=401,
+                            headers={"WWW-Authenticate": 'Bearer realm="soar"'})
         body = prometheus_client.generate_latest(prometheus_client.REGISTRY)
         return Response(body, content_type=prometheus_client.CONTENT_TYPE_LATEST)
 
@@ -57,3 +67,28 @@ def create_app(ctx: WebContext, *, api: bool = True) -> QuartTrio:
 
         register_api(app, ctx)
     return app
+
+
+def _token_given(token: str) -> bool:
+    given = request.headers.get("Authorization", "")
+    scheme, _, value = given.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip(), token)
+
+
+def _trusted(ctx: WebContext) -> bool:
+    """This host, or a caller with the token: may see error details."""
+    if ctx.api_token and _token_given(ctx.api_token):
+        return True
+    try:
+        return ipaddress.ip_address((request.remote_addr or "").split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def without_errors(node: Any) -> Any:
+    """The supervision tree with every `last_error` text removed (states and counts kept)."""
+    if isinstance(node, dict):
+        return {k: without_errors(v) for k, v in node.items() if k != "last_error"}
+    if isinstance(node, list):
+        return [without_errors(v) for v in node]
+    return node
