@@ -1,7 +1,13 @@
 """The decode step of each protocol pipeline: envelope in, routable items and store rows out.
 
 Stateless per message except for the receivers a via path names, which are coalesced here so
-that `receivers.latest_packet_at` costs one row per receiver per flush, not a write per fix.
+that `receivers.latest_packet_at` costs one row per receiver per flush, not a write per fix,
+and the clock of each feed: every position leaves here with its own time. An OGN beacon's
+`hhmmss` placed on the receive date (`ogn.beacon_time_us`); a Beast frame's 12 MHz counter
+anchored to the wall clock per source (`beast.MlatClock`: derived from the envelope's
+receive time and the frame alone, so a spooled, archived or re-delivered envelope gets the
+same time again); an SBS message's generated time, corrected for a feed that writes local
+time (`sbs.SbsClock`). A time more than 10 s after its receive time is rejected and counted.
 ADS-B CPR and SBS accumulation are stateful per aircraft and so happen in the shards; this step
 only finds the aircraft address to route by.
 """
@@ -76,6 +82,8 @@ class Decoder:
         self._receivers_seen: dict[str, int] = {}
         self._last_receiver_flush_us = 0
         self._messages_metric = MESSAGES.labels(protocol=protocol.value)
+        self._mlat_clocks: dict[str, beast.MlatClock] = {}
+        self._sbs_clocks: dict[str, sbs.SbsClock] = {}
         # A feed can repeat a bad line thousands of times a minute: the metric counts each one,
         # the log says so once a minute per field and kind.
         self._text_log = RateLimited(log)
@@ -125,7 +133,11 @@ class Decoder:
     def _decode_ogn(self, env: Envelope, out: Decoded) -> None:
         line, parsed = self._parse(env, ogn.parse_line)
         if isinstance(parsed, ogn.AircraftBeacon):
-            fix = ogn.to_fix(parsed, env.received_us, env.source)
+            time_us = ogn.beacon_time_us(parsed, env.received_us)
+            if time_us is None:
+                self.reject(ogn.REASON_FUTURE, line)
+                return
+            fix = ogn.to_fix(parsed, env.received_us, env.source, time_us)
             if fix.receiver:
                 self._receivers_seen[fix.receiver] = env.received_us
             out.shard_items.append((fix.aircraft_id, fix))
@@ -160,13 +172,24 @@ class Decoder:
             return
         # The signal byte is an amplitude: readsb/dump1090 report it as dBFS of its square.
         signal_db = 20 * math.log10(frame.signal / 255) if frame.signal else None
-        item = ModeSInput(payload, env.received_us, env.source, signal_db, remainder)
+        clock = self._mlat_clocks.get(env.source)
+        if clock is None:
+            clock = self._mlat_clocks[env.source] = beast.MlatClock()
+        time_us = clock.time_us(frame.mlat, env.received_us)
+        item = ModeSInput(payload, env.received_us, env.source, signal_db, remainder, time_us)
         out.shard_items.append((aircraft_id(AddressType.ICAO, address), item))
 
     def _decode_sbs(self, env: Envelope, out: Decoded) -> None:
         line, parsed = self._parse(env, sbs.parse_line)
         if isinstance(parsed, sbs.SbsMessage):
-            item = SbsInput(parsed, env.received_us, env.source)
+            clock = self._sbs_clocks.get(env.source)
+            if clock is None:
+                clock = self._sbs_clocks[env.source] = sbs.SbsClock()
+            time_us = clock.time_us(parsed, env.received_us)
+            if time_us is None:
+                self.reject(sbs.REASON_FUTURE, line)
+                return
+            item = SbsInput(parsed, env.received_us, env.source, time_us)
             out.shard_items.append((aircraft_id(AddressType.ICAO, parsed.icao), item))
         else:
             self.reject(parsed.reason, line)

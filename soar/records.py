@@ -1,8 +1,13 @@
 """The records that flow between soar's stages.
 
 These are the contracts between the sans-io protocol code, the tracking core and the sinks
-(store writer, live publisher). Times are integers in microseconds since the Unix epoch, UTC,
-taken at the socket when the message was received: the fix clock of the whole system.
+(store writer, live publisher). Times are integers in microseconds since the Unix epoch, UTC.
+
+A fix has two times. `received_us` is when the message came off the socket (or the time a
+capture recorded for it). `time_us` is when the aircraft was at the position: the OGN beacon's
+own `hhmmss`, the Beast receiver's 12 MHz counter anchored to the wall clock, the SBS generated
+time. The flight rules, duplicates, plausibility checks, tow detection and the API's `time` use
+`time_us`; `received_at` is kept beside it (delay, storage key, silence of a feed).
 """
 
 from __future__ import annotations
@@ -90,7 +95,8 @@ class Fix:
     """One position of one aircraft: what the tracking core consumes and the store keeps.
 
     The protocol layer fills the observed fields; the tracking core fills `agl_ft`,
-    `is_active` and `flight_id`.
+    `is_active` and `flight_id`. `time_us` 0 means "not known": the shard sets it to
+    `received_us` before any rule reads it (`position_time`).
     """
 
     protocol: Protocol
@@ -99,6 +105,7 @@ class Fix:
     received_us: int
     lat: float
     lon: float
+    time_us: int = 0  # when the aircraft was at (lat, lon); see the module doc
     altitude_ft: float | None = None  # MSL (ADS-B: barometric or GNSS, see altitude_source)
     ground_speed_kt: float | None = None
     track_deg: float | None = None
@@ -108,6 +115,7 @@ class Fix:
     squawk: str | None = None
     on_ground: bool | None = None  # transponder air/ground state, when the protocol says
     aircraft_type: AircraftType | None = None
+    category: str | None = None  # ADS-B emitter category, e.g. "A3"
     receiver: str | None = None
     signal_db: float | None = None
     bit_errors: int | None = None
@@ -127,6 +135,13 @@ class Fix:
     @property
     def aircraft_id(self) -> int:
         return aircraft_id(self.address_type, self.address)
+
+
+def position_time(fix: Fix) -> int:
+    """The fix's own time, set to its receive time when the protocol gave none."""
+    if not fix.time_us:
+        fix.time_us = fix.received_us
+    return fix.time_us
 
 
 class FlightPhase(enum.StrEnum):
@@ -168,7 +183,11 @@ class FlightRow:
     release_us: int | None = None
     release_altitude_ft: float | None = None
     release_height_ft: float | None = None  # above the departure airfield
-    end_reason: str | None = None  # landed | landed_out_of_coverage | timed_out | split_callsign | split_gap | shutdown
+    end_reason: str | None = None  # landed | landed_out_of_coverage | timed_out | split_callsign | split_gap | shutdown | superseded
+    #: the aircraft's newest fix time when this row was written: the store keeps the row with
+    #: the greatest, so a replayed older state never overwrites a newer one, while a flight
+    #: that a late fix re-decided (its last fix may move back) still replaces what it was
+    as_of_us: int = 0
 
     @property
     def is_open(self) -> bool:
@@ -188,7 +207,11 @@ _flight_row_values = operator.attrgetter(*(f.name for f in fields(FlightRow)))
 
 @dataclass(slots=True)
 class AircraftSeen:
-    """An aircraft's latest state, coalesced per aircraft by the writer (no write per fix)."""
+    """An aircraft's latest state, coalesced per aircraft by the writer (no write per fix).
+
+    `first_seen_us` is the time of the fix this sighting stands for; the writer keeps the
+    earliest of a batch (and of the table), so `aircraft.first_seen_at` is the first fix.
+    """
 
     aircraft_id: int
     address_type: AddressType
@@ -201,6 +224,8 @@ class AircraftSeen:
     callsign: str | None = None
     protocol: Protocol = Protocol.OGN
     stealth: bool = False  # the latest beacon's stealth bit: identity never shown
+    category: str | None = None  # ADS-B emitter category
+    first_seen_us: int = 0  # 0: the same as last_fix_us
 
 
 @dataclass(slots=True)

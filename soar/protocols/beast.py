@@ -12,6 +12,10 @@ as readsb reads it) which is skipped and counted.
 `BeastDeframer.feed(chunk)` returns the complete frames in the chunk and keeps any partial
 frame for the next call; the result never depends on where the stream was split.
 `BeastFrame.to_bytes()` is the un-escaped form an `Envelope` carries for Beast.
+
+`MlatClock` turns one receiver's counter into wall-clock time: a frame's own time, which the
+chunk's receive time (shared by every frame of a read, late by whatever the network held it)
+only bounds.
 """
 
 from __future__ import annotations
@@ -104,6 +108,53 @@ class BeastFrame:
         if self.signal == 0:
             return None
         return 20.0 * math.log10(self.signal / 255.0)
+
+
+MLAT_TICKS_PER_US = 12
+MLAT_MODULUS = 1 << 48
+
+
+class MlatClock:
+    """One receiver's 12 MHz counter anchored to the wall clock: `time_us(mlat, received_us)`.
+
+    A frame's time is its counter (in µs) plus an offset: the smallest `received - counter`
+    seen, i.e. the anchor is the frame that reached us fastest, so no frame is placed after
+    it was received, and a frame the network or a buffer held back is placed when the
+    receiver heard it. The receiver's crystal drifts against the wall clock (tens of ppm),
+    so each `window_us` of receive time the offset becomes the smallest of that window, and
+    a frame whose offset is more than `jump_us` away (receiver restarted, counter wrapped or
+    reset) re-anchors at once. A counter of 0 (receivers without one) gives the receive time.
+    """
+
+    __slots__ = ("_offset", "_window_end", "_window_min", "jump_us", "reanchors", "window_us")
+
+    def __init__(self, window_us: int = 60_000_000, jump_us: int = 600_000_000) -> None:
+        self.window_us = window_us
+        self.jump_us = jump_us
+        self.reanchors = 0  # discontinuities seen (restart, wrap), not the drift steps
+        self._offset: int | None = None
+        self._window_min: int | None = None
+        self._window_end = 0
+
+    def time_us(self, mlat: int, received_us: int) -> int:
+        if mlat == 0:
+            return received_us
+        counter_us = mlat // MLAT_TICKS_PER_US
+        latency = received_us - counter_us
+        if received_us >= self._window_end:
+            if self._window_min is not None:
+                self._offset = self._window_min  # follow the drift
+            self._window_min = latency
+            self._window_end = received_us + self.window_us
+        elif self._window_min is None or latency < self._window_min:
+            self._window_min = latency
+        offset = self._offset
+        if offset is None or latency < offset or latency - offset > self.jump_us:
+            if offset is not None and abs(latency - offset) > self.jump_us:
+                self.reanchors += 1
+            offset = self._offset = latency
+            self._window_min = latency
+        return counter_us + offset
 
 
 class BeastDeframer:

@@ -20,8 +20,10 @@ Which record a line becomes:
 
 from __future__ import annotations
 
+import calendar
 import re
 from dataclasses import dataclass, field
+from time import gmtime
 
 import aprslib
 
@@ -51,6 +53,17 @@ REASON_APRS = "aprs parse error"
 REASON_FORMAT = "unsupported aprs format"
 REASON_NO_ADDRESS = "aircraft beacon without address"
 REASON_TIME = "bad packet time"
+REASON_FUTURE = "packet time in future"
+
+# The beacon's own time (`beacon_time_us`). Clocks disagree by a second or two, so a beacon
+# up to FUTURE_TOLERANCE_US after its receive time is placed as sent; one further ahead, by
+# up to FUTURE_HORIZON_US, comes from a clock that runs ahead and is rejected; one further
+# ahead still is yesterday's, delivered late.
+FUTURE_TOLERANCE_US = 10_000_000
+FUTURE_HORIZON_US = 3_600_000_000
+_DAY_US = 86_400_000_000
+_MINUTE_US = 60_000_000
+_DAY_TIME_RE = re.compile(r"[^:]*:[/@](0[1-9]|[12]\d|3[01])([01]\d|2[0-3])([0-5]\d)z")
 
 
 @dataclass(slots=True, frozen=True)
@@ -771,7 +784,65 @@ def _parse_line(line: str, fast: bool) -> OgnRecord:
 # records for the rest of soar
 
 
-def to_fix(beacon: AircraftBeacon, received_us: int, source: str) -> Fix:
+def beacon_time_us(beacon: AircraftBeacon, received_us: int) -> int | None:
+    """When the aircraft was at the beacon's position: its `hhmmss` on the receive date.
+
+    The date is the one that puts the time nearest before the receive time (plus
+    `FUTURE_TOLERANCE_US`): a 23:59:58 beacon received at 00:00:03 is yesterday's, and one
+    delivered hours late is placed hours back. A `ddhhmmz` time (whole minutes) is placed in
+    the receive month the same way; the position time is the receive time when that falls
+    within the beacon's minute, else the minute's last second. Without a time of its own
+    (`ddhhmm/` local time, no timestamp) a beacon's time is its receive time. None: the time
+    lies 10 s to 1 h after the receive time, which no delivery explains (rejected).
+    """
+    if beacon.packet_time is not None:
+        hhmmss = beacon.packet_time
+        of_day = (
+            (int(hhmmss[:2]) * 60 + int(hhmmss[2:4])) * 60 + int(hhmmss[4:6])
+        ) * 1_000_000
+        placed = received_us - received_us % _DAY_US + of_day
+        if placed > received_us + FUTURE_TOLERANCE_US:
+            placed -= _DAY_US
+        if placed + _DAY_US - received_us <= FUTURE_HORIZON_US:
+            return None
+        return placed
+    m = _DAY_TIME_RE.match(beacon.raw)
+    if m is None:
+        return received_us
+    minute = _month_placed(int(m.group(1)), int(m.group(2)), int(m.group(3)), received_us)
+    if minute is None:
+        return None
+    return min(max(received_us, minute), minute + _MINUTE_US - 1_000_000)
+
+
+def _month_placed(day: int, hour: int, minute: int, received_us: int) -> int | None:
+    """`ddhhmm` in the latest month that puts it at most the tolerance after the receive time
+    (None: 10 s to 1 h ahead of it)."""
+    year, month = _year_month(received_us)
+    for back in range(3):  # the 31st is in one of the last three months
+        y, m = (year, month - back) if month - back >= 1 else (year - 1, month - back + 12)
+        if day > calendar.monthrange(y, m)[1]:
+            continue
+        placed = calendar.timegm((y, m, day, hour, minute, 0)) * 1_000_000
+        if placed <= received_us + FUTURE_TOLERANCE_US:
+            return placed
+        if placed - received_us <= FUTURE_HORIZON_US:
+            return None
+    return None
+
+
+def _year_month(time_us: int) -> tuple[int, int]:
+    moment = gmtime(time_us // 1_000_000)
+    return moment.tm_year, moment.tm_mon
+
+
+def to_fix(
+    beacon: AircraftBeacon, received_us: int, source: str, time_us: int | None = None
+) -> Fix:
+    """The beacon as a fix; `time_us` defaults to `beacon_time_us` (the receive time for a
+    beacon in the future: callers that reject those, as the decoder does, check first)."""
+    if time_us is None:
+        time_us = beacon_time_us(beacon, received_us) or received_us
     return Fix(
         protocol=Protocol.OGN,
         address_type=beacon.address_type,
@@ -779,6 +850,7 @@ def to_fix(beacon: AircraftBeacon, received_us: int, source: str) -> Fix:
         received_us=received_us,
         lat=beacon.lat,
         lon=beacon.lon,
+        time_us=time_us,
         altitude_ft=beacon.altitude_ft,
         ground_speed_kt=beacon.ground_speed_kt,
         track_deg=beacon.track_deg,

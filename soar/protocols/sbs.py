@@ -10,13 +10,19 @@ SBS splits one aircraft's state over several message types (1: callsign, 3: posi
 altitude, 4: speed, track and vertical rate, 5/6: squawk …), so a `Fix` needs memory:
 `SbsAccumulator`, one per tracking shard, keeps the latest of each per aircraft and emits a
 `Fix` on each new position.
+
+A fix's own time is the message's *generated* date and time (`generated_time_us`), read as
+UTC; the decoder corrects a feed that writes local time (see `soar.decode`) and falls back to
+the receive time when the fields are empty.
 """
 
 from __future__ import annotations
 
+import calendar
 import math
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from soar.records import AddressType, Fix, Protocol, Rejected
 
@@ -28,6 +34,7 @@ REASON_TRANSMISSION = "bad sbs transmission type"
 REASON_ADDRESS = "bad sbs hex ident"
 REASON_VALUE = "bad sbs field value"
 REASON_POSITION = "sbs position out of range"
+REASON_FUTURE = "sbs time in future"
 
 UNUSED_KINDS = frozenset({"SEL", "ID", "AIR", "STA", "CLK"})
 
@@ -183,6 +190,73 @@ def _parse_line(line: str) -> SbsMessage | Rejected:
     return msg
 
 
+_TIME_RE = re.compile(r"(\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))?\Z")
+
+
+@lru_cache(maxsize=64)
+def _day_us(date: str) -> int | None:
+    parts = date.split("/")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        return None
+    year, month, day = (int(p) for p in parts)
+    if not (1970 <= year <= 9999 and 1 <= month <= 12):
+        return None
+    if not 1 <= day <= calendar.monthrange(year, month)[1]:
+        return None
+    return calendar.timegm((year, month, day, 0, 0, 0)) * 1_000_000
+
+
+def generated_time_us(msg: SbsMessage) -> int | None:
+    """The generated date and time of the message (`2026/02/24`, `14:57:36.000`) in µs since
+    the epoch, read as UTC; None when either is missing or is no date or time."""
+    if msg.date_generated is None or msg.time_generated is None:
+        return None
+    day = _day_us(msg.date_generated)
+    m = _TIME_RE.match(msg.time_generated)
+    if day is None or m is None:
+        return None
+    hours, minutes, seconds = int(m.group(1)), int(m.group(2)), int(m.group(3))
+    if hours > 23 or minutes > 59 or seconds > 59:
+        return None
+    micros = int((m.group(4) or "").ljust(6, "0"))
+    return day + ((hours * 60 + minutes) * 60 + seconds) * 1_000_000 + micros
+
+
+_QUARTER_HOUR_US = 900_000_000
+_ZONE_THRESHOLD_US = 1_800_000_000
+FUTURE_TOLERANCE_US = 10_000_000
+
+
+class SbsClock:
+    """One feed's generated times as UTC: `time_us(msg, received_us) -> int | None`.
+
+    BaseStation and dump1090 write the generated time in the feeder's *local* time; a feed
+    whose times are 30 minutes or more away from their receive times is read as a time zone
+    (the difference rounded to the quarter hour, which every zone is a multiple of) and
+    corrected, from its first message on, re-learnt if it changes (daylight saving time).
+    A message without a generated time takes its receive time. None: a time more than 10 s
+    after its receive time once corrected (rejected by the caller, `REASON_FUTURE`).
+    """
+
+    __slots__ = ("zone_us",)
+
+    def __init__(self) -> None:
+        self.zone_us = 0
+
+    def time_us(self, msg: SbsMessage, received_us: int) -> int | None:
+        generated = generated_time_us(msg)
+        if generated is None:
+            return received_us
+        delta = received_us - generated
+        if abs(delta - self.zone_us) >= _ZONE_THRESHOLD_US:
+            quarters = round(delta / _QUARTER_HOUR_US)
+            self.zone_us = quarters * _QUARTER_HOUR_US if abs(delta) >= _ZONE_THRESHOLD_US else 0
+        placed = generated + self.zone_us
+        if placed > received_us + FUTURE_TOLERANCE_US:
+            return None
+        return placed
+
+
 @dataclass(slots=True)
 class _AircraftState:
     last_us: int
@@ -205,8 +279,14 @@ class SbsAccumulator:
     def __len__(self) -> int:
         return len(self._aircraft)
 
-    def feed(self, msg: SbsMessage, received_us: int, source: str = "") -> Fix | None:
-        """Remember what `msg` says; a `Fix` when it carries a position not already emitted."""
+    def feed(
+        self, msg: SbsMessage, received_us: int, source: str = "", time_us: int | None = None
+    ) -> Fix | None:
+        """Remember what `msg` says; a `Fix` when it carries a position not already emitted.
+
+        `time_us` is the position's own time (the decoder's reading of the generated time);
+        without it the fix's time is its receive time.
+        """
         state = self._aircraft.get(msg.icao)
         if state is None:
             state = self._aircraft[msg.icao] = _AircraftState(last_us=received_us)
@@ -243,6 +323,7 @@ class SbsAccumulator:
             received_us=received_us,
             lat=msg.lat,
             lon=msg.lon,
+            time_us=received_us if time_us is None else time_us,
             altitude_ft=state.altitude_ft,
             ground_speed_kt=state.ground_speed_kt,
             track_deg=state.track_deg,

@@ -23,6 +23,7 @@ class ModeSInput:
     source: str = ""
     signal_db: float | None = None
     remainder: int | None = None  # its CRC remainder, computed once by the decoder
+    time_us: int = 0  # the frame's own time (its receiver's counter); 0: the receive time
 
 
 @dataclass(slots=True, frozen=True)
@@ -30,6 +31,7 @@ class SbsInput:
     msg: SbsMessage
     received_us: int
     source: str = ""
+    time_us: int = 0  # the message's generated time as UTC; 0: the receive time
 
 
 @dataclass(slots=True, frozen=True)
