@@ -12,8 +12,13 @@ Formats (auto-detected from the first recognisable line, or named explicitly):
 - ``beast``: a raw Beast byte stream (what port 30005 sends). Beast carries no wall time, only
   each receiver's 48-bit 12 MHz MLAT counter, so a frame's time is ``start_us`` plus the counter
   ticks since the first frame (÷ 12 per µs); ``start_us`` defaults to the file's modification
-  time. A counter of 0 (receivers without one) or a jump backwards or of more than an hour
-  (receiver restart, 48-bit wrap) does not move the time; the counter is re-based there.
+  time. Time is the counter's high-water mark: a frame behind it (the counter stepped back)
+  is a frame the receiver sent again, recognised by its counter and payload among the frames
+  of the last 10 minutes and skipped (counted as ``beast_repeated``: a repeated block is
+  neither new data nor elapsed time); or an older frame, at most 10 s back, placed at its own
+  counter time without moving the clock; or, further back, a receiver restart. A restart, a
+  jump forward of more than an hour or the 48-bit wrap re-bases the counter there, the time
+  standing still. A counter of 0 (receivers without one) does not move the time.
 - ``archive``: soar's own raw archive (`soar.ingest.archive`): ``received_us<TAB>payload``,
   payload the line itself for OGN/SBS and hex for Beast; the protocol comes from the file
   name (``ogn-2026-02-24.log.gz``) unless given.
@@ -62,6 +67,9 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _BEAST_TICKS_PER_US = 12
 _BEAST_MAX_STEP = 3600 * 12_000_000  # a longer jump is a discontinuity, not elapsed time
+_BEAST_REPEAT_TICKS = 600 * 12_000_000  # how far back a re-sent frame is looked for
+_BEAST_REPEAT_FRAMES = 1 << 18  # and at most this many frames back (memory of a busy feed)
+_BEAST_OLDER_TICKS = 10 * 12_000_000  # an unseen frame further back is a receiver restart
 _MLAT_MOD = 1 << 48
 _SBS_TYPES = rb"(?:MSG|SEL|ID|AIR|STA|CLK)"
 _ISO_PREFIX = rb"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d\S*"
@@ -425,9 +433,8 @@ def _archive_parser(protocol: Protocol) -> Callable[[bytes], tuple[int, bytes]]:
 def _beast(path: Path, name: str, start_us: int, stats: CaptureStats) -> Iterator[Envelope]:
     reader, raw = open_capture(path)
     deframer = BeastDeframer()
+    clock = _BeastCaptureClock()
     resyncs = 0
-    ticks = 0  # 12 MHz ticks since the first frame, summed step by step across re-bases
-    last_mlat: int | None = None
     with raw, reader:
         while True:
             try:
@@ -444,16 +451,64 @@ def _beast(path: Path, name: str, start_us: int, stats: CaptureStats) -> Iterato
                     _reject(stats, name, Protocol.BEAST, "beast_resync", b"")
                 resyncs = deframer.resyncs
             for frame in frames:
-                if frame.mlat:
-                    if last_mlat is not None:
-                        step = (frame.mlat - last_mlat) % _MLAT_MOD
-                        if step <= _BEAST_MAX_STEP:  # else: restart or wrap, time stands
-                            ticks += step
-                    last_mlat = frame.mlat
+                ticks = clock.ticks(frame.mlat, frame.payload)
+                if ticks is None:
+                    _reject(stats, name, Protocol.BEAST, "beast_repeated", frame.payload.hex().encode())
+                    continue
                 received_us = start_us + ticks // _BEAST_TICKS_PER_US
                 yield Envelope(Protocol.BEAST, received_us, frame.to_bytes(), name)
     if deframer.buffered:
         _reject(stats, name, Protocol.BEAST, "truncated_frame", b"")
+
+
+class _BeastCaptureClock:
+    """12 MHz ticks since a capture's first frame, on the counter's high-water mark (see the
+    module doc); None for a frame the receiver sent again."""
+
+    def __init__(self) -> None:
+        self._ticks = 0  # at the high-water mark, summed step by step across re-bases
+        self._high: int | None = None
+        # (counter, payload) of recent frames, oldest first, to recognise a re-sent block
+        self._recent: dict[tuple[int, bytes], None] = {}
+
+    def ticks(self, mlat: int, payload: bytes) -> int | None:
+        if not mlat:
+            return self._ticks
+        high = self._high
+        if high is None:
+            self._high = mlat
+            self._remember(mlat, payload)
+            return self._ticks
+        forward = (mlat - high) % _MLAT_MOD
+        if forward <= _BEAST_MAX_STEP:
+            if (mlat, payload) in self._recent:
+                return None  # sent twice in a row: the same frame, the same counter
+            self._ticks += forward
+            self._high = mlat
+            self._remember(mlat, payload)
+            return self._ticks
+        back = (high - mlat) % _MLAT_MOD
+        if back <= _BEAST_REPEAT_TICKS and (mlat, payload) in self._recent:
+            return None
+        if back <= _BEAST_OLDER_TICKS:
+            self._remember(mlat, payload)
+            return self._ticks - back  # an older frame: its own time, the clock stays
+        self._high = mlat  # restart or wrap: re-based, the time stands
+        self._recent.clear()
+        self._remember(mlat, payload)
+        return self._ticks
+
+    def _remember(self, mlat: int, payload: bytes) -> None:
+        recent = self._recent
+        recent[(mlat, payload)] = None
+        high = self._high if self._high is not None else mlat
+        # forget frames more than the repeat horizon behind the high-water mark
+        while len(recent) > 1:
+            oldest = next(iter(recent))
+            behind = (high - oldest[0]) % _MLAT_MOD
+            if behind <= _BEAST_REPEAT_TICKS and len(recent) <= _BEAST_REPEAT_FRAMES:
+                break
+            del recent[oldest]
 
 
 # ---- pacing ---------------------------------------------------------------------------------

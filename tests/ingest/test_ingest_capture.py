@@ -152,6 +152,44 @@ def test_beast_counter_wrap_and_restart(testdata: Path, tmp_path: Path) -> None:
     assert [e.received_us for e in got[1500:]] == after
 
 
+def test_beast_blocks_sent_twice_are_dropped_not_counted_as_time(
+    testdata: Path, tmp_path: Path
+) -> None:
+    # A receiver that re-sends what it had buffered (after a reconnect, say) steps its counter
+    # back: the real LFBO capture with two blocks sent again (80 frames, then 30 frames that
+    # follow on at once). Counted as time, as it was, 24 s of capture became 37 s.
+    from soar.protocols.beast import BeastDeframer
+
+    real = testdata / "adsb/traffic-sample_dump1090-LFBO-20200212.beast"
+    frames = BeastDeframer().feed(real.read_bytes())
+    sent = frames[:180] + frames[100:180] + frames[180:200] + frames[170:200] + frames[200:]
+    path = tmp_path / "resent.beast"
+    path.write_bytes(b"".join(f.encode() for f in sent))
+    stats = CaptureStats()
+    got = list(iter_capture(path, start_us=0, stats=stats))
+    once = list(iter_capture(real, start_us=0))
+    assert len(once) == len(frames) == 239
+    assert [(e.received_us, e.data) for e in got] == [(e.received_us, e.data) for e in once]
+    assert stats.rejects == {"beast_repeated": 110}
+    assert 23_900_000 < got[-1].received_us < 24_000_000
+
+
+def test_an_older_beast_frame_keeps_its_own_time(testdata: Path, tmp_path: Path) -> None:
+    # A frame behind the counter's high-water mark that is no repeat (frames 60..69 held back
+    # and sent after frame 100) is placed at its own counter time; the clock does not go back.
+    from soar.protocols.beast import BeastDeframer
+
+    real = testdata / "adsb/traffic-sample_dump1090-LFBO-20200212.beast"
+    frames = BeastDeframer().feed(real.read_bytes())
+    sent = frames[:60] + frames[70:100] + frames[60:70] + frames[100:]
+    path = tmp_path / "late.beast"
+    path.write_bytes(b"".join(f.encode() for f in sent))
+    stats = CaptureStats()
+    got = {e.data: e.received_us for e in iter_capture(path, start_us=0, stats=stats)}
+    once = {e.data: e.received_us for e in iter_capture(real, start_us=0)}
+    assert got == once and stats.rejected == 0
+
+
 def test_malformed_input_is_counted_not_raised(testdata: Path, tmp_path: Path) -> None:
     lines = (testdata / OGN_TRACE).read_bytes().splitlines()[:100]
     path = tmp_path / "dirty.txt"
