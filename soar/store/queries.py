@@ -11,9 +11,11 @@ Sync functions taking a psycopg connection; parameterised SQL only. From trio, c
 Access paths the indexes are built for (see migrations/0001_initial.sql):
 - aircraft in a bounding box: `point(lon, lat) <@ box(point(west, south), point(east, north))`
   on `aircraft` (GiST), with `last_fix_at` for recency;
-- an aircraft's fixes by time, and a flight's track: `fixes` primary key
-  (aircraft_id, received_at), e.g. `aircraft_id = f.aircraft_id AND received_at BETWEEN
-  f.first_fix_at AND f.last_fix_at` (plus `flight_id = f.id` to be exact);
+- an aircraft's fixes by their own time, and a flight's track: the index
+  (aircraft_id, coalesce(time, received_at)) (`FIX_TIME`; rows from before migration 0003
+  have no `time`), e.g. `aircraft_id = f.aircraft_id AND coalesce(time, received_at) BETWEEN
+  f.first_fix_at AND f.last_fix_at` (plus `flight_id = f.id` to be exact); the primary key
+  (aircraft_id, received_at) is the storage key, in receive time;
 - flights by day: `flights.started_at` (takeoff, or first fix when first seen airborne);
   by airport: `departure_airport` / `arrival_airport` with `started_at`.
 """
@@ -42,6 +44,8 @@ from soar.store.tables import FLIGHT_COLUMNS, ts
 Connection = psycopg.Connection[Any]
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+#: A fix's own time in SQL, the expression `fixes_by_time` indexes (see 0003_fix_time.sql).
+FIX_TIME = "coalesce(time, received_at)"
 _OPEN = "landing_at IS NULL AND timed_out_at IS NULL AND end_reason IS NULL"
 _COUNTABLE = frozenset(
     {"aircraft", "fixes", "flights", "receivers", "receiver_statuses", "server_messages"}
@@ -98,6 +102,7 @@ def flight_from_row(row: dict[str, Any]) -> FlightRow:
         release_altitude_ft=row["release_altitude_ft"],
         release_height_ft=row["release_height_ft"],
         end_reason=row["end_reason"],
+        as_of_us=us(row["as_of"] or row["last_fix_at"]),
     )
 
 
@@ -110,6 +115,7 @@ def fix_from_row(row: dict[str, Any]) -> Fix:
         received_us=us(row["received_at"]),
         lat=row["lat"],
         lon=row["lon"],
+        time_us=us(row["time"] or row["received_at"]),
         altitude_ft=row["altitude_ft"],
         ground_speed_kt=row["ground_speed_kt"],
         track_deg=row["track_deg"],
@@ -168,10 +174,10 @@ def open_flights(
             " CROSS JOIN LATERAL ("
             "   SELECT * FROM fixes"
             "   WHERE fixes.aircraft_id = f.aircraft_id"
-            "     AND fixes.received_at <= f.last_fix_at"
-            "     AND fixes.received_at > f.last_fix_at - %s"
-            "   ORDER BY fixes.received_at DESC LIMIT %s) AS x"
-            " ORDER BY x.aircraft_id, x.received_at",
+            f"     AND {FIX_TIME} <= f.last_fix_at"
+            f"     AND {FIX_TIME} > f.last_fix_at - %s"
+            f"   ORDER BY {FIX_TIME} DESC LIMIT %s) AS x"
+            " ORDER BY x.aircraft_id, coalesce(x.time, x.received_at)",
             (
                 [f.aircraft_id for f in flights],
                 [ts(f.last_fix_us) for f in flights],

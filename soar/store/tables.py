@@ -124,13 +124,19 @@ FIX_COLUMNS: tuple[tuple[str, str], ...] = (
     ("freq_offset_khz", "float4"),
     ("packet_time", "text"),
     ("source", "text"),
+    ("time", "timestamptz"),
 )
 
 FIXES = TableSpec(
     "fixes",
     FIX_COLUMNS,
+    # A fix stored again is the same fix (a replayed batch) or one a late fix re-decided
+    # (`FixRevised`): only its flight and active flag can change.
     "INSERT INTO fixes ({cols}) SELECT {cols} FROM {stage}"
-    " ON CONFLICT (aircraft_id, received_at) DO NOTHING",
+    " ON CONFLICT (aircraft_id, received_at) DO UPDATE SET"
+    " flight_id = excluded.flight_id, is_active = excluded.is_active"
+    " WHERE (fixes.flight_id, fixes.is_active)"
+    " IS DISTINCT FROM (excluded.flight_id, excluded.is_active)",
     stamp_column=0,
     insert_only=True,
 )
@@ -165,6 +171,7 @@ FLIGHT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("release_altitude_ft", "float4"),
     ("release_height_ft", "float4"),
     ("end_reason", "text"),
+    ("as_of", "timestamptz"),
 )
 
 FLIGHTS = TableSpec(
@@ -175,8 +182,8 @@ FLIGHTS = TableSpec(
     "INSERT INTO flights ({cols}) SELECT {cols} FROM {stage}"
     " ORDER BY (landing_at IS NULL AND timed_out_at IS NULL AND end_reason IS NULL)"
     " ON CONFLICT (id) DO UPDATE SET " + _updates(FLIGHT_COLUMNS, {"id"}) + ", updated_at = now()"
-    # a replayed older state never overwrites a newer one
-    " WHERE excluded.last_fix_at >= flights.last_fix_at",
+    # a replayed older state never overwrites a newer one (rows from before 0003: last fix)
+    " WHERE excluded.as_of >= coalesce(flights.as_of, flights.last_fix_at)",
     stamp_column=4,
 )
 
@@ -192,18 +199,21 @@ AIRCRAFT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("altitude_ft", "float4"),
     ("callsign", "text"),
     ("stealth", "bool"),
+    ("category", "text"),
+    ("first_seen_at", "timestamptz"),
 )
 
 AIRCRAFT = TableSpec(
     "aircraft",
     AIRCRAFT_COLUMNS,
-    "INSERT INTO aircraft ({cols}, first_seen_at) SELECT {cols}, last_fix_at FROM {stage}"
+    "INSERT INTO aircraft ({cols}) SELECT {cols} FROM {stage}"
     " ON CONFLICT (id) DO UPDATE SET"
     " last_fix_at = excluded.last_fix_at, lat = excluded.lat, lon = excluded.lon,"
     " altitude_ft = excluded.altitude_ft, protocol = excluded.protocol,"
     " stealth = excluded.stealth,"
     " callsign = coalesce(excluded.callsign, aircraft.callsign),"
     " aircraft_type = coalesce(excluded.aircraft_type, aircraft.aircraft_type),"
+    " category = coalesce(excluded.category, aircraft.category),"
     " first_seen_at = least(aircraft.first_seen_at, excluded.first_seen_at)"
     " WHERE aircraft.last_fix_at IS NULL OR excluded.last_fix_at >= aircraft.last_fix_at",
     stamp_column=5,
@@ -310,6 +320,7 @@ def fix_row(fix: Fix) -> Row:
         fix.freq_offset_khz,
         fix.packet_time,
         fix.source,
+        _EPOCH + dt.timedelta(microseconds=fix.time_us or fix.received_us),
     )
 
 
@@ -319,8 +330,14 @@ class FixFamily:
     def prepare(self, items: Sequence[Fix]) -> list[TableBatch]:
         # Privacy: a no-track beacon is never stored (the tracking core should not send one;
         # this is the last line of defence, and the caller counts what was left out).
-        kept = [fix for fix in items if not fix.no_track]
-        return [TableBatch("fixes", [fix_row(f) for f in kept], [f.received_us for f in kept])]
+        # One row per key: a fix revised in the batch it was first sent in is written once,
+        # as it stands now (the merge could not update a row it inserts in the same statement).
+        kept: dict[tuple[int, int], Fix] = {}
+        for fix in items:
+            if not fix.no_track:
+                kept[(fix.aircraft_id, fix.received_us)] = fix
+        fixes = list(kept.values())
+        return [TableBatch("fixes", [fix_row(f) for f in fixes], [f.received_us for f in fixes])]
 
 
 def flight_row(flight: FlightRow) -> Row:
@@ -354,6 +371,7 @@ def flight_row(flight: FlightRow) -> Row:
         flight.release_altitude_ft,
         flight.release_height_ft,
         flight.end_reason,
+        ts(max(flight.as_of_us, flight.last_fix_us)),
     )
 
 
@@ -378,8 +396,12 @@ class AircraftFamily:
 
     def prepare(self, items: Sequence[AircraftSeen]) -> list[TableBatch]:
         latest: dict[int, AircraftSeen] = {}
+        first: dict[int, int] = {}  # the earliest fix of each aircraft in the batch
         for seen in items:
-            known = latest.get(seen.aircraft_id)
+            ident = seen.aircraft_id
+            seen_at = seen.first_seen_us or seen.last_fix_us
+            first[ident] = min(first.get(ident, seen_at), seen_at)
+            known = latest.get(ident)
             if known is None or seen.last_fix_us >= known.last_fix_us:
                 if known is not None:
                     # keep what the newer sighting does not say
@@ -387,7 +409,9 @@ class AircraftFamily:
                         seen.callsign = known.callsign
                     if seen.aircraft_type is None:
                         seen.aircraft_type = known.aircraft_type
-                latest[seen.aircraft_id] = seen
+                    if seen.category is None:
+                        seen.category = known.category
+                latest[ident] = seen
         rows = [
             (
                 s.aircraft_id,
@@ -401,6 +425,8 @@ class AircraftFamily:
                 s.altitude_ft,
                 s.callsign,
                 s.stealth,
+                s.category,
+                ts(first[s.aircraft_id]),
             )
             for s in latest.values()
         ]
