@@ -1,8 +1,11 @@
 """The flight state machine of one aircraft: fixes in, flight events out.
 
-Pure: no I/O, no clock. Time is the fix clock only — the receive time of the fixes fed in
-(`on_fix`) and the shard's newest fix time (`on_clock`). The shard owns one machine per
-aircraft and turns the returned events into rows and messages.
+Pure: no I/O, no clock. Every rule reads the fixes' own times (`Fix.time_us`: when the
+aircraft was there, not when the message arrived), fed in time order; `soar.tracking.ordered`
+puts late and reordered fixes in that order first. Receive times count only for silence: a
+flight times out when nothing has *arrived* for its aircraft for 1 h (`on_clock` gets the
+shard's receive clock), so a backlog delivered hours late is still one flight per flight.
+The shard owns one machine per aircraft and turns the returned events into rows and messages.
 
 Rules (DESIGN "Flight state machine"):
 
@@ -19,9 +22,10 @@ Rules (DESIGN "Flight state machine"):
 * Landing: 5 consecutive inactive fixes (inactive implies AGL < 250 ft when AGL is known);
   ADS-B air/ground: the debounced switch to ground. The landing time is the first fix of
   the inactive run (ADS-B: the first ground report).
-* Timeout: no fix for 1 h on the fix clock. `timed_out_us` is the deadline itself
-  (last fix + 1 h), so it does not depend on when the shard happened to sweep. The phase
-  comes from the climb of the last fixes.
+* Timeout: no fix for 1 h. Between two fixes, the gap of their own times decides; at a sweep,
+  the aircraft's clock — its newest fix time plus the receive time passed since that fix
+  arrived. `timed_out_us` is the deadline itself (last fix + 1 h), so it does not depend on
+  when the shard happened to sweep. The phase comes from the climb of the last fixes.
 * Landed out of coverage: a flight that times out (or is split by a gap) while descending,
   whose last fix meets the ground within 10 min at its descent rate from at most 5,000 ft
   (`soar.tracking.unseen`), is closed as landed, not timed out: `landing_us` = the projected
@@ -40,7 +44,15 @@ Rules (DESIGN "Flight state machine"):
   been slow: an airliner that crossed a hole in receiver coverage is one flight, not two.
 * Splits: callsign change; a 30 min-1 h gap after which the aircraft was slow (≤ 25 kt) or
   moved < 30 % of speed x gap; any gap > 2 h (never resumed).
-* Duplicates: a fix less than 1 s after (or before) the previous accepted one is dropped.
+* Duplicates: a fix with the same own time as an accepted one of the aircraft, within 1 km
+  of it (the same report heard by two receivers, each decoding it) is dropped as
+  `duplicate`; at the same time farther away it is `same_time_elsewhere` (two devices with
+  one address): counted, and the first kept. Arriving soon after another fix does not make
+  a fix a duplicate. ADS-B positions (Beast, SBS) come twice a second: one less than 1 s
+  after an accepted one is dropped as `thinned`.
+* `max_agl_ft` is the maximum over the whole flight or absent (None): AGL is often known
+  only near airports (no terrain tiles), and the maximum of the part near an airport says
+  nothing about the flight (an airliner's 163 ft "maximum" at 34,589 ft).
 * Spurious flights are marked with `spurious_reason` when they end, never deleted.
 """
 
@@ -53,7 +65,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from soar.records import Fix, FlightPhase, FlightRow, Protocol
+from soar.records import Fix, FlightPhase, FlightRow, Protocol, position_time
 from soar.tracking.geo import METRES_PER_NM, circular_mean_deg, distance_m
 from soar.tracking.unseen import NearestAirport, project_to_ground
 
@@ -75,7 +87,8 @@ SPLIT_MIN_GAP_US = 30 * MINUTE
 SPLIT_MAX_GAP_US = 2 * HOUR
 SLOW_KT = 25.0
 MIN_PROGRESS = 0.30
-DUPLICATE_US = SECOND
+THIN_US = SECOND  # ADS-B positions closer in time than this are thinned
+DUPLICATE_DISTANCE_M = 1000.0
 ACCEPTED_HISTORY = 1024
 ENRICH_WINDOW_US = 20 * SECOND
 PHASE_WINDOW_US = 2 * MINUTE
@@ -120,8 +133,8 @@ TRANSITIONS: tuple[tuple[FlightState, FlightState, str], ...] = (
         FlightState.ON_GROUND,
         "5th inactive fix (ADS-B: debounced ground): landed",
     ),
-    (FlightState.FLYING, FlightState.TIMED_OUT, "no fix for 1 h (fix clock)"),
-    (FlightState.LANDING, FlightState.TIMED_OUT, "no fix for 1 h (fix clock)"),
+    (FlightState.FLYING, FlightState.TIMED_OUT, "no fix for 1 h (fix times; silence: receive clock)"),
+    (FlightState.LANDING, FlightState.TIMED_OUT, "no fix for 1 h (fix times; silence: receive clock)"),
     (
         FlightState.TIMED_OUT,
         FlightState.FLYING,
@@ -166,11 +179,21 @@ class FixAccepted:
 
 @dataclass(slots=True, frozen=True)
 class FixLate:
-    """A fix older than the aircraft's newest: stored (it happened), but it changes no state.
+    """A fix older than what the machine can still re-decide: stored (it happened), with the
+    flight it falls in, but it changes no state.
 
-    After a restart the write-ahead log replays what was not committed, behind the flight
-    state the database already had; these fixes must still be stored, never lost.
+    The machine alone takes any fix older than its newest as late; `ordered.OrderedTrack`
+    merges those within its window and hands only older ones here. After a restart the
+    write-ahead log replays what was not committed, behind the flight state the database
+    already had; these fixes must still be stored, never lost.
     """
+
+    fix: Fix
+
+
+@dataclass(slots=True, frozen=True)
+class FixRevised:
+    """A stored fix whose flight or active flag changed when a late fix was merged before it."""
 
     fix: Fix
 
@@ -178,7 +201,7 @@ class FixLate:
 @dataclass(slots=True, frozen=True)
 class FixDropped:
     fix: Fix
-    reason: str  # duplicate | out_of_order
+    reason: str  # duplicate | same_time_elsewhere | thinned
 
 
 @dataclass(slots=True, frozen=True)
@@ -211,7 +234,16 @@ class EnrichmentDue:
     tracks_deg: tuple[float, ...]  # tracks of the fixes within ±20 s
 
 
-Event = FixAccepted | FixLate | FixDropped | FlightOpened | FlightUpdated | FlightClosed | EnrichmentDue
+Event = (
+    FixAccepted
+    | FixLate
+    | FixRevised
+    | FixDropped
+    | FlightOpened
+    | FlightUpdated
+    | FlightClosed
+    | EnrichmentDue
+)
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -221,6 +253,13 @@ class AirGroundDebouncer:
     """The transponder's air/ground bit, changed only after consecutive agreeing reports."""
 
     __slots__ = ("_pending", "_pending_count", "_pending_since_us", "on_ground", "since_us")
+
+    def copy(self) -> AirGroundDebouncer:
+        other = AirGroundDebouncer()
+        other.on_ground, other.since_us = self.on_ground, self.since_us
+        other._pending, other._pending_count = self._pending, self._pending_count
+        other._pending_since_us = self._pending_since_us
+        return other
 
     def __init__(self) -> None:
         self.on_ground: bool | None = None
@@ -265,16 +304,16 @@ def recent_climb_fpm(recent: deque[Fix], flight_id: uuid.UUID) -> float | None:
     mine = [f for f in recent if f.flight_id == flight_id]
     if not mine:
         return None
-    newest = mine[-1].received_us
-    window = [f for f in mine if newest - f.received_us <= PHASE_WINDOW_US]
+    newest = mine[-1].time_us
+    window = [f for f in mine if newest - f.time_us <= PHASE_WINDOW_US]
     climbs = [f.climb_fpm for f in window if f.climb_fpm is not None]
     climb: float | None = None
     if climbs:
         climb = sum(climbs) / len(climbs)
     else:
         with_alt = [f for f in window if f.altitude_ft is not None]
-        if len(with_alt) >= 2 and with_alt[-1].received_us > with_alt[0].received_us:
-            dt_min = (with_alt[-1].received_us - with_alt[0].received_us) / MINUTE
+        if len(with_alt) >= 2 and with_alt[-1].time_us > with_alt[0].time_us:
+            dt_min = (with_alt[-1].time_us - with_alt[0].time_us) / MINUTE
             assert with_alt[-1].altitude_ft is not None and with_alt[0].altitude_ft is not None
             climb = (with_alt[-1].altitude_ft - with_alt[0].altitude_ft) / dt_min
     return climb
@@ -299,10 +338,21 @@ def _progress_ok(last: Fix, fix: Fix) -> bool:
     speed = last.ground_speed_kt if last.ground_speed_kt is not None else fix.ground_speed_kt
     if speed is None or speed <= SLOW_KT:
         return False
-    gap_h = (fix.received_us - last.received_us) / HOUR
+    gap_h = (fix.time_us - last.time_us) / HOUR
     possible_m = speed * METRES_PER_NM * gap_h
     moved_m = distance_m(last.lat, last.lon, fix.lat, fix.lon)
     return moved_m >= MIN_PROGRESS * possible_m
+
+
+def repeat_reason(fix: Fix, other: Fix) -> str | None:
+    """Why `fix` adds nothing to the accepted `other` (see the module doc), or None."""
+    dt = fix.time_us - other.time_us
+    if dt == 0:
+        near = distance_m(fix.lat, fix.lon, other.lat, other.lon) <= DUPLICATE_DISTANCE_M
+        return "duplicate" if near else "same_time_elsewhere"
+    if fix.protocol in ADSB_PROTOCOLS and -THIN_US < dt < THIN_US:
+        return "thinned"
+    return None
 
 
 @dataclass(slots=True)
@@ -321,6 +371,12 @@ class _FlightStats:
     max_speed_kt: float = 0.0
     max_segment_kt: float = 0.0
     has_altitude: bool = False
+    agl_partial: bool = False  # a fix with an altitude but no AGL: max_agl_ft is not known
+
+    def copy(self) -> _FlightStats:
+        return _FlightStats(
+            self.max_speed_kt, self.max_segment_kt, self.has_altitude, self.agl_partial
+        )
 
 
 # ---------------------------------------------------------------------------------- machine
@@ -347,19 +403,56 @@ class FlightStateMachine:
         self._update_every_us = update_every_us
         self.state = FlightState.NEW
         self.flight: FlightRow | None = None  # open, or timed out and resumable
-        self.last_fix: Fix | None = None  # newest accepted fix
+        self.last_fix: Fix | None = None  # newest accepted fix (by its own time)
+        #: the newest receive time of an accepted fix: the aircraft's silence is measured from it
+        self.last_received_us = 0
         self.inactive_run = 0
         self.inactive_since_us = 0
         self.last_inactive_us = 0
         self.air_ground = AirGroundDebouncer()
         self.recent: deque[Fix] = deque(maxlen=64)
-        #: receive times of accepted fixes, ascending: the < 1 s rule for late fixes
+        #: own times of accepted fixes, ascending, and where each was: the duplicate rule for
+        #: fixes older than the newest (shared by clones: it only grows with accepted fixes)
         self.accepted_us: list[int] = []
+        self._accepted_at: dict[int, Fix] = {}
         self._stats = _FlightStats()
         self._flight_last_fix: Fix | None = None
         self._last_update_us = 0
         self._pending: list[_Pending] = []
         self._closed: dict[uuid.UUID, FlightRow] = {}  # recently closed, for enrichment
+
+    def clone(self) -> FlightStateMachine:
+        """An independent copy of the state (rows copied, fixes shared): a checkpoint that
+        `ordered.OrderedTrack` can go back to when a late fix must be merged before others."""
+        other = FlightStateMachine.__new__(FlightStateMachine)
+        other.aircraft_id = self.aircraft_id
+        other._new_id = self._new_id
+        other._airports = self._airports
+        other.landed_us = self.landed_us
+        other.takeoff_observed = self.takeoff_observed
+        other._update_every_us = self._update_every_us
+        other.state = self.state
+        flight = self.flight
+        closed = {ident: row.snapshot() for ident, row in self._closed.items()}
+        if flight is not None and flight.id in self._closed:
+            other.flight = closed[flight.id]  # the timed-out flight is both: one row
+        else:
+            other.flight = None if flight is None else flight.snapshot()
+        other._closed = closed
+        other.last_fix = self.last_fix
+        other.last_received_us = self.last_received_us
+        other.inactive_run = self.inactive_run
+        other.inactive_since_us = self.inactive_since_us
+        other.last_inactive_us = self.last_inactive_us
+        other.air_ground = self.air_ground.copy()
+        other.recent = deque(self.recent, maxlen=self.recent.maxlen)
+        other.accepted_us = self.accepted_us
+        other._accepted_at = self._accepted_at
+        other._stats = self._stats.copy()
+        other._flight_last_fix = self._flight_last_fix
+        other._last_update_us = self._last_update_us
+        other._pending = list(self._pending)
+        return other
 
     # -- queries
 
@@ -369,28 +462,50 @@ class FlightStateMachine:
             return self.flight
         return None
 
+    def flights(self) -> dict[uuid.UUID, FlightRow]:
+        """The flights the machine still holds (open, timed out, recently closed), by id."""
+        held = dict(self._closed)
+        if self.flight is not None:
+            held[self.flight.id] = self.flight
+        return held
+
+    @property
+    def newest_us(self) -> int | None:
+        """The own time of the newest accepted fix."""
+        return None if self.last_fix is None else self.last_fix.time_us
+
+    def clock_us(self, now_us: int) -> int:
+        """The aircraft's own clock at receive time `now_us`: its newest fix time plus the
+        receive time gone by since that fix arrived (so a backlog is judged by its own times)."""
+        if self.last_fix is None:
+            return now_us
+        return self.last_fix.time_us + max(0, now_us - self.last_received_us)
+
     def idle(self, now_us: int, expire_us: int = SPLIT_MAX_GAP_US) -> bool:
-        """Nothing left to decide: no open flight, no pending work, silent for `expire_us`."""
+        """Nothing left to decide: no open flight, no pending work, nothing received for
+        `expire_us` (receive clock)."""
         if self.open_flight is not None or self._pending:
             return False
-        return self.last_fix is None or now_us - self.last_fix.received_us > expire_us
+        return self.last_fix is None or now_us - self.last_received_us > expire_us
 
     # -- inputs
 
     def on_fix(self, fix: Fix) -> list[Event]:
         events: list[Event] = []
+        t = position_time(fix)
         last = self.last_fix
         if last is not None:
-            dt = fix.received_us - last.received_us
-            if dt < 0:
-                return [self._late(fix)]
-            if dt < DUPLICATE_US:
-                return [FixDropped(fix, "duplicate")]
+            if t < last.time_us:
+                return [self.late(fix)]
+            repeat = repeat_reason(fix, last)
+            if repeat is not None:
+                return [FixDropped(fix, repeat)]
             self._before_fix(fix, last, events)
+        fix.flight_id = None  # fed again after a merge, it may belong to no flight now
         active = self._classify(fix)
         fix.is_active = active
         # before `fix` joins `recent`: a request made now only wants fixes within ±20 s
-        self._pending_due(fix.received_us, events)
+        self._pending_due(t, events)
         if self.open_flight is not None:
             self._in_flight(fix, active, events)
         elif active:
@@ -398,41 +513,74 @@ class FlightStateMachine:
         else:
             self._on_ground(fix, active)
         self.last_fix = fix
+        if fix.received_us > self.last_received_us:
+            self.last_received_us = fix.received_us
         self.recent.append(fix)
-        self._remember(fix.received_us)
+        self._remember(fix)
         events.append(FixAccepted(fix))
         return events
 
-    def _remember(self, time_us: int) -> None:
-        bisect.insort(self.accepted_us, time_us)
-        if len(self.accepted_us) > ACCEPTED_HISTORY:
-            del self.accepted_us[: len(self.accepted_us) - ACCEPTED_HISTORY]
-
-    def _late(self, fix: Fix) -> Event:
-        """Judge an out-of-order fix by the < 1 s rule against the accepted fixes around it, as
-        it would have been judged in order; keep it if it passes."""
+    def _remember(self, fix: Fix) -> None:
         times = self.accepted_us
-        t = fix.received_us
+        t = fix.time_us
+        if t in self._accepted_at:
+            return
+        if not times or t > times[-1]:
+            times.append(t)
+        else:
+            bisect.insort(times, t)
+        self._accepted_at[t] = fix
+        if len(times) > ACCEPTED_HISTORY:
+            for old in times[: len(times) - ACCEPTED_HISTORY]:
+                self._accepted_at.pop(old, None)
+            del times[: len(times) - ACCEPTED_HISTORY]
+
+    def repeat_of_accepted(self, fix: Fix) -> str | None:
+        """`repeat_reason` against the accepted fixes around `fix`'s time, or None."""
+        times = self.accepted_us
+        t = position_time(fix)
         i = bisect.bisect_left(times, t)
-        before = times[i - 1] if i > 0 else None
-        after = times[i] if i < len(times) else None
-        if (before is not None and t - before < DUPLICATE_US) or (
-            after is not None and after - t < DUPLICATE_US
-        ):
-            return FixDropped(fix, "duplicate")
-        flight = self.flight
-        if flight is not None and flight.first_fix_us <= t <= flight.last_fix_us:
-            fix.flight_id = flight.id
-        self._remember(t)
+        for j in (i - 1, i, i + 1):
+            if 0 <= j < len(times):
+                reason = repeat_reason(fix, self._accepted_at[times[j]])
+                if reason is not None:
+                    return reason
+        return None
+
+    def late(self, fix: Fix) -> Event:
+        """A fix older than the newest: judged by the duplicate rules against the accepted
+        fixes around it, as it would have been in order; kept (stored in the flight it falls
+        in) if it passes, changing no state."""
+        position_time(fix)
+        reason = self.repeat_of_accepted(fix)
+        if reason is not None:
+            return FixDropped(fix, reason)
+        t = fix.time_us
+        for flight in (self.flight, *self._closed.values()):
+            if flight is not None and flight.first_fix_us <= t <= flight.last_fix_us:
+                fix.flight_id = flight.id
+                break
+        self._remember(fix)
         return FixLate(fix)
 
     def on_clock(self, now_us: int) -> list[Event]:
-        """Timeouts and due enrichment, with the shard's fix clock at `now_us`."""
+        """Timeouts and due enrichment, with the shard's receive clock at `now_us`."""
         events: list[Event] = []
+        now = self.clock_us(now_us)
         flight = self.open_flight
-        if flight is not None and now_us - flight.last_fix_us >= TIMEOUT_US:
+        if flight is not None and now - flight.last_fix_us >= TIMEOUT_US:
             self._time_out(flight, events)
-        self._pending_due(now_us, events)
+        self._pending_due(now, events)
+        return events
+
+    def flush_pending(self) -> list[Event]:
+        """Every enrichment request still waiting for its ±20 s window: the input has ended
+        (a drained pipeline), so the fixes it waited for will not come."""
+        if not self._pending:
+            return []
+        events: list[Event] = []
+        due = max(p.time_us for p in self._pending) + ENRICH_WINDOW_US + 1
+        self._pending_due(due, events)
         return events
 
     def apply_enrichment(
@@ -452,8 +600,6 @@ class FlightStateMachine:
         else:
             row.arrival_airport = airport or row.arrival_airport
             row.landing_runway = runway or row.landing_runway
-        if row is not self.flight:
-            self._closed.pop(flight_id, None)
         return [FlightUpdated(row.snapshot())]
 
     def apply_tow(
@@ -486,19 +632,22 @@ class FlightStateMachine:
         """A machine resuming an open flight after a restart, from its row and last fixes."""
         machine = cls(row.aircraft_id, new_id, airports=airports)
         machine.flight = row.snapshot()
-        ordered = sorted(fixes, key=lambda f: f.received_us)
+        machine._stats.agl_partial = row.max_agl_ft is None and row.fix_count > 0
+        ordered = sorted(fixes, key=position_time)
         for fix in ordered:
+            t = fix.time_us
             if fix.on_ground is not None and fix.protocol in ADSB_PROTOCOLS:
-                machine.air_ground.report(fix.on_ground, fix.received_us)
+                machine.air_ground.report(fix.on_ground, t)
             if fix.is_active is False:
                 if machine.inactive_run == 0:
-                    machine.inactive_since_us = fix.received_us
+                    machine.inactive_since_us = t
                 machine.inactive_run += 1
-                machine.last_inactive_us = fix.received_us
+                machine.last_inactive_us = t
             elif fix.is_active:
                 machine.inactive_run = 0
             machine.recent.append(fix)
-            machine._remember(fix.received_us)
+            machine._remember(fix)
+            machine.last_received_us = max(machine.last_received_us, fix.received_us)
         if ordered:
             machine.last_fix = ordered[-1]
             machine._flight_last_fix = ordered[-1]
@@ -511,7 +660,7 @@ class FlightStateMachine:
     def _classify(self, fix: Fix) -> bool | None:
         if fix.protocol in ADSB_PROTOCOLS:
             if fix.on_ground is not None:
-                self.air_ground.report(fix.on_ground, fix.received_us)
+                self.air_ground.report(fix.on_ground, fix.time_us)
             if self.air_ground.on_ground is not None:
                 return not self.air_ground.on_ground
         return classify_speed_agl(fix)
@@ -521,7 +670,7 @@ class FlightStateMachine:
 
     def _before_fix(self, fix: Fix, last: Fix, events: list[Event]) -> None:
         """Timeouts, resumption and splits decided by the gap since the previous fix."""
-        gap = fix.received_us - last.received_us
+        gap = fix.time_us - last.time_us
         flight = self.open_flight
         if flight is not None and gap >= TIMEOUT_US:
             self._time_out(flight, events)
@@ -570,28 +719,28 @@ class FlightStateMachine:
         if active is None:
             return
         if self.inactive_run == 0:
-            self.inactive_since_us = fix.received_us
+            self.inactive_since_us = fix.time_us
         self.inactive_run += 1
-        self.last_inactive_us = fix.received_us
+        self.last_inactive_us = fix.time_us
         self.state = FlightState.ON_GROUND
 
     def _start(self, fix: Fix, events: list[Event]) -> None:
         needed = TAKEOFF_HISTORY_FIXES_ADSB if self._adsb_air_ground(fix) else TAKEOFF_HISTORY_FIXES
         recent_history = (
-            self.inactive_run > 0 and fix.received_us - self.last_inactive_us <= HISTORY_WINDOW_US
+            self.inactive_run > 0 and fix.time_us - self.last_inactive_us <= HISTORY_WINDOW_US
         )
         takeoff_us: int | None = None
         how = "takeoff"
         departure: str | None = None
         if recent_history and self.inactive_run >= needed:
-            takeoff_us = self.air_ground.since_us if self._adsb_air_ground(fix) else fix.received_us
+            takeoff_us = self.air_ground.since_us if self._adsb_air_ground(fix) else fix.time_us
         elif fix.agl_ft is not None and fix.agl_ft < TAKEOFF_LOW_AGL_FT:
-            takeoff_us = fix.received_us
+            takeoff_us = fix.time_us
         elif self.landed_us is not None:
             liftoff = project_to_ground(fix, fix.climb_fpm, self._airports)
             if liftoff is not None and fix.climb_fpm is not None and fix.climb_fpm > 0:
                 # it was on the ground, or at least seen, at its previous fix
-                floor = self.last_fix.received_us if self.last_fix is not None else self.landed_us
+                floor = self.last_fix.time_us if self.last_fix is not None else self.landed_us
                 takeoff_us = max(liftoff.time_us, floor)
                 departure = liftoff.airport
                 how = "takeoff_out_of_coverage"
@@ -601,8 +750,8 @@ class FlightStateMachine:
             id=self._new_id(),
             aircraft_id=self.aircraft_id,
             protocol=fix.protocol,
-            first_fix_us=fix.received_us,
-            last_fix_us=fix.received_us,
+            first_fix_us=fix.time_us,
+            last_fix_us=fix.time_us,
             takeoff_us=takeoff_us,
             callsign=fix.callsign or None,
             departure_airport=departure,
@@ -613,7 +762,7 @@ class FlightStateMachine:
         self.inactive_run = 0
         self.state = FlightState.FLYING
         self._add_to_flight(row, fix)
-        self._last_update_us = fix.received_us
+        self._last_update_us = fix.time_us
         events.append(FlightOpened(row.snapshot(), how if takeoff_us else "first_seen"))
         if takeoff_us is not None and how == "takeoff":
             self._pending.append(_Pending("takeoff", takeoff_us, fix.lat, fix.lon, row.id))
@@ -629,9 +778,9 @@ class FlightStateMachine:
             self.state = FlightState.FLYING
         else:
             if self.inactive_run == 0:
-                self.inactive_since_us = fix.received_us
+                self.inactive_since_us = fix.time_us
             self.inactive_run += 1
-            self.last_inactive_us = fix.received_us
+            self.last_inactive_us = fix.time_us
             self.state = FlightState.LANDING
             if self._adsb_air_ground(fix):
                 self._land(row, self.air_ground.since_us, fix, events)
@@ -639,8 +788,8 @@ class FlightStateMachine:
             if self.inactive_run >= LANDING_FIXES:
                 self._land(row, self.inactive_since_us, fix, events)
                 return
-        if fix.received_us - self._last_update_us >= self._update_every_us:
-            self._last_update_us = fix.received_us
+        if fix.time_us - self._last_update_us >= self._update_every_us:
+            self._last_update_us = fix.time_us
             events.append(FlightUpdated(row.snapshot()))
 
     def _add_to_flight(self, row: FlightRow, fix: Fix) -> None:
@@ -649,13 +798,13 @@ class FlightStateMachine:
         if previous is not None:
             step = distance_m(previous.lat, previous.lon, fix.lat, fix.lon)
             row.distance_m += step
-            dt_h = (fix.received_us - previous.received_us) / HOUR
+            dt_h = (fix.time_us - previous.time_us) / HOUR
             if dt_h > 0:
                 self._stats.max_segment_kt = max(
                     self._stats.max_segment_kt, step / METRES_PER_NM / dt_h
                 )
         self._flight_last_fix = fix
-        row.last_fix_us = fix.received_us
+        row.last_fix_us = fix.time_us
         row.fix_count += 1
         if not row.callsign and fix.callsign:
             row.callsign = fix.callsign
@@ -672,7 +821,11 @@ class FlightStateMachine:
             row.max_altitude_ft = (
                 alt if row.max_altitude_ft is None else max(row.max_altitude_ft, alt)
             )
-        if fix.agl_ft is not None:
+        if fix.agl_ft is None:
+            if fix.altitude_ft is not None and not self._stats.agl_partial:
+                self._stats.agl_partial = True  # over part of the flight only: no maximum
+                row.max_agl_ft = None
+        elif not self._stats.agl_partial:
             row.max_agl_ft = (
                 fix.agl_ft if row.max_agl_ft is None else max(row.max_agl_ft, fix.agl_ft)
             )
@@ -732,7 +885,7 @@ class FlightStateMachine:
                 f.track_deg
                 for f in self.recent
                 if f.track_deg is not None
-                and abs(f.received_us - pending.time_us) <= ENRICH_WINDOW_US
+                and abs(f.time_us - pending.time_us) <= ENRICH_WINDOW_US
                 # on the runway or just above it; taxiing and turning off say nothing
                 and f.ground_speed_kt is not None
                 and f.ground_speed_kt >= RUNWAY_MIN_SPEED_KT
@@ -757,19 +910,24 @@ def spurious_reason(row: FlightRow, stats: _FlightStats) -> str | None:
     start = row.takeoff_us if row.takeoff_us is not None else row.first_fix_us
     end = row.landing_us if row.landing_us is not None else row.last_fix_us
     duration = end - start
-    if duration < SPURIOUS_DURATION_US:
+    flat = (
+        stats.has_altitude
+        and row.max_altitude_ft is not None
+        and row.min_altitude_ft is not None
+        and row.max_altitude_ft - row.min_altitude_ft < SPURIOUS_ALTITUDE_RANGE_FT
+    )
+    # a flight first seen airborne was airborne when seen, for longer than was seen: a short
+    # look at it (the last minute of a glider's approach, 600 ft down to a landing) is no
+    # evidence against it unless it did not even change height (a glitch on the ground)
+    seen_flying = row.takeoff_us is None and stats.has_altitude and not flat
+    if duration < SPURIOUS_DURATION_US and not seen_flying:
         reasons.append("short_duration")
-    if row.distance_m < SPURIOUS_PATH_M:
+    if row.distance_m < SPURIOUS_PATH_M and not seen_flying:
         reasons.append("short_path")
-    # a flight first seen airborne was airborne when seen: a level cruise is no evidence
-    # against it; one that started on the ground must have climbed
+    # a level cruise is no evidence against a flight first seen airborne; one that started
+    # on the ground must have climbed
     if row.takeoff_us is not None:
-        if (
-            stats.has_altitude
-            and row.max_altitude_ft is not None
-            and row.min_altitude_ft is not None
-            and row.max_altitude_ft - row.min_altitude_ft < SPURIOUS_ALTITUDE_RANGE_FT
-        ):
+        if flat:
             reasons.append("flat_altitude")
         if row.max_agl_ft is not None and row.max_agl_ft < SPURIOUS_MAX_AGL_FT:
             reasons.append("low_agl")

@@ -18,9 +18,17 @@ Sinks and what happens when one is full:
   on. Stealth fixes are never handed to it.
 * Enrichment requests: never block; dropped and counted when the enricher is saturated.
 
-Time is the fix clock: the newest fix time this shard has processed (or a `ClockTick`).
-Every `sweep_every_us` of that clock the shard sweeps its aircraft: timeouts, due enrichment,
-expiry of idle aircraft. Per-fix work is O(1); the O(aircraft) sweep runs once a minute.
+Every fix carries its own time (when the aircraft was there) and its receive time. The rules
+use the own time, in order: each aircraft's `OrderedTrack` merges late and reordered fixes
+(`soar.tracking.ordered`). The shard's clock is the receive clock: the newest receive time it
+has processed (or a `ClockTick`). Every `sweep_every_us` of that clock the shard sweeps its
+aircraft: timeouts of aircraft silent for an hour, due enrichment, expiry of idle aircraft.
+Per-fix work is O(1) for fixes in order; the O(aircraft) sweep runs once a minute.
+`soar_fix_delay_seconds{protocol}` is the receive time minus the own time of each accepted fix.
+
+When the input ends (a drained pipeline), enrichment still waiting for its ±20 s window is
+requested at once and its results are applied before the last rows are written: the last
+landing of a replay gets its airport.
 
 An input whose processing raises is quarantined: logged with its raw content, counted in
 `soar_shard_quarantined_total`, and the shard goes on with the next one.
@@ -35,9 +43,11 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import structlog
 import trio
+from prometheus_client import Histogram
 
 from soar.channels import receive_buffered
-from soar.records import AircraftSeen, Fix, FlightRow, Rejected
+from soar.records import AircraftSeen, Fix, FlightRow, Rejected, position_time
+from soar.records import Protocol as Feed
 from soar.tracking.agl import AglCalculator
 from soar.tracking.enrichment import Enricher, EnrichFn, EnrichmentResult, airport_enrich
 from soar.tracking.flight import (
@@ -49,6 +59,7 @@ from soar.tracking.flight import (
     FixAccepted,
     FixDropped,
     FixLate,
+    FixRevised,
     FlightClosed,
     FlightOpened,
     FlightStateMachine,
@@ -68,6 +79,7 @@ from soar.tracking.metrics import (
     SINK_BACKPRESSURE,
     SINK_DROPPED,
 )
+from soar.tracking.ordered import OrderedTrack
 from soar.tracking.privacy import PrivacyRegistry
 from soar.tracking.tow import LaunchFix, in_launch_window
 
@@ -79,6 +91,14 @@ log = structlog.get_logger(__name__)
 
 _CHECKPOINT_EVERY = 256
 LANDED_MEMORY_US = 48 * HOUR
+
+FIX_DELAY = Histogram(
+    "soar_fix_delay_seconds",
+    "Receive time minus the position's own time of accepted fixes",
+    ["protocol"],
+    buckets=(0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600, 21600, 86400),
+)
+_FIX_DELAY = {protocol: FIX_DELAY.labels(protocol.value) for protocol in Feed}
 
 
 LiveFn = Callable[[Fix], None]
@@ -107,9 +127,13 @@ class _OpenFlightLike(Protocol):
 
 @dataclass(slots=True)
 class _Aircraft:
-    machine: FlightStateMachine
+    track: OrderedTrack
     seen_sent_us: int = -(1 << 62)
     unsent: Fix | None = None  # newest fix not yet reported as AircraftSeen
+
+    @property
+    def machine(self) -> FlightStateMachine:
+        return self.track.machine  # replaced when a late fix is merged: never keep it
 
 
 def _seen(fix: Fix) -> AircraftSeen:
@@ -117,7 +141,7 @@ def _seen(fix: Fix) -> AircraftSeen:
         aircraft_id=fix.aircraft_id,
         address_type=fix.address_type,
         address=fix.address,
-        last_fix_us=fix.received_us,
+        last_fix_us=fix.time_us,
         lat=fix.lat,
         lon=fix.lon,
         altitude_ft=fix.altitude_ft,
@@ -125,6 +149,8 @@ def _seen(fix: Fix) -> AircraftSeen:
         callsign=fix.callsign,
         protocol=fix.protocol,
         stealth=fix.stealth,
+        category=fix.category,
+        first_seen_us=fix.time_us,
     )
 
 
@@ -206,7 +232,7 @@ class Shard:
             if not row.is_open:
                 continue
             machine = FlightStateMachine.restore(row, list(fixes), self.new_id, self.agl.airports)
-            self.aircraft[row.aircraft_id] = _Aircraft(machine)
+            self.aircraft[row.aircraft_id] = _Aircraft(OrderedTrack(machine))
             log.debug("shard.restored_flight", shard=self.index, flight=str(row.id))
         if now_us is not None:
             self.clock_us = max(self.clock_us, now_us)
@@ -219,13 +245,24 @@ class Shard:
         if isinstance(item, Fix):
             return self._fix(item)
         if isinstance(item, ModeSInput):
-            decoded = self._modes_accumulator().feed(
-                item.message, item.received_us, item.source, item.signal_db, item.remainder
+            # the accumulator pairs CPR frames by their own (counter) times
+            accumulator = self._modes_accumulator()
+            time_us = item.time_us or item.received_us
+            decoded = accumulator.feed(
+                item.message, time_us, item.source, item.signal_db, item.remainder
             )
+            if isinstance(decoded, Fix):
+                decoded.time_us = time_us
+                decoded.received_us = item.received_us
+                state = accumulator.aircraft(decoded.address)
+                if state is not None:
+                    decoded.category = state.emitter_category
             return self._decoded(decoded, item.received_us)
         if isinstance(item, SbsInput):
             return self._decoded(
-                self._sbs_accumulator().feed(item.msg, item.received_us, item.source),
+                self._sbs_accumulator().feed(
+                    item.msg, item.received_us, item.source, item.time_us or item.received_us
+                ),
                 item.received_us,
             )
         if isinstance(item, ClockTick):
@@ -266,7 +303,7 @@ class Shard:
         if state is None:
             log.warning("shard.tow_for_unknown_aircraft", glider=release.glider_aircraft_id)
             return []
-        return state.machine.apply_tow(
+        return state.track.apply_tow(
             release.flight_id,
             release.tow_aircraft_id,
             release.release_us,
@@ -275,6 +312,7 @@ class Shard:
         )
 
     def _fix(self, fix: Fix) -> list[Event]:
+        position_time(fix)
         ident = fix.aircraft_id
         directory = self.privacy.directory
         if fix.no_track or not directory.tracked(ident):
@@ -290,9 +328,9 @@ class Shard:
         if state is None:
             machine = FlightStateMachine(ident, self.new_id, airports=self.agl.airports)
             machine.landed_us = self._landed.pop(ident, None)
-            state = self.aircraft[ident] = _Aircraft(machine)
+            state = self.aircraft[ident] = _Aircraft(OrderedTrack(machine))
         fix.agl_ft = self.agl.agl_ft(fix.lat, fix.lon, fix.altitude_ft)
-        events = state.machine.on_fix(fix)
+        events = state.track.on_fix(fix)
         events.extend(self._advance(fix.received_us))
         return events
 
@@ -309,7 +347,7 @@ class Shard:
         events: list[Event] = []
         expired: list[int] = []
         for ident, state in self.aircraft.items():
-            events.extend(state.machine.on_clock(now))
+            events.extend(state.track.on_clock(now))
             if state.machine.idle(now, self.expire_us):
                 expired.append(ident)
         for ident in expired:
@@ -363,6 +401,10 @@ class Shard:
                     await trio.lowlevel.checkpoint()
                 elif result_receive.statistics().current_buffer_used:
                     await self._apply_results(result_receive, sinks)
+            # the input has ended: enrichment still waiting for fixes that will not come is
+            # asked for now, so its results are applied (and written) before the end
+            for state in list(self.aircraft.values()):
+                await self._emit(state.track.flush_pending(), sinks)
             await request_send.aclose()
             async with result_receive:
                 async for result in result_receive:
@@ -400,7 +442,7 @@ class Shard:
         state = self.aircraft.get(result.aircraft_id)
         if state is None:
             return []
-        return state.machine.apply_enrichment(
+        return state.track.apply_enrichment(
             result.flight_id, result.kind, result.airport, result.runway
         )
 
@@ -420,6 +462,9 @@ class Shard:
                 await self._accepted(event.fix, sinks)
             elif isinstance(event, FixLate):
                 LATE_FIXES.inc()
+                await _store(sinks.fixes, event.fix, "fixes")
+            elif isinstance(event, FixRevised):
+                # already stored and shown: the store updates its flight and active flag
                 await _store(sinks.fixes, event.fix, "fixes")
             elif isinstance(event, FixDropped):
                 FIXES_REJECTED.labels(event.reason).inc()
@@ -455,6 +500,7 @@ class Shard:
 
     async def _accepted(self, fix: Fix, sinks: ShardSinks) -> None:
         FIXES_PROCESSED.labels(fix.protocol.value).inc()
+        _FIX_DELAY[fix.protocol].observe((fix.received_us - fix.time_us) / 1e6)
         await _store(sinks.fixes, fix, "fixes")
         if sinks.tow is not None:
             self._offer_launch(fix, sinks.tow)

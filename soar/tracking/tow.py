@@ -4,7 +4,9 @@ A tow plane and its glider may live in different shards, so the shards hand the 
 every aircraft in its first `LAUNCH_WINDOW_US` after an observed takeoff to one
 `TowService` (`offer`, never blocks); the service feeds the pure `TowDetector` and routes
 each `TowRelease` back to the glider's shard, which records it on the glider's flight.
-Everything runs on the fix clock (the times of the fixes), so a replay gives the same answer.
+Everything runs on the fixes' own times (when each aircraft was where it was, not when its
+beacon arrived: two receivers' delays would otherwise pull the pair apart), so a replay gives
+the same answer.
 
 Rules (issue #10, from how clubs launch):
 
@@ -79,7 +81,7 @@ class LaunchFix:
             fix.aircraft_id,
             fix.flight_id,
             takeoff_us,
-            fix.received_us,
+            fix.time_us,
             fix.lat,
             fix.lon,
             fix.altitude_ft,
@@ -338,7 +340,7 @@ class TowDetector:
 
 
 def in_launch_window(fix: Fix, takeoff_us: int | None) -> bool:
-    return takeoff_us is not None and 0 <= fix.received_us - takeoff_us <= LAUNCH_WINDOW_US
+    return takeoff_us is not None and 0 <= fix.time_us - takeoff_us <= LAUNCH_WINDOW_US
 
 
 class TowService:

@@ -83,5 +83,5 @@ def project_to_ground(
         return None
     # whole seconds: a projection is no more precise than that, and should not look it
     offset_us = round(minutes * 60) * SECOND_US
-    time_us = fix.received_us + offset_us if climb_fpm < 0 else fix.received_us - offset_us
+    time_us = fix.time_us + offset_us if climb_fpm < 0 else fix.time_us - offset_us
     return Projection(time_us, airport.code if airport else None, height, rate)

@@ -31,7 +31,9 @@ def fix(
     callsign: str | None = None,
     climb: float | None = None,
     track: float | None = None,
+    at: float | None = None,
 ) -> Fix:
+    """A fix received at `t_s`; its own time is `at` (default: the receive time)."""
     return Fix(
         protocol=protocol,
         address_type=AddressType.ICAO,
@@ -39,6 +41,7 @@ def fix(
         received_us=T0 + round(t_s * S),
         lat=lat,
         lon=lon,
+        time_us=T0 + round((t_s if at is None else at) * S),
         altitude_ft=alt,
         ground_speed_kt=speed,
         track_deg=track,

@@ -366,19 +366,72 @@ def test_callsign_change_splits() -> None:
     assert (second.callsign, second.first_fix_us, second.takeoff_us) == ("TRA34Z", us(30), None)
 
 
-def test_duplicates_dropped_late_fixes_stored_without_changing_state() -> None:
-    run = Run().feed(fix(0, 0.0), fix(0.5, 0.0), fix(-3, 0.0), fix(2, 0.0), fix(1.5, 0.0),
-                     fix(-2.5, 0.0), fix(1.0, 0.0))
-    dropped = [(e.fix.received_us, e.reason) for e in run.events if isinstance(e, FixDropped)]
-    accepted = [e.fix.received_us for e in run.events if isinstance(e, FixAccepted)]
-    late = [e.fix.received_us for e in run.events if isinstance(e, FixLate)]
-    # 0.5 is < 1 s after 0; 1.5 is < 1 s before the accepted 2; -2.5 is < 1 s after the late -3
-    assert dropped == [(us(0.5), "duplicate"), (us(1.5), "duplicate"), (us(-2.5), "duplicate")]
-    # late fixes are stored (they happened: a write-ahead log replays them after a restart)
-    # but the aircraft's state stays at its newest fix
-    assert late == [us(-3), us(1.0)]
+def test_a_fix_soon_after_another_is_no_duplicate_the_same_time_and_place_is() -> None:
+    # two beacons with their own times 0.5 s apart, received together: both real
+    run = Run().feed(fix(2, 0.0, at=0), fix(2, 0.0, at=0.5, lat=45.00001))
+    assert [e.fix.time_us for e in run.events if isinstance(e, FixAccepted)] == [us(0), us(0.5)]
+    # the same report through another receiver, decoded a few metres apart: a duplicate
+    run.feed(fix(3, 0.0, at=0.5, lat=45.0002))
+    # the same time 5 km away: no second report of this one; two devices share the address
+    run.feed(fix(3, 0.0, at=0.5, lat=45.05))
+    dropped = [(e.fix.time_us, e.reason) for e in run.events if isinstance(e, FixDropped)]
+    assert dropped == [(us(0.5), "duplicate"), (us(0.5), "same_time_elsewhere")]
+
+
+def test_adsb_positions_under_a_second_apart_are_thinned() -> None:
+    run = Run().feed(*[fix(t, 300.0, at=t, protocol=BEAST) for t in (0, 0.4, 0.9, 1.1, 1.9, 2.2)])
+    accepted = [e.fix.time_us for e in run.events if isinstance(e, FixAccepted)]
+    thinned = [e.fix.time_us for e in run.events
+               if isinstance(e, FixDropped) and e.reason == "thinned"]
+    assert accepted == [us(0), us(1.1), us(2.2)]
+    assert thinned == [us(0.4), us(0.9), us(1.9)]  # under 1 s after the last one kept
+
+
+def test_late_fixes_stored_without_changing_the_machines_state() -> None:
+    # The machine alone: a fix older than its newest is late (the OrderedTrack in front of it
+    # merges those within its window first; see test_ordered.py).
+    run = Run().feed(fix(0, 0.0), fix(2, 0.0), fix(3, 0.0, at=-3), fix(4, 0.0, at=-3),
+                     fix(5, 0.0, at=1))
+    late = [e.fix.time_us for e in run.events if isinstance(e, FixLate)]
+    dropped = [(e.fix.time_us, e.reason) for e in run.events if isinstance(e, FixDropped)]
+    accepted = [e.fix.time_us for e in run.events if isinstance(e, FixAccepted)]
+    # stored (they happened: a write-ahead log replays them after a restart) ...
+    assert late == [us(-3), us(1)]
+    assert dropped == [(us(-3), "duplicate")]  # the same late fix again
+    # ... but the aircraft's state stays at its newest fix
     assert accepted == [us(0), us(2)]
-    assert run.machine.last_fix is not None and run.machine.last_fix.received_us == us(2)
+    assert run.machine.last_fix is not None and run.machine.last_fix.time_us == us(2)
+
+
+def test_rules_use_the_fixes_own_times_not_when_they_arrived() -> None:
+    # a landing delivered as a backlog: five inactive fixes 5 s apart, all received at 100 s
+    run = Run().feed(*ground(0, 3), *[fix(15 + 5 * i, 60.0) for i in range(4)])
+    run.feed(*[fix(100, 0.0, at=40 + 5 * i) for i in range(5)])
+    (closed,) = run.closed()
+    assert (closed.row.takeoff_us, closed.row.landing_us) == (us(15), us(40))
+    assert closed.row.last_fix_us == us(60)
+
+
+def test_timeout_counts_silence_on_the_receive_clock() -> None:
+    # A backlog 2 h old arrives now: its own times are hours behind the receive clock, but
+    # nothing has been silent, so nothing times out between its fixes.
+    run = Run().feed(*ground(7200, 3, at=0), *[fix(7200 + i, 60.0, at=15 + 5 * i) for i in range(5)])
+    run.clock(us(7210))
+    assert run.closed() == []
+    # an hour of silence on the receive clock: timed out at its last fix + 1 h (own time)
+    run.clock(us(7205 + 3600))
+    (closed,) = run.closed()
+    assert closed.row.timed_out_us == us(35) + HOUR
+
+
+def test_max_agl_is_over_the_whole_flight_or_absent() -> None:
+    climb = [fix(15 + 10 * i, 60.0, alt=500 + 100 * i, agl=100 * i) for i in range(5)]
+    # out of the airport's 2 km: altitude known, AGL not
+    away = [fix(65 + 10 * i, 60.0, alt=1000 + 100 * i, agl=None) for i in range(3)]
+    run = Run().feed(*ground(0, 3, agl=0.0), *climb)
+    assert run.machine.open_flight is not None and run.machine.open_flight.max_agl_ft == 400
+    run.feed(*away, *[fix(100 + 10 * i, 60.0, alt=600, agl=100.0) for i in range(3)])
+    assert run.machine.open_flight is not None and run.machine.open_flight.max_agl_ft is None
 
 
 def test_spurious_flight_is_marked_not_deleted() -> None:

@@ -233,6 +233,7 @@ async def test_restore_resumes_recent_and_times_out_stale_flights() -> None:
     # the recent one kept flying (its last fix is "now"); the stale one is 1 h past its last
     for f in recent_fixes:
         f.received_us += HOUR
+        f.time_us += HOUR
     recent_row.last_fix_us += HOUR
     shard.restore([(recent_row, recent_fixes), (stale_row, stale_tail)], now_us=now)
     later = fix(60 + 3600 + 5, 80.0)
@@ -353,3 +354,20 @@ def test_routing_is_stable_across_processes_and_spread() -> None:
     # ranges of the hash space map onto contiguous shards
     assert all((hash_of(i) * 8) >> 32 == s for i, s in zip(idents, here, strict=True))
     assert math.isclose(sum(counts), 4000)
+
+
+async def test_enrichment_still_waiting_when_the_input_ends_is_applied(testdata: Path) -> None:
+    # The trace ends 20 s after TRA34Z's landing at Barcelona: its airport lookup waited for
+    # tracks within ±20 s that never came, and a drained shard used to drop it.
+    from soar.tracking.airports import default_index
+
+    from .test_traces import read_capture
+
+    fixes = read_capture(testdata / "ogn" / "soar-flight-descended-out-of-range-then-took-off.txt")
+    sinks = Sinks()
+    await run_shard(Shard(agl=AglCalculator(airports=default_index()), new_id=ids()), fixes, sinks)
+    rows = sorted(sinks.rows().values(), key=lambda r: r.first_fix_us)
+    assert [(r.departure_airport, r.arrival_airport) for r in rows] == [
+        (None, "EHAM"), ("EHAM", "LEBL")
+    ]
+    assert rows[1].end_reason == "landed"

@@ -187,8 +187,8 @@ def as_fixes(items: list[LaunchFix], ident: int) -> list[Fix]:
             first.time_us - (3 - i) * 5 * S,
             first.lat,
             first.lon,
-            FIELD.elevation_ft,
-            0.0,
+            altitude_ft=FIELD.elevation_ft,
+            ground_speed_kt=0.0,
             aircraft_type=first.aircraft_type,
         )
         for i in range(3)
@@ -201,10 +201,10 @@ def as_fixes(items: list[LaunchFix], ident: int) -> list[Fix]:
             item.time_us,
             item.lat,
             item.lon,
-            item.altitude_ft,
-            TOW_SPEED * 1.944,
-            item.track_deg,
-            item.climb_fpm,
+            altitude_ft=item.altitude_ft,
+            ground_speed_kt=TOW_SPEED * 1.944,
+            track_deg=item.track_deg,
+            climb_fpm=item.climb_fpm,
             aircraft_type=item.aircraft_type,
         )
         for item in items

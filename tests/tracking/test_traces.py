@@ -11,7 +11,7 @@ from soar.protocols.ogn import AircraftBeacon, parse_line, to_fix
 from soar.records import AddressType, Fix, aircraft_id
 from soar.tracking.agl import AglCalculator
 from soar.tracking.airports import default_index
-from soar.tracking.flight import Event, FixAccepted, FlightClosed, FlightOpened
+from soar.tracking.flight import Event, FixAccepted, FixDropped, FlightClosed, FlightOpened
 from soar.tracking.shard import Shard
 
 from .helpers import ids
@@ -49,6 +49,10 @@ def test_descended_out_of_range_then_took_off_is_two_flights(testdata: Path) -> 
     flight_ids = {f.flight_id for f in stored}
     assert None not in flight_ids  # airborne or landing from the first fix to the last
     assert len(flight_ids) == 2
+    # 66 beacons are the same ADS-B report (same own time, a few metres to 160 m apart)
+    # decoded by a second or third receiver: stored once
+    dropped = [e.reason for e in events if isinstance(e, FixDropped)]
+    assert (len(stored), dropped) == (1117, ["duplicate"] * 66)
 
     rows = {}
     for e in events:
@@ -61,11 +65,12 @@ def test_descended_out_of_range_then_took_off_is_two_flights(testdata: Path) -> 
     # the evening flight: first seen at FL182 descending towards Amsterdam, lost at 3,687 ft
     # descending at ~830 fpm (mean of the last 2 minutes' reported rates), 194 kt: at that
     # rate it touches down 265 s later; Schiphol (-11 ft) is the airport it can reach.
-    # Closed as landed out of coverage, not timed out.
-    assert first.first_fix_us == us("2025-12-23T22:18:15.956+00:00")
+    # Closed as landed out of coverage, not timed out. Every time is the beacons' own
+    # (`/221816h`, received at 22:18:15.956: that receiver's clock ran 44 ms ahead).
+    assert first.first_fix_us == us("2025-12-23T22:18:16+00:00")
     assert first.takeoff_us is None
-    assert first.last_fix_us == us("2025-12-23T22:28:16.505+00:00")
-    assert first.landing_us == us("2025-12-23T22:32:41.505+00:00")
+    assert first.last_fix_us == us("2025-12-23T22:28:16+00:00")
+    assert first.landing_us == us("2025-12-23T22:32:41+00:00")
     assert first.end_reason == "landed_out_of_coverage"
     assert first.arrival_airport == "EHAM"
     assert first.timed_out_us is None
@@ -76,11 +81,12 @@ def test_descended_out_of_range_then_took_off_is_two_flights(testdata: Path) -> 
     # of Schiphol. Known to be on the ground since its landing, so this is a takeoff: 87 s
     # before the first fix at that rate. Through a 62-minute hole in coverage over France
     # (resumed, not split), landed at Barcelona.
-    assert second.first_fix_us == us("2025-12-24T05:46:34.145+00:00")
-    assert second.takeoff_us == us("2025-12-24T05:45:07.145+00:00")
+    assert second.first_fix_us == us("2025-12-24T05:46:34+00:00")
+    assert second.takeoff_us == us("2025-12-24T05:45:07+00:00")
     assert second.departure_airport == "EHAM"
     assert second.timed_out_us is None
-    assert second.landing_us == us("2025-12-24T07:29:00.199+00:00")
+    # the first fix on the ground, `/072859h`, received 1.2 s later
+    assert second.landing_us == us("2025-12-24T07:28:59+00:00")
     assert second.end_reason == "landed"
     assert second.callsign == "TRA34Z"
     assert second.spurious_reason is None
