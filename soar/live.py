@@ -70,7 +70,8 @@ def fix_to_wire(fix: Fix) -> dict[str, Any]:
         "address_type": fix.address_type.value,
         "address": f"{fix.address:06X}",
         "protocol": fix.protocol.value,
-        "time_us": fix.received_us,
+        "time_us": fix.time_us or fix.received_us,  # when the aircraft was there
+        "received_us": fix.received_us,
         "lat": round(fix.lat, 6),
         "lon": round(fix.lon, 6),
         "altitude_ft": fix.altitude_ft,

@@ -177,13 +177,16 @@ def parse_receiver(text: str) -> str:
     return text
 
 
-# An opaque keyset cursor: base64url of {"a": aircraft id, "t": last time in µs}.
-def encode_cursor(aircraft_id: int, last: dt.datetime) -> str:
-    payload = json.dumps({"a": aircraft_id, "t": _us(last)}, separators=(",", ":"))
+# An opaque keyset cursor: base64url of {"a": aircraft id, "t": the last fix's own time and
+# "r": its receive time, in µs} (fixes are listed by own time; two may share one).
+def encode_cursor(aircraft_id: int, last: dt.datetime, received: dt.datetime) -> str:
+    payload = json.dumps(
+        {"a": aircraft_id, "t": _us(last), "r": _us(received)}, separators=(",", ":")
+    )
     return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
 
 
-def decode_cursor(text: str, aircraft_id: int) -> dt.datetime:
+def decode_cursor(text: str, aircraft_id: int) -> tuple[dt.datetime, dt.datetime]:
     try:
         if len(text) > 200:
             raise ValueError("too long")
@@ -191,10 +194,14 @@ def decode_cursor(text: str, aircraft_id: int) -> dt.datetime:
         data = json.loads(raw)
         if not isinstance(data, dict) or data.get("a") != aircraft_id:
             raise ValueError("cursor of another aircraft")
-        micros = data["t"]
-        if isinstance(micros, bool) or not isinstance(micros, int) or not 0 <= micros < 2**62:
-            raise ValueError("bad time")
-        return dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=micros)
+        epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+        times = []
+        for key in ("t", "r"):
+            micros = data[key]
+            if isinstance(micros, bool) or not isinstance(micros, int) or not 0 <= micros < 2**62:
+                raise ValueError("bad time")
+            times.append(epoch + dt.timedelta(microseconds=micros))
+        return times[0], times[1]
     except (ValueError, KeyError, binascii.Error, UnicodeDecodeError, OverflowError):
         raise ApiError(400, "cursor is not valid for this request") from None
 
@@ -303,8 +310,11 @@ def flight_json(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def fix_json(row: dict[str, Any]) -> dict[str, Any]:
-    out = {key: value for key, value in row.items() if key != "received_at"}
-    out["time"] = iso(row["received_at"])
+    """A fix: `time` is its own time (when the aircraft was there), `received_at` when soar
+    received it."""
+    out = dict(row)
+    out["time"] = iso(row["time"])
+    out["received_at"] = iso(row["received_at"])
     if out.get("flight_id") is not None:
         out["flight_id"] = str(out["flight_id"])
     return out
@@ -373,7 +383,7 @@ def track_geojson(flight: dict[str, Any], fixes: list[dict[str, Any]]) -> dict[s
         "geometry": {"type": "LineString", "coordinates": coordinates},
         "properties": {
             **flight_json(flight),
-            "times": [iso(fix["received_at"]) for fix in fixes],
+            "times": [iso(fix["time"]) for fix in fixes],
             "altitudes_ft": [fix["altitude_ft"] for fix in fixes],
         },
     }
@@ -398,7 +408,7 @@ def _igc_altitude(feet: float | None) -> str:
 
 def track_igc(flight: dict[str, Any], fixes: list[dict[str, Any]]) -> str:
     """An IGC file: headers, then one B record per fix (GNSS altitude; no pressure altitude)."""
-    first = fixes[0]["received_at"] if fixes else flight["first_fix_at"]
+    first = fixes[0]["time"] if fixes else flight["first_fix_at"]
     day = first.astimezone(dt.UTC)
     lines = [
         "AXXXSOAR soar",
@@ -412,7 +422,7 @@ def track_igc(flight: dict[str, Any], fixes: list[dict[str, Any]]) -> str:
         f"LSOAFLIGHTID{flight['id']}",
     ]
     for fix in fixes:
-        at = fix["received_at"].astimezone(dt.UTC)
+        at = fix["time"].astimezone(dt.UTC)
         lines.append(
             f"B{at:%H%M%S}{_igc_angle(fix['lat'], 2, 'N', 'S')}"
             f"{_igc_angle(fix['lon'], 3, 'E', 'W')}A00000{_igc_altitude(fix['altitude_ft'])}"
@@ -516,7 +526,8 @@ def api_blueprint(ctx: WebContext) -> Blueprint:
             raise ApiError(404, "aircraft not found")
         rows = await _db(ctx, queries.aircraft_fixes, ident, since, until, after, limit)
         next_cursor = (
-            encode_cursor(ident, rows[-1]["received_at"]) if len(rows) == limit else None
+            encode_cursor(ident, rows[-1]["time"], rows[-1]["received_at"])
+            if len(rows) == limit else None
         )
         return jsonify({"aircraft_id": ident, "fixes": [fix_json(r) for r in rows],
                         "count": len(rows), "next_cursor": next_cursor})

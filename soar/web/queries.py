@@ -5,6 +5,11 @@ Functions take a sync psycopg connection (the API calls them in a worker thread 
 aircraft with `tracked = false` are filtered out of every statement, and registration,
 competition number and model are NULL unless `identified` (see `_AIRCRAFT_PUBLIC`). An aircraft
 without a row in `aircraft` is treated as tracked and unidentified.
+
+A fix's `time` is its own time (when the aircraft was there), `coalesce(time, received_at)`
+for rows written before it was stored (`soar.store.queries.FIX_TIME`, the expression the
+index `fixes_by_time` is built on); `received_at` is returned beside it. Fixes are listed in
+own-time order, and `aircraft.last_fix_at` and the flights' times are own times too.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
+
+from soar.store.queries import FIX_TIME
 
 Conn = psycopg.Connection[Any]
 Row = dict[str, Any]
@@ -33,12 +40,13 @@ _AIRCRAFT_COLUMNS = f"""
     f.ground_speed_kt, f.track_deg, f.climb_fpm, f.agl_ft
 """
 
-#: The latest fix's motion, by primary key (aircraft_id, received_at = aircraft.last_fix_at).
+#: The latest fix's motion, by the time index (aircraft_id, own time = aircraft.last_fix_at).
 _LATEST_FIX = """
     LEFT JOIN LATERAL (
         SELECT fx.ground_speed_kt, fx.track_deg, fx.climb_fpm, fx.agl_ft
         FROM fixes fx
-        WHERE fx.aircraft_id = a.id AND fx.received_at = a.last_fix_at
+        WHERE fx.aircraft_id = a.id AND coalesce(fx.time, fx.received_at) = a.last_fix_at
+        ORDER BY fx.received_at DESC LIMIT 1
     ) f ON true
 """
 
@@ -60,9 +68,9 @@ _FLIGHT_FROM = """
     LEFT JOIN aircraft tow ON tow.id = fl.tow_aircraft_id AND tow.tracked
 """
 
-_FIX_COLUMNS = """
-    received_at, lat, lon, altitude_ft, agl_ft, ground_speed_kt, track_deg, climb_fpm,
-    turn_rate, callsign, squawk, flight_id, receiver, protocol, is_active, on_ground
+_FIX_COLUMNS = f"""
+    {FIX_TIME} AS time, received_at, lat, lon, altitude_ft, agl_ft, ground_speed_kt, track_deg,
+    climb_fpm, turn_rate, callsign, squawk, flight_id, receiver, protocol, is_active, on_ground
 """
 
 
@@ -132,24 +140,28 @@ def aircraft_fixes(
     aircraft_id: int,
     since: dt.datetime | None,
     until: dt.datetime | None,
-    after: dt.datetime | None,
+    after: tuple[dt.datetime, dt.datetime] | None,
     limit: int,
 ) -> list[Row]:
-    """Fixes in [since, until), oldest first, strictly after the keyset `after`."""
+    """Fixes whose own time is in [since, until), in own-time order, strictly after the keyset
+    `after` = (time, received_at) of the last fix of the previous page."""
+    after_time, after_received = after if after is not None else (None, None)
     return _all(
         conn,
         f"""
         SELECT {_FIX_COLUMNS}
         FROM fixes
         WHERE aircraft_id = %(id)s
-          AND (%(since)s::timestamptz IS NULL OR received_at >= %(since)s)
-          AND (%(until)s::timestamptz IS NULL OR received_at < %(until)s)
-          AND (%(after)s::timestamptz IS NULL OR received_at > %(after)s)
+          AND (%(since)s::timestamptz IS NULL OR {FIX_TIME} >= %(since)s)
+          AND (%(until)s::timestamptz IS NULL OR {FIX_TIME} < %(until)s)
+          AND (%(after)s::timestamptz IS NULL
+               OR ({FIX_TIME}, received_at) > (%(after)s, %(after_received)s))
           AND NOT EXISTS (SELECT 1 FROM aircraft a WHERE a.id = %(id)s AND NOT a.tracked)
-        ORDER BY received_at
+        ORDER BY {FIX_TIME}, received_at
         LIMIT %(limit)s
         """,
-        {"id": aircraft_id, "since": since, "until": until, "after": after, "limit": limit},
+        {"id": aircraft_id, "since": since, "until": until, "after": after_time,
+         "after_received": after_received, "limit": limit},
     )
 
 
@@ -226,15 +238,17 @@ def flight_by_id(conn: Conn, flight_id: uuid.UUID) -> Row | None:
 
 
 def flight_track(conn: Conn, flight: Row, limit: int) -> list[Row]:
-    """The flight's fixes: its aircraft between its first and last fix (one flight at a time)."""
+    """The flight's fixes: its aircraft between its first and last fix (one flight at a time),
+    in the order of their own times (late fixes in their place)."""
     return _all(
         conn,
-        """
-        SELECT received_at, lat, lon, altitude_ft, agl_ft, ground_speed_kt, track_deg, climb_fpm
+        f"""
+        SELECT {FIX_TIME} AS time, received_at, lat, lon, altitude_ft, agl_ft, ground_speed_kt,
+               track_deg, climb_fpm
         FROM fixes
         WHERE aircraft_id = %(aircraft)s
-          AND received_at >= %(first)s AND received_at <= %(last)s
-        ORDER BY received_at
+          AND {FIX_TIME} >= %(first)s AND {FIX_TIME} <= %(last)s
+        ORDER BY {FIX_TIME}, received_at
         LIMIT %(limit)s
         """,
         {"aircraft": flight["aircraft_id"], "first": flight["first_fix_at"],
