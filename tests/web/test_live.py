@@ -340,7 +340,8 @@ def _at_least(items: list[Any], count: int) -> bool:
 def _shifted(fix: Fix, rounds: int) -> Fix:
     from dataclasses import replace
 
-    return replace(fix, received_us=fix.received_us + rounds * 60_000_000)
+    shift = rounds * 60_000_000  # the fix's own time (what `time_us` shows) and receive time
+    return replace(fix, received_us=fix.received_us + shift, time_us=fix.time_us + shift)
 
 
 async def test_a_flush_with_more_topics_than_nng_queues_loses_nothing(
