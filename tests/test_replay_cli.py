@@ -31,8 +31,10 @@ def test_replay_json_summary(testdata: Path, tmp_path: Path, db_url: str) -> Non
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads(proc.stdout)  # the whole of stdout is the one object
     assert {"messages", "fixes", "flights", "rejects"} <= summary.keys()
+    # 66 beacons are the same ADS-B report (same own time) heard by a second or third receiver
     assert (summary["messages"], summary["fixes"], summary["flights"], summary["rejects"]) == (
-        1183, 1183, 2, 0)
+        1183, 1117, 2, 66)
+    assert summary["reject_reasons"] == {"duplicate": 66}
 
 
 def test_replay_of_a_missing_or_unknown_file_is_one_line(tmp_path: Path, db_url: str) -> None:
