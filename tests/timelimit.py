@@ -12,8 +12,9 @@ Three layers, because a trio test can be stuck where no exception reaches it:
    peer that never reads, a C call that does not return): every thread's stack is dumped and
    the process exits non-zero. CI fails fast instead of hanging until its own deadline.
 
-The default limit is 60 s (`SOAR_TEST_TIME_LIMIT` changes it for a run); a test that needs longer
-says so with `@pytest.mark.time_limit(seconds)`. Synchronous fixtures get 300 s to set up and as
+The default limit is 60 s (`SOAR_TEST_TIME_LIMIT` changes it for a run), three times that for
+tests marked `slow` (whole processes, replays into PostgreSQL); a test that needs longer says so
+with `@pytest.mark.time_limit(seconds)`. Synchronous fixtures get 300 s to set up and as
 long to tear down (`SOAR_TEST_FIXTURE_LIMIT`): a session's first test starts PostgreSQL.
 """
 
@@ -34,6 +35,8 @@ import pytest
 import trio
 
 DEFAULT_LIMIT_S = float(os.environ.get("SOAR_TEST_TIME_LIMIT", "60"))
+#: end-to-end tests marked `slow` (processes, replays into PostgreSQL) on a busy machine
+SLOW_LIMIT_S = 3 * DEFAULT_LIMIT_S
 #: synchronous fixture set-up or tear-down of one test (session fixtures start servers)
 FIXTURE_LIMIT_S = float(os.environ.get("SOAR_TEST_FIXTURE_LIMIT", "300"))
 #: how long a cancelled trio test may take to unwind before the process is ended
@@ -48,9 +51,11 @@ class TestTimeLimit(Exception):
 
 def limit_of(item: pytest.Item) -> float:
     marker = item.get_closest_marker("time_limit")
-    if marker is None:
-        return DEFAULT_LIMIT_S
-    return float(marker.args[0])
+    if marker is not None:
+        return float(marker.args[0])
+    if item.get_closest_marker("slow") is not None:
+        return SLOW_LIMIT_S
+    return DEFAULT_LIMIT_S
 
 
 #: frames of trio's own scheduler say nothing about where a test is stuck

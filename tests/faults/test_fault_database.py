@@ -7,6 +7,7 @@ from functools import partial
 from pathlib import Path
 
 import psycopg
+import pytest
 import trio
 from faultkit import (
     Corpus,
@@ -31,6 +32,7 @@ def _retries() -> float:
     return sum(s.value for m in RETRIES.collect() for s in m.samples if s.name.endswith("_total"))
 
 
+@pytest.mark.time_limit(300)  # a 30 s outage, then the whole capture, on a busy machine
 async def test_postgresql_stopped_for_30_s_mid_replay(
     corpus: Corpus, reference: Reference, db_url: str, pg_server: EmbeddedPostgres, tmp_path: Path
 ) -> None:
