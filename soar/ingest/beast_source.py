@@ -3,6 +3,13 @@
 One `BeastDeframer` per connection: a partial frame left by a dropped connection must not be
 glued to the first bytes of the next one. Each envelope carries one un-escaped frame
 (`BeastFrame.to_bytes()`), stamped with the receive time of the chunk that completed it.
+
+That receive time is only a bound: every frame of a read shares it, and the network or a
+buffer may have held a read back. Each frame's own time comes from its 12 MHz counter, anchored
+to these receive times per source by the decoder (`soar.protocols.beast.MlatClock`, in
+`soar.decode`): from the envelope alone, so the spool, the raw archive and a re-delivery give
+the same time again, and a reconnect to the same receiver keeps its anchor (its counter runs on;
+a restarted receiver's counter jumps and re-anchors).
 """
 
 from __future__ import annotations
