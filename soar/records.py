@@ -131,6 +131,9 @@ class Fix:
     # set by the tracking core: the owner asked not to be identified (DDB identified = N, or
     # the stealth bit); stored and shown without registration, competition number, callsign
     anonymous: bool = False
+    #: a copy the tracking core sends when a late fix merged before this one changed its
+    #: flight or active flag: the store updates the row it has, never inserts one
+    revision: bool = False
 
     @property
     def aircraft_id(self) -> int:

@@ -130,15 +130,28 @@ FIX_COLUMNS: tuple[tuple[str, str], ...] = (
 FIXES = TableSpec(
     "fixes",
     FIX_COLUMNS,
-    # A fix stored again is the same fix (a replayed batch) or one a late fix re-decided
-    # (`FixRevised`): only its flight and active flag can change.
     "INSERT INTO fixes ({cols}) SELECT {cols} FROM {stage}"
-    " ON CONFLICT (aircraft_id, received_at) DO UPDATE SET"
-    " flight_id = excluded.flight_id, is_active = excluded.is_active"
-    " WHERE (fixes.flight_id, fixes.is_active)"
-    " IS DISTINCT FROM (excluded.flight_id, excluded.is_active)",
+    " ON CONFLICT (aircraft_id, received_at) DO NOTHING",
     stamp_column=0,
     insert_only=True,
+)
+
+FIX_REVISION_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("received_at", "timestamptz"),
+    ("aircraft_id", "int8"),
+    ("flight_id", "uuid"),
+    ("is_active", "bool"),
+)
+
+# A stored fix that a late fix, merged before it, moved to another flight or made (in)active
+# (`Fix.revision`): only those two columns change, and only on a row already there.
+FIX_REVISIONS = TableSpec(
+    "fix_revisions",
+    FIX_REVISION_COLUMNS,
+    "UPDATE fixes SET flight_id = s.flight_id, is_active = s.is_active FROM {stage} s"
+    " WHERE fixes.aircraft_id = s.aircraft_id AND fixes.received_at = s.received_at"
+    " AND (fixes.flight_id, fixes.is_active) IS DISTINCT FROM (s.flight_id, s.is_active)",
+    stamp_column=0,
 )
 
 FLIGHT_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -284,7 +297,9 @@ SERVER_MESSAGES = TableSpec(
 
 SPECS: dict[str, TableSpec] = {
     spec.table: spec
-    for spec in (FIXES, FLIGHTS, AIRCRAFT, RECEIVERS, RECEIVER_STATUSES, SERVER_MESSAGES)
+    for spec in (
+        FIXES, FIX_REVISIONS, FLIGHTS, AIRCRAFT, RECEIVERS, RECEIVER_STATUSES, SERVER_MESSAGES
+    )
 }
 
 
@@ -330,14 +345,30 @@ class FixFamily:
     def prepare(self, items: Sequence[Fix]) -> list[TableBatch]:
         # Privacy: a no-track beacon is never stored (the tracking core should not send one;
         # this is the last line of defence, and the caller counts what was left out).
-        # One row per key: a fix revised in the batch it was first sent in is written once,
-        # as it stands now (the merge could not update a row it inserts in the same statement).
+        # A revision of a fix first sent in the same batch is written with it, as it stands
+        # now; other revisions update the rows already stored, after the inserts.
         kept: dict[tuple[int, int], Fix] = {}
+        revised: dict[tuple[int, int], Fix] = {}
         for fix in items:
-            if not fix.no_track:
-                kept[(fix.aircraft_id, fix.received_us)] = fix
+            if fix.no_track:
+                continue
+            key = (fix.aircraft_id, fix.received_us)
+            if not fix.revision:
+                kept.setdefault(key, fix)
+            elif key in kept:
+                kept[key] = fix
+            else:
+                revised[key] = fix
         fixes = list(kept.values())
-        return [TableBatch("fixes", [fix_row(f) for f in fixes], [f.received_us for f in fixes])]
+        batches = [TableBatch("fixes", [fix_row(f) for f in fixes], [f.received_us for f in fixes])]
+        if revised:
+            batches.append(TableBatch(
+                "fix_revisions",
+                [(ts(f.received_us), f.aircraft_id, f.flight_id, f.is_active)
+                 for f in revised.values()],
+                [f.received_us for f in revised.values()],
+            ))
+        return batches
 
 
 def flight_row(flight: FlightRow) -> Row:

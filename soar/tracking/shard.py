@@ -36,6 +36,7 @@ An input whose processing raises is quarantined: logged with its raw content, co
 
 from __future__ import annotations
 
+import copy
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -464,8 +465,11 @@ class Shard:
                 LATE_FIXES.inc()
                 await _store(sinks.fixes, event.fix, "fixes")
             elif isinstance(event, FixRevised):
-                # already stored and shown: the store updates its flight and active flag
-                await _store(sinks.fixes, event.fix, "fixes")
+                # already stored and shown: the store updates its flight and active flag (a
+                # copy: the fix itself may still wait in the channel to be inserted)
+                revision = copy.copy(event.fix)
+                revision.revision = True
+                await _store(sinks.fixes, revision, "fixes")
             elif isinstance(event, FixDropped):
                 FIXES_REJECTED.labels(event.reason).inc()
             elif isinstance(event, FlightOpened):

@@ -3,6 +3,7 @@ re-decided fix updated in place, the newest flight row kept, the aircraft's firs
 
 from __future__ import annotations
 
+import copy
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -52,19 +53,30 @@ async def test_fixes_keep_both_times_and_a_revision_updates_the_row(
 ) -> None:
     fixes = trace_fixes(testdata, 20)
     assert all(f.time_us != f.received_us for f in fixes)  # 0.04 to 2 s apart on this trace
-    await _write(db_url, FixFamily(), fixes, spool_dir)
+    first, rest = fixes[:10], fixes[10:]
+    fixes[4].is_active = False
+    await _write(db_url, FixFamily(), first, spool_dir)
     flight = uuid.uuid4()
-    revised = fixes[5]
-    revised.flight_id, revised.is_active = flight, True
-    # a revision and its original in one batch, and a revision alone: one row each, updated
-    await _write(db_url, FixFamily(), [fixes[6], fixes[6], revised], spool_dir)
+
+    def revision(fix: Fix) -> Fix:  # what the shard sends for a FixRevised
+        out = copy.copy(fix)
+        out.flight_id, out.is_active, out.revision = flight, True, True
+        return out
+
+    # a revision of a stored fix; a fix and its revision in one batch; a late copy of a stored
+    # fix (a replay) that must not overwrite it
+    stale = copy.copy(fixes[4])
+    stale.is_active, stale.flight_id = None, uuid.uuid4()
+    await _write(db_url, FixFamily(), [revision(fixes[5]), *rest, revision(fixes[15]), stale],
+                 spool_dir)
     with psycopg.connect(db_url) as conn:
         rows = conn.execute(
             "SELECT received_at, time, flight_id, is_active FROM fixes ORDER BY time"
         ).fetchall()
     assert [(r[0], r[1]) for r in rows] == [(ts(f.received_us), ts(f.time_us)) for f in fixes]
-    assert rows[5][2:] == (flight, True)
-    assert [r[2] for r in rows].count(None) == 19
+    assert rows[5][2:] == rows[15][2:] == (flight, True)
+    assert [r[2] for r in rows].count(None) == 18
+    assert rows[4][2:] == (None, False)  # as first written
 
 
 async def test_a_re_decided_flight_replaces_its_row_even_with_an_earlier_last_fix(
