@@ -40,19 +40,38 @@ SPOOL_CORRUPT = Gauge(
 )
 
 _HEADER = struct.Struct(">BqH")  # protocol code, received_us, source length
-_PROTOCOLS = list(Protocol)
+#: The protocol's code in spooled records: written on disk and sent between processes, so it is
+#: fixed here and never renumbered (not the member's position in `Protocol`).
+SPOOL_PROTOCOL_CODES: dict[Protocol, int] = {Protocol.OGN: 0, Protocol.BEAST: 1, Protocol.SBS: 2}
+_PROTOCOL_OF_CODE = {code: protocol for protocol, code in SPOOL_PROTOCOL_CODES.items()}
+
+
+class EnvelopeError(ValueError):
+    """A record that is not an encoded envelope (truncated, unknown protocol, bad source)."""
 
 
 def encode_envelope(env: Envelope) -> bytes:
     source = env.source.encode()
-    return _HEADER.pack(_PROTOCOLS.index(env.protocol), env.received_us, len(source)) + source + env.data
+    code = SPOOL_PROTOCOL_CODES[env.protocol]
+    return _HEADER.pack(code, env.received_us, len(source)) + source + env.data
 
 
 def decode_envelope(record: bytes) -> Envelope:
+    """The envelope `encode_envelope` made; `EnvelopeError` for anything else, never a crash."""
+    if len(record) < _HEADER.size:
+        raise EnvelopeError(f"record of {len(record)} bytes is shorter than its header")
     code, received_us, source_len = _HEADER.unpack_from(record)
+    protocol = _PROTOCOL_OF_CODE.get(code)
+    if protocol is None:
+        raise EnvelopeError(f"unknown protocol code {code}")
     start = _HEADER.size
-    source = record[start : start + source_len].decode()
-    return Envelope(_PROTOCOLS[code], received_us, record[start + source_len :], source)
+    if start + source_len > len(record):
+        raise EnvelopeError(f"source of {source_len} bytes runs past the record's end")
+    try:
+        source = record[start : start + source_len].decode()
+    except UnicodeDecodeError:
+        raise EnvelopeError("source is not UTF-8") from None
+    return Envelope(protocol, received_us, record[start + source_len :], source)
 
 
 class OverflowSink:
@@ -152,7 +171,7 @@ class OverflowSink:
             record = self._in_flight[0]
             try:
                 env = decode_envelope(record)
-            except (struct.error, UnicodeDecodeError, IndexError):
+            except EnvelopeError:
                 SPOOL_ERRORS.labels(**self._labels).inc()
                 log.error("overflow.spool_record_undecodable", protocol=self.protocol.value,
                           record=record[:64].hex())

@@ -44,6 +44,9 @@ LINK_DROPPED = Counter(
     "soar_link_dropped_total", "Envelopes dropped because a track's buffer was full", ["track"]
 )
 RECEIVED = Counter("soar_track_envelopes_received_total", "Envelopes received from ingest")
+BAD_BATCHES = Counter(
+    "soar_track_bad_batches_total", "Batches refused whole: not a batch, or a record in it not an envelope"
+)
 DUPLICATE_BATCHES = Counter("soar_track_duplicate_batches_total", "Batches received twice")
 
 
@@ -219,14 +222,15 @@ class EnvelopeReceiver:
                 msg = await sock.arecv_msg()
                 try:
                     session, seq, records = decode_batch(msg.bytes)
-                except ValueError as exc:
+                    for record in records:
+                        decode_envelope(record)  # refuse garbage before it is acknowledged
+                except ValueError as exc:  # EnvelopeError too: a bad batch is refused whole
+                    BAD_BATCHES.inc()
                     log.warning("track.bad_batch", error=str(exc))
                     continue
                 if (session, seq) in self._seen:
                     DUPLICATE_BATCHES.inc()
                 else:
-                    for record in records:
-                        decode_envelope(record)  # refuse garbage before it is acknowledged
                     await trio.to_thread.run_sync(self._append, records)
                     self._seen[(session, seq)] = None
                     if len(self._seen) > SEEN_BATCHES:
