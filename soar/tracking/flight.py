@@ -61,6 +61,7 @@ from __future__ import annotations
 import bisect
 import enum
 import uuid
+from array import array
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -346,13 +347,58 @@ def _progress_ok(last: Fix, fix: Fix) -> bool:
 
 def repeat_reason(fix: Fix, other: Fix) -> str | None:
     """Why `fix` adds nothing to the accepted `other` (see the module doc), or None."""
-    dt = fix.time_us - other.time_us
+    return _repeat_at(fix, other.time_us, other.lat, other.lon)
+
+
+def _repeat_at(fix: Fix, time_us: int, lat: float, lon: float) -> str | None:
+    dt = fix.time_us - time_us
     if dt == 0:
-        near = distance_m(fix.lat, fix.lon, other.lat, other.lon) <= DUPLICATE_DISTANCE_M
+        near = distance_m(fix.lat, fix.lon, lat, lon) <= DUPLICATE_DISTANCE_M
         return "duplicate" if near else "same_time_elsewhere"
     if fix.protocol in ADSB_PROTOCOLS and -THIN_US < dt < THIN_US:
         return "thinned"
     return None
+
+
+class AcceptedHistory:
+    """Own times and positions of an aircraft's last `ACCEPTED_HISTORY` accepted fixes, in
+    time order: the duplicate rules for a fix older than the newest. Plain arrays, 24 bytes a
+    fix, not the fixes themselves (a thousand per aircraft would be half a megabyte)."""
+
+    __slots__ = ("lats", "lons", "times")
+
+    def __init__(self) -> None:
+        self.times = array("q")
+        self.lats = array("d")
+        self.lons = array("d")
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    def add(self, fix: Fix) -> None:
+        times = self.times
+        t = fix.time_us
+        i = len(times)
+        if i and t <= times[-1]:
+            i = bisect.bisect_left(times, t)
+            if times[i] == t:
+                return
+        times.insert(i, t)
+        self.lats.insert(i, fix.lat)
+        self.lons.insert(i, fix.lon)
+        if len(times) > ACCEPTED_HISTORY:
+            del times[0], self.lats[0], self.lons[0]
+
+    def repeat_of(self, fix: Fix) -> str | None:
+        """`repeat_reason` against the accepted fixes around `fix`'s time, or None."""
+        times = self.times
+        i = bisect.bisect_left(times, fix.time_us)
+        for j in (i - 1, i, i + 1):
+            if 0 <= j < len(times):
+                reason = _repeat_at(fix, times[j], self.lats[j], self.lons[j])
+                if reason is not None:
+                    return reason
+        return None
 
 
 @dataclass(slots=True)
@@ -411,10 +457,9 @@ class FlightStateMachine:
         self.last_inactive_us = 0
         self.air_ground = AirGroundDebouncer()
         self.recent: deque[Fix] = deque(maxlen=64)
-        #: own times of accepted fixes, ascending, and where each was: the duplicate rule for
-        #: fixes older than the newest (shared by clones: it only grows with accepted fixes)
-        self.accepted_us: list[int] = []
-        self._accepted_at: dict[int, Fix] = {}
+        #: the duplicate rules for fixes older than the newest (shared by clones: it only
+        #: grows with accepted fixes)
+        self.accepted = AcceptedHistory()
         self._stats = _FlightStats()
         self._flight_last_fix: Fix | None = None
         self._last_update_us = 0
@@ -446,8 +491,7 @@ class FlightStateMachine:
         other.last_inactive_us = self.last_inactive_us
         other.air_ground = self.air_ground.copy()
         other.recent = deque(self.recent, maxlen=self.recent.maxlen)
-        other.accepted_us = self.accepted_us
-        other._accepted_at = self._accepted_at
+        other.accepted = self.accepted
         other._stats = self._stats.copy()
         other._flight_last_fix = self._flight_last_fix
         other._last_update_us = self._last_update_us
@@ -521,31 +565,12 @@ class FlightStateMachine:
         return events
 
     def _remember(self, fix: Fix) -> None:
-        times = self.accepted_us
-        t = fix.time_us
-        if t in self._accepted_at:
-            return
-        if not times or t > times[-1]:
-            times.append(t)
-        else:
-            bisect.insort(times, t)
-        self._accepted_at[t] = fix
-        if len(times) > ACCEPTED_HISTORY:
-            for old in times[: len(times) - ACCEPTED_HISTORY]:
-                self._accepted_at.pop(old, None)
-            del times[: len(times) - ACCEPTED_HISTORY]
+        self.accepted.add(fix)
 
     def repeat_of_accepted(self, fix: Fix) -> str | None:
         """`repeat_reason` against the accepted fixes around `fix`'s time, or None."""
-        times = self.accepted_us
-        t = position_time(fix)
-        i = bisect.bisect_left(times, t)
-        for j in (i - 1, i, i + 1):
-            if 0 <= j < len(times):
-                reason = repeat_reason(fix, self._accepted_at[times[j]])
-                if reason is not None:
-                    return reason
-        return None
+        position_time(fix)
+        return self.accepted.repeat_of(fix)
 
     def late(self, fix: Fix) -> Event:
         """A fix older than the newest: judged by the duplicate rules against the accepted

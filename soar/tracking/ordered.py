@@ -7,9 +7,11 @@ relayed by several receivers arrive a few seconds out of order. The flight rules
 
 * A fix at or after the newest one goes straight to the machine.
 * A fix older than the newest, by at most `window_us` (10 min), is *merged*: the machine goes
-  back to a checkpoint taken before the fix's time (one every `checkpoint_every` accepted
-  fixes, kept for the window) and the fixes after it are fed again with the late one in its
-  place. What the second pass decides replaces what the first did: rows of the same flights
+  back to a checkpoint taken before the fix's time and the fixes after it are fed again with
+  the late one in its place. Most late fixes are a beacon or two behind (relayed by a slower
+  receiver: a tenth of the fixes of a busy trace), so checkpoints are dense near the newest
+  fix (one every `checkpoint_every`, 8, accepted fixes, for the last 64) and sparse further
+  back (one per 64 fixes, for the window). What the second pass decides replaces what the first did: rows of the same flights
   (flight ids are handed out again in the same order), fixes whose flight or active flag
   changed (`FixRevised`), and flights the first pass made that the second does not
   (closed as `superseded`, marked spurious, never deleted). A delayed, shuffled flood thus
@@ -27,8 +29,9 @@ even if its last fix moved back), counting each flight opened and closed once ho
 a merge re-decides it, and a receive time unique per aircraft for every stored fix (the
 store's key is `(aircraft, received_at)`; one socket read stamps all its lines alike).
 
-Cost: the fixes of the last `window_us` per aircraft are kept (the journal), and a merge
-feeds again at most the fixes after the checkpoint it goes back to.
+Cost: the fixes of the last `window_us` per aircraft are kept (the journal) with about 18
+checkpoints, and a merge feeds again the fixes after the checkpoint it goes back to: a few for
+a beacon just behind, up to 64 more for one minutes late.
 """
 
 from __future__ import annotations
@@ -54,8 +57,9 @@ from soar.tracking.flight import (
 )
 
 REORDER_WINDOW_US = 10 * MINUTE
-CHECKPOINT_EVERY = 32
-RECEIVE_KEYS = 256
+CHECKPOINT_EVERY = 8
+DENSE_CHECKPOINTS = 8  # the newest ones are kept every `checkpoint_every` fixes
+SPARSE_EVERY = 64  # older ones, one per this many fixes
 SUPERSEDED = "superseded"
 _BEFORE_ANY = -(1 << 62)
 
@@ -64,6 +68,7 @@ _BEFORE_ANY = -(1 << 62)
 class _Checkpoint:
     time_us: int  # own time of the newest fix in `machine` (_BEFORE_ANY: none yet)
     machine: FlightStateMachine
+    seq: int = 0  # accepted fixes before it
 
 
 class OrderedTrack:
@@ -93,6 +98,7 @@ class OrderedTrack:
             _Checkpoint(_BEFORE_ANY if newest is None else newest, machine.clone())
         ]
         self._since_checkpoint = 0
+        self._accepted = 0
         self._opened: set[uuid.UUID] = set()
         self._closed: set[uuid.UUID] = set()
         self._as_of_floor = 0
@@ -101,8 +107,9 @@ class OrderedTrack:
             self._as_of_floor = machine.flight.as_of_us
         self._emitted: dict[uuid.UUID, FlightRow] = {}
         self._annotations: dict[tuple[uuid.UUID, str], tuple[object, ...]] = {}
-        self._received: set[int] = set()
-        self._received_order: deque[int] = deque()
+        # receive times given to stored fixes: [_received_from, _received_next) is taken
+        self._received_from = 0
+        self._received_next = 0
 
     # -- inputs (the machine's, in time order)
 
@@ -125,6 +132,21 @@ class OrderedTrack:
         if now_us > self._clock_us:
             self._clock_us = now_us
         return self._finish(self.machine.on_clock(now_us))
+
+    def settle(self, now_us: int) -> None:
+        """Forget what only merges need once nothing has arrived for the aircraft for the
+        window (receive clock `now_us`): most aircraft a shard holds are parked or gone, and
+        their journals would be most of its memory. A fix for it arriving later with an own
+        time before its newest is then late."""
+        if len(self._checkpoints) == 1 and not self._journal:
+            return
+        machine = self.machine
+        if now_us - machine.last_received_us <= self.window_us or machine.newest_us is None:
+            return
+        self._journal.clear()
+        self._since_checkpoint = 0
+        self._checkpoints = [_Checkpoint(machine.newest_us, machine.clone(), self._accepted)]
+        self._prune(machine.newest_us)
 
     def flush_pending(self) -> list[Event]:
         return self._finish(self.machine.flush_pending())
@@ -162,6 +184,7 @@ class OrderedTrack:
         events = self.machine.on_fix(fix)
         if events and isinstance(events[-1], FixAccepted) and events[-1].fix is fix:
             self._journal.append(fix)
+            self._accepted += 1
             self._since_checkpoint += 1
             if self._since_checkpoint >= self.checkpoint_every:
                 self._checkpoint()
@@ -172,9 +195,13 @@ class OrderedTrack:
         newest = machine.newest_us
         assert newest is not None
         self._since_checkpoint = 0
-        self._checkpoints.append(_Checkpoint(newest, machine.clone()))
-        horizon = newest - self.window_us
         points = self._checkpoints
+        points.append(_Checkpoint(newest, machine.clone(), self._accepted))
+        # thin the ones behind the dense tail to one per SPARSE_EVERY fixes
+        tail = len(points) - DENSE_CHECKPOINTS
+        if tail > 1 and points[tail - 1].seq - points[tail - 2].seq < SPARSE_EVERY:
+            del points[tail - 1]
+        horizon = newest - self.window_us
         # keep the newest checkpoint from before the window: everything in it can be merged
         drop = 0
         while drop + 1 < len(points) and points[drop + 1].time_us < horizon:
@@ -187,6 +214,11 @@ class OrderedTrack:
         while cut < len(self._journal) and self._journal[cut].time_us <= base:
             cut += 1
         del self._journal[:cut]
+        self._prune(base)
+
+    def _prune(self, base: int) -> None:
+        """Drop the bookkeeping of flights no merge back to `base` can touch any more."""
+        machine = self.machine
         cut = 0
         while cut < len(self._allocations) and self._allocations[cut][0] <= base:
             cut += 1
@@ -207,13 +239,14 @@ class OrderedTrack:
         self.merges += 1
         t = fix.time_us
         points = self._checkpoints
-        index = bisect.bisect_left([p.time_us for p in points], t) - 1
+        index = bisect.bisect_left(points, t, key=_checkpoint_time) - 1
         point = points[index]
         del points[index + 1 :]
-        cut = bisect.bisect_right([f.time_us for f in self._journal], point.time_us)
+        self._accepted = point.seq
+        cut = bisect.bisect_right(self._journal, point.time_us, key=_fix_time)
         again = self._journal[cut:]
         del self._journal[cut:]
-        bisect.insort(again, fix, key=lambda f: f.time_us)
+        bisect.insort(again, fix, key=_fix_time)
         before = {id(f): (f.flight_id, f.is_active) for f in again}
         self._reuse = deque(ident for at, ident in self._allocations if at > point.time_us)
         self._allocations = [a for a in self._allocations if a[0] <= point.time_us]
@@ -312,16 +345,22 @@ class OrderedTrack:
         return events
 
     def _unique_receive_time(self, fix: Fix) -> None:
-        """Make the fix's receive time one no other stored fix of the aircraft has (+1 µs)."""
-        seen = self._received
+        """Make the fix's receive time one no other stored fix of the aircraft has: the fixes
+        of one socket read share a receive time, and get the next microseconds."""
         received = fix.received_us
-        while received in seen:
-            received += 1
-        fix.received_us = received
-        seen.add(received)
-        self._received_order.append(received)
-        if len(self._received_order) > RECEIVE_KEYS:
-            seen.discard(self._received_order.popleft())
+        if self._received_from <= received < self._received_next:
+            fix.received_us = self._received_next
+            self._received_next += 1
+        else:
+            self._received_from, self._received_next = received, received + 1
+
+
+def _checkpoint_time(point: _Checkpoint) -> int:
+    return point.time_us
+
+
+def _fix_time(fix: Fix) -> int:
+    return fix.time_us
 
 
 __all__ = ["REORDER_WINDOW_US", "SUPERSEDED", "EnrichmentDue", "OrderedTrack"]

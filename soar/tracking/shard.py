@@ -349,6 +349,7 @@ class Shard:
         expired: list[int] = []
         for ident, state in self.aircraft.items():
             events.extend(state.track.on_clock(now))
+            state.track.settle(now)
             if state.machine.idle(now, self.expire_us):
                 expired.append(ident)
         for ident in expired:

@@ -248,3 +248,16 @@ def test_a_shared_receive_time_is_made_unique_per_aircraft() -> None:
     events = feed(t, fix(5, 0.0, at=1), fix(5, 0.0, at=2), fix(5, 0.0, at=3))
     received = [e.fix.received_us for e in events if isinstance(e, FixAccepted)]
     assert received == [us(5), us(5) + 1, us(5) + 2]
+
+
+def test_a_silent_aircraft_keeps_no_journal() -> None:
+    # Parked or gone: after the window of silence on the receive clock, what only merges need
+    # is dropped (most aircraft a shard holds are such), and a late fix is then only late.
+    t = track()
+    feed(t, *parked(0, 3), *flying(30, 20))
+    t.settle(us(220 + 10 * MINUTE / S))
+    assert len(t._journal) == 20 + 3  # not silent for the window yet
+    t.settle(us(220 + 10 * MINUTE / S + 1))
+    assert t._journal == [] and len(t._checkpoints) == 1
+    (late,) = feed(t, fix(2000, 60.0, at=205))
+    assert isinstance(late, FixLate) and t.merges == 0
