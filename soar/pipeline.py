@@ -217,6 +217,11 @@ class Pipeline:
                        ChildSpec("database.probe", self._probe_database)]
         if settings.ddb_url:
             maintenance.append(ChildSpec("ddb.refresh", self._refresh_ddb))
+        from soar.database import embedded_supervisor
+
+        # the embedded PostgreSQL this process started (none with SOAR_DATABASE_URL)
+        if (supervise := embedded_supervisor(database_url)) is not None:
+            maintenance.append(ChildSpec("database.embedded", supervise))
         self.maintenance_sup = Supervisor("maintenance", maintenance)
         self.tow_sup = Supervisor("tow", [ChildSpec(
             "tow", functools.partial(self.tow.run, [send for send, _ in self.shard_channels],
