@@ -223,7 +223,8 @@ def _start_postmaster(data_dir: Path, socket_dir: Path | str) -> None:
                 "-o", f"-k {socket_dir}", "-l", str(server_log), "start")
     except subprocess.CalledProcessError as exc:
         # pg_ctl says "examine the log": the reason is the server's last FATAL line
-        exc.output = f"{exc.output} {_last_fatal(server_log)}".strip()
+        fatal = _last_fatal(server_log)
+        exc.output = f"{fatal} (pg_ctl: {exc.output})" if fatal else exc.output
         raise
 
 
