@@ -224,37 +224,51 @@ def generated_time_us(msg: SbsMessage) -> int | None:
 
 _QUARTER_HOUR_US = 900_000_000
 _ZONE_THRESHOLD_US = 1_800_000_000
+_ZONE_SLACK_US = 120_000_000  # a zone's difference is whole quarter hours, give or take a delay
+_ZONE_MAX_US = 14 * 3_600_000_000  # UTC-12 to UTC+14
 FUTURE_TOLERANCE_US = 10_000_000
 
 
 class SbsClock:
     """One feed's generated times as UTC: `time_us(msg, received_us) -> int | None`.
 
-    BaseStation and dump1090 write the generated time in the feeder's *local* time; a feed
-    whose times are 30 minutes or more away from their receive times is read as a time zone
-    (the difference rounded to the quarter hour, which every zone is a multiple of) and
+    BaseStation and dump1090 write the generated time in the feeder's *local* time. A feed
+    whose times are 30 minutes to 14 hours away from their receive times, within 2 minutes of
+    a whole number of quarter hours (what every time zone is), is read as in that zone and
     corrected, from its first message on, re-learnt if it changes (daylight saving time).
-    A message without a generated time takes its receive time. None: a time more than 10 s
-    after its receive time once corrected (rejected by the caller, `REASON_FUTURE`).
+    A generated time further off than any zone, or none, says nothing: the receive time is
+    used. None: a time more than 10 s after its receive time once corrected (rejected by the
+    caller, `REASON_FUTURE`).
     """
 
     __slots__ = ("zone_us",)
 
     def __init__(self) -> None:
-        self.zone_us = 0
+        self.zone_us: int | None = 0  # None: this feed's clock is no clock
 
     def time_us(self, msg: SbsMessage, received_us: int) -> int | None:
         generated = generated_time_us(msg)
         if generated is None:
             return received_us
         delta = received_us - generated
-        if abs(delta - self.zone_us) >= _ZONE_THRESHOLD_US:
-            quarters = round(delta / _QUARTER_HOUR_US)
-            self.zone_us = quarters * _QUARTER_HOUR_US if abs(delta) >= _ZONE_THRESHOLD_US else 0
+        if self.zone_us is None or abs(delta - self.zone_us) >= _ZONE_THRESHOLD_US:
+            self.zone_us = _zone(delta)
+        if self.zone_us is None:
+            return received_us
         placed = generated + self.zone_us
         if placed > received_us + FUTURE_TOLERANCE_US:
             return None
         return placed
+
+
+def _zone(delta_us: int) -> int | None:
+    """The time zone (µs to add) that explains a receive - generated difference, or None."""
+    if abs(delta_us) < _ZONE_THRESHOLD_US:
+        return 0
+    zone = round(delta_us / _QUARTER_HOUR_US) * _QUARTER_HOUR_US
+    if abs(zone) > _ZONE_MAX_US or abs(delta_us - zone) > _ZONE_SLACK_US:
+        return None
+    return zone
 
 
 @dataclass(slots=True)

@@ -187,6 +187,22 @@ def test_an_sbs_feed_in_local_time_is_corrected(testdata: Path, zone_h: float) -
     assert clock.zone_us == -round(zone_h * 3600 * S)
 
 
+@pytest.mark.parametrize("off_days", [2.0, 0.9, 0.13, -280.3])
+def test_an_sbs_clock_no_time_zone_explains_gives_the_receive_time(
+    testdata: Path, off_days: float
+) -> None:
+    # generated times days (or 21.6 h) off, or hours off by no whole quarter hour: no clock
+    lines = sbs_lines(testdata)[:50]
+    clock = sbs.SbsClock()
+    utc = us(2026, 2, 24, 14, 57, 36)
+    received = utc + round(off_days * 86_400 * S)
+    for line in lines:
+        msg = sbs.parse_line(line)
+        if isinstance(msg, sbs.SbsMessage) and msg.time_generated is not None:
+            assert clock.time_us(msg, received) == received
+    assert clock.zone_us is None
+
+
 def test_an_sbs_time_ahead_of_its_receive_time_is_rejected(testdata: Path) -> None:
     line = next(x for x in sbs_lines(testdata) if x.startswith("MSG,3,"))
     decoder = Decoder(Protocol.SBS)
