@@ -135,11 +135,16 @@ def _ogn_templates(testdata: Path) -> tuple[list[list[bytes]], int]:
 
 
 def ogn_messages(testdata: Path, aircraft: int = AIRCRAFT) -> Iterator[bytes]:
-    """The OGN trace as `aircraft` aircraft, line by line across all of them, for ever."""
+    """The OGN trace as `aircraft` aircraft, line by line across all of them, for ever; each
+    beacon's own `hhmmss` is the second it is generated (sent), as a live feed's would be:
+    soar tracks on beacon times, and the trace's own would be hours off (or repeat)."""
     templates, base = _ogn_templates(testdata)
     addresses = [b"%06X" % (base ^ k) for k in range(aircraft)]
+    stamped = [(p[0], *p[1].split(b":/", 1), *p[2:]) for p in templates]
     while True:
-        for parts in templates:
+        for before, head, body, *rest in stamped:
+            now = time.strftime("%H%M%S", time.gmtime()).encode()
+            parts = [before, head + b":/" + now + body[6:], *rest]
             for address in addresses:
                 yield address.join(parts) + b"\r\n"
 
@@ -335,14 +340,16 @@ async def _ws_main(http_port: int, squares: list[tuple[int, int]], ready: Any) -
                              else [message] if message.get("type") == "fix" else [])
                     for fix in fixes:
                         messages += 1
-                        hist.add(arrived_us - fix["time_us"])
+                        # latency from when soar received it (`time_us` is the beacon's own time)
+                        received_us = fix["received_us"]
+                        hist.add(arrived_us - received_us)
                         if not first_us:
-                            first_us.append(fix["time_us"])
-                        if fix["time_us"] - first_us[0] >= WARMUP_US:
-                            steady.add(arrived_us - fix["time_us"])
-                        second = seconds.setdefault((fix["time_us"] - first_us[0]) // 1_000_000, [0, 0])
+                            first_us.append(received_us)
+                        if received_us - first_us[0] >= WARMUP_US:
+                            steady.add(arrived_us - received_us)
+                        second = seconds.setdefault((received_us - first_us[0]) // 1_000_000, [0, 0])
                         second[0] += 1
-                        second[1] = max(second[1], arrived_us - fix["time_us"])
+                        second[1] = max(second[1], arrived_us - received_us)
 
     async with trio.open_nursery() as nursery:
         for group in groups:
