@@ -152,7 +152,8 @@ def rewrite(text: str, port: int, pg_host: str) -> str:
 
 def _replay_summary_matches_the_doc(out: str, doc_text: str) -> None:
     summary = json.loads(out)
-    assert summary["rejects"] == 0, summary
+    # nothing rejected but the trace's 66 repeats of a report heard by a second receiver
+    assert set(summary["reject_reasons"]) <= {"duplicate"}, summary
     stated = re.search(r"(\d+) fixes and (\d+) flights? for this capture", doc_text)
     if stated:  # operations.md states the result; it must be the one the replay prints
         assert (summary["committed"]["fixes"], summary["flights"]) == (
