@@ -11,11 +11,12 @@ relayed by several receivers arrive a few seconds out of order. The flight rules
   the late one in its place. Most late fixes are a beacon or two behind (relayed by a slower
   receiver: a tenth of the fixes of a busy trace), so checkpoints are dense near the newest
   fix (one every `checkpoint_every`, 8, accepted fixes, for the last 64) and sparse further
-  back (one per 64 fixes, for the window). What the second pass decides replaces what the first did: rows of the same flights
-  (flight ids are handed out again in the same order), fixes whose flight or active flag
-  changed (`FixRevised`), and flights the first pass made that the second does not
-  (closed as `superseded`, marked spurious, never deleted). A delayed, shuffled flood thus
-  yields the flights an on-time delivery of the same beacons yields.
+  back (one per 64 fixes, for the window). What the second pass decides replaces what the
+  first did: rows of the same flights (flight ids are handed out again in the same order),
+  fixes whose flight or active flag changed (`FixRevised`), and flights the first pass made
+  that the second does not (closed as `superseded`, marked spurious, never deleted). A
+  delayed, shuffled flood thus yields the flights an on-time delivery of the same beacons
+  yields.
 * A fix older than that, or older than anything the track can go back to (just restored
   after a restart), is late (`FixLate`): stored in the flight it falls in, no state moved.
 
