@@ -15,6 +15,7 @@ import urllib.request
 from functools import partial
 from pathlib import Path
 
+import pytest
 import trio
 import trio_websocket
 from faultkit import (
@@ -162,6 +163,7 @@ def _sbs_feed_server(lines: list[bytes], stop: threading.Event) -> int:
     return int(server.getsockname()[1])
 
 
+@pytest.mark.time_limit(480)
 async def test_soar_run_exits_on_sigterm_despite_a_websocket_client_that_stopped_reading(
     corpus: Corpus, tmp_path: Path, db_url: str
 ) -> None:
@@ -192,7 +194,8 @@ async def test_soar_run_exits_on_sigterm_despite_a_websocket_client_that_stopped
             else:
                 raise AssertionError("soar run never served /api/live")
             # fixes pile up behind the client that does not read, until its queue overflows
-            await wait_for(partial(_ws_dropped, http_port), 120,
+            # (the kernel's socket buffers take megabytes first: minutes on a busy machine)
+            await wait_for(partial(_ws_dropped, http_port), 300,
                            "soar run to drop fixes for the client that does not read")
             began = time.monotonic()
             proc.send_signal(signal.SIGTERM)
