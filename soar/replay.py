@@ -14,6 +14,7 @@ format, that format.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import itertools
 import json
 import math
@@ -160,7 +161,22 @@ async def run_replay(
             key = f"capture: {reason}"
             summary["reject_reasons"][key] = summary["reject_reasons"].get(key, 0) + count
     summary["formats"] = {str(source.path): source.kind.value for source in sources}
+    anchors = {str(source.path): beast_anchor(source.path, start_us)
+               for source in sources if source.kind is CaptureFormat.BEAST}
+    if anchors:
+        summary["anchors"] = anchors
     return summary
+
+
+def beast_anchor(path: Path, start_us: int | None) -> dict[str, str]:
+    """When a Beast capture's first frame was taken to be: a Beast file records only a 12 MHz
+    counter, so every time in it hangs on this one (`--start`, else the file's mtime)."""
+    if start_us is not None:
+        at_us, source = start_us, "--start"
+    else:
+        at_us, source = path.stat().st_mtime_ns // 1000, "file modification time (no --start)"
+    moment = dt.datetime.fromtimestamp(at_us / 1_000_000, tz=dt.UTC)
+    return {"first_frame_at": moment.isoformat().replace("+00:00", "Z"), "from": source}
 
 
 _A_FORMAT = {"ogn": "an OGN", "sbs": "an SBS", "beast": "a Beast", "archive": "a soar raw archive"}
@@ -244,6 +260,9 @@ async def replay_command(settings: Settings, args: argparse.Namespace) -> int:
         )
         for reason, count in sorted(summary["reject_reasons"].items(), key=lambda kv: -kv[1]):
             print(f"  rejected {count:>8}  {reason}")
+        for path, anchor in summary.get("anchors", {}).items():
+            print(f"  {Path(path).name}: first frame at {anchor['first_frame_at']}"
+                  f" ({anchor['from']})")
     failure = nothing_accepted(summary, args.format)
     if failure is not None:
         sys.stdout.flush()

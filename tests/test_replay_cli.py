@@ -173,3 +173,27 @@ def test_log_lines_never_run_into_the_progress_bar(
                 assert "event" in event
                 log_lines += 1
     assert bar_draws >= 2 and log_lines >= 5
+
+
+BEAST_CAPTURE = "adsb/traffic-sample_dump1090-LFBO-20200212.beast"
+
+
+def test_a_beast_replay_says_which_anchor_its_times_hang_on(
+    testdata: Path, tmp_path: Path, db_url: str
+) -> None:
+    import datetime as dt
+    import shutil
+
+    capture = tmp_path / "lfbo.beast"
+    shutil.copyfile(testdata / BEAST_CAPTURE, capture)
+    mtime = dt.datetime(2020, 2, 12, 10, 15, tzinfo=dt.UTC).timestamp()
+    os.utime(capture, (mtime, mtime))
+    env = {"SOAR_DATABASE_URL": db_url, "SOAR_DATA_DIR": str(tmp_path / "var")}
+    proc = soar("replay", str(capture), "--json", env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    anchor = json.loads(proc.stdout)["anchors"][str(capture)]
+    assert anchor == {"first_frame_at": "2020-02-12T10:15:00Z",
+                      "from": "file modification time (no --start)"}
+    proc = soar("replay", str(capture), "--start", "2020-02-12T09:00:00Z", env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "lfbo.beast: first frame at 2020-02-12T09:00:00Z (--start)" in proc.stdout
