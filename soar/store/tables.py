@@ -549,3 +549,34 @@ class ReceiverFamily:
                 )
             )
         return batches
+
+
+#: Columns appended since the first release, per table, with the column whose value stands in
+#: for them in a row spooled by an older version (None: NULL). New columns only ever go last,
+#: so an older row is a prefix of today's.
+_ADDED_COLUMNS: dict[str, tuple[tuple[str, str | None], ...]] = {
+    "fixes": (("time", "received_at"),),
+    "flights": (("as_of", "last_fix_at"),),
+    "aircraft": (("category", None), ("first_seen_at", "last_fix_at")),
+}
+
+
+def spooled_batch(table: str, rows: list[Row], stamps_us: list[int]) -> TableBatch:
+    """A batch read back from an outage spool, its rows brought up to today's columns.
+
+    A batch spooled by an older soar has fewer columns (the database was down across an
+    upgrade): it is completed, not refused, so nothing spooled is lost to an upgrade.
+    """
+    spec = SPECS.get(table)
+    if spec is None or not rows or all(len(row) == len(spec.columns) for row in rows):
+        return TableBatch(table, rows, stamps_us)
+    names = [name for name, _ in spec.columns]
+    fill = dict(_ADDED_COLUMNS.get(table, ()))
+    completed: list[Row] = []
+    for row in rows:
+        values = list(row)
+        for name in names[len(values) :]:
+            source = fill.get(name)
+            values.append(None if source is None else values[names.index(source)])
+        completed.append(tuple(values))
+    return TableBatch(table, completed, stamps_us)

@@ -42,7 +42,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from soar.backoff import Backoff
 from soar.store.spill import BatchSpool, SpoolFull
-from soar.store.tables import SPECS, Family, TableBatch
+from soar.store.tables import SPECS, Family, TableBatch, spooled_batch
 
 log = structlog.get_logger(__name__)
 
@@ -270,7 +270,7 @@ class StoreWriter(Generic[T]):
             payload = await trio.to_thread.run_sync(self.spool.peek)
             if payload is None:
                 break
-            prepared: list[TableBatch] = [TableBatch(*parts) for parts in pickle.loads(payload)]
+            prepared: list[TableBatch] = [spooled_batch(*parts) for parts in pickle.loads(payload)]
             try:
                 await self._commit(prepared)
             except Outage:
@@ -333,7 +333,7 @@ class StoreWriter(Generic[T]):
         if payload is None:
             return True
         try:
-            await self._commit([TableBatch(*parts) for parts in pickle.loads(payload)])
+            await self._commit([spooled_batch(*parts) for parts in pickle.loads(payload)])
         except Outage:
             return False
         await trio.to_thread.run_sync(self.spool.pop)

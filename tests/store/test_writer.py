@@ -224,3 +224,26 @@ async def test_receivers_statuses_and_server_messages(db_url: str, spool_dir: Pa
         ("EBKT", 50.9, 3.1, 1.0, 5.0),
         ("PA5MN", 51.6, 4.9, 2.0, 2.0),
     ]
+
+
+async def test_batches_spooled_by_an_older_version_are_completed_not_refused(
+    capture_fixes: list[Fix], db_url: str, spool_dir: Path
+) -> None:
+    """The database was down across an upgrade: the outage spool holds rows with the columns
+    of the version before (no own time for fixes, no as_of for flights). They are stored."""
+    import pickle
+
+    from soar.store.spill import BatchSpool
+
+    fixes = capture_fixes[:500]
+    prepared = FixFamily().prepare(fixes)
+    old = [(b.table, [row[:-1] for row in b.rows], b.stamps_us) for b in prepared]  # no `time`
+    spool = BatchSpool(spool_dir, 1 << 30)
+    spool.append(pickle.dumps(old))
+    del spool
+    writer = await write_all(db_url, FixFamily(), [], spool_dir)
+    assert writer.spool.depth == 0
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute("SELECT count(*), count(*) FILTER (WHERE time = received_at)"
+                            " FROM fixes").fetchone()
+    assert rows == (len(keys(fixes)), len(keys(fixes)))
