@@ -245,6 +245,47 @@ def _start_retrying(data_dir: Path, socket_dir: Path | str) -> None:
             time.sleep(0.5)
 
 
+def _ready(data_dir: Path) -> bool:
+    """The postmaster says it accepts connections: line 8 of postmaster.pid (what pg_ctl -w
+    reads) is "ready"."""
+    try:
+        lines = (data_dir / "postmaster.pid").read_text().split("\n")
+    except OSError:
+        return False
+    return len(lines) > 7 and lines[7].strip() == "ready"
+
+
+def _get_server_waiting(get_server: Any, data_dir: Path) -> Any:
+    """pgserver's handle on `data_dir`. pgserver gives a new cluster's first start 10 s; on a
+    busy machine it takes longer, and the process exited 2 with a server that was about to
+    be up. Past those 10 s the postmaster pgserver launched is waited for here, then adopted."""
+    try:
+        return get_server(data_dir, cleanup_mode=None)
+    except (subprocess.TimeoutExpired, OSError) as exc:
+        # (pgserver reports its timeout by reading the server's log, which a server that has
+        # not got that far has not written: then the OSError comes with the timeout behind it)
+        if not isinstance(exc, subprocess.TimeoutExpired) and not isinstance(
+            exc.__context__, subprocess.TimeoutExpired
+        ):
+            raise
+        from pgserver.postgres_server import PostgresServer
+
+        broken = PostgresServer._instances.pop(data_dir, None)
+        if broken is not None:  # its start failed: no handle, no atexit hook of its own
+            atexit.unregister(broken._cleanup)
+        log.warning("embedded_pg.slow_first_start", data_dir=str(data_dir),
+                    wait_s=PG_CTL_TIMEOUT_S)
+    if postmaster_pid(data_dir) is None:
+        _start_retrying(data_dir, _socket_dir_for(data_dir))
+    deadline = time.monotonic() + PG_CTL_TIMEOUT_S
+    while not _ready(data_dir):
+        if time.monotonic() > deadline or postmaster_pid(data_dir) is None:
+            raise RuntimeError(f"the embedded PostgreSQL in {data_dir} did not start: "
+                               f"{_last_fatal(data_dir / 'log') or 'no reason in its log'}")
+        time.sleep(0.1)
+    return get_server(data_dir, cleanup_mode=None)
+
+
 def _stop_postmaster(data_dir: Path, pid: int) -> None:
     """Stop the postmaster `pid` on `data_dir`: a fast shutdown, else SIGKILL."""
     try:
@@ -305,7 +346,7 @@ class EmbeddedPostgres:
                 # on a busy machine takes longer) and takes a dead postmaster that is still a
                 # zombie for a running one.
                 _start_retrying(data_dir, _socket_dir_for(data_dir))
-            server = get_server(data_dir, cleanup_mode=None)  # a new cluster: initdb, start
+            server = _get_server_waiting(get_server, data_dir)  # a new cluster: initdb, start
             # The lifetime is ours from here (see the module doc).
             atexit.unregister(server._cleanup)
             server.global_process_id_list.get_and_remove(os.getpid())
