@@ -41,10 +41,12 @@ from prometheus_client import Counter, Gauge, Histogram
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from soar.backoff import Backoff
+from soar.log import RateLimited
 from soar.store.spill import BatchSpool, SpoolFull
 from soar.store.tables import SPECS, Family, TableBatch, spooled_batch
 
 log = structlog.get_logger(__name__)
+_REJECTED_LOG = RateLimited(log)
 
 T = TypeVar("T")
 
@@ -412,12 +414,17 @@ class StoreWriter(Generic[T]):
             if is_outage(exc):
                 raise Outage(str(exc)) from exc
             if len(batch.rows) == 1:
-                log.error(
+                sqlstate = getattr(exc, "sqlstate", None)
+                # A feed can send the same bad value at line rate: one line a minute per table
+                # and kind of refusal, with the count; every row is in soar_store_rows_rejected.
+                _REJECTED_LOG.log(
+                    (batch.table, sqlstate, type(exc).__name__),
+                    "error",
                     "store.row_rejected",
                     table=batch.table,
-                    row=repr(batch.rows[0]),
-                    error=str(exc).strip(),
-                    sqlstate=getattr(exc, "sqlstate", None),
+                    row=repr(batch.rows[0])[:500],
+                    error=str(exc).strip()[:500],
+                    sqlstate=sqlstate,
                 )
                 return 1
             left, right = batch.split()

@@ -247,3 +247,25 @@ async def test_batches_spooled_by_an_older_version_are_completed_not_refused(
         rows = conn.execute("SELECT count(*), count(*) FILTER (WHERE time = received_at)"
                             " FROM fixes").fetchone()
     assert rows == (len(keys(fixes)), len(keys(fixes)))
+
+
+async def test_a_feed_of_bad_rows_logs_once_a_minute_not_once_a_row(
+    db_url: str, capture_fixes: list[Fix], spool_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import structlog
+
+    import soar.store.writer as writer_module
+    from soar.log import RateLimited
+
+    # a limiter of its own: an earlier test's refusals of the same kind do not count here
+    monkeypatch.setattr(writer_module, "_REJECTED_LOG", RateLimited(writer_module.log))
+
+    batch = [dataclasses.replace(f) for f in capture_fixes[:1000]]
+    for fix in batch[::10]:  # 100 rows the database refuses, all for the same reason
+        fix.lon = 181.0
+    rejected_before = ROWS_REJECTED.labels("fixes")._value.get()
+    with structlog.testing.capture_logs() as logs:
+        await write_all(db_url, FixFamily(), batch, spool_dir)
+    assert ROWS_REJECTED.labels("fixes")._value.get() - rejected_before == 100
+    lines = [e for e in logs if e["event"] == "store.row_rejected"]
+    assert 1 <= len(lines) <= 2, len(lines)  # one (two if a minute boundary fell in between)
