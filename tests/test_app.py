@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from support import postgres_processes
 
 pytestmark = pytest.mark.slow
 
@@ -31,20 +32,6 @@ def get(url: str) -> tuple[int, bytes]:
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
 
-
-def our_postgres(data_dir: Path) -> list[str]:
-    """Command lines of postgres processes running on our data directory."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if "postgres" in cmdline and str(data_dir) in cmdline:
-            found.append(cmdline)
-    return found
 
 
 def wait_ready(base: str, proc: subprocess.Popen[bytes], timeout: float = 90.0) -> None:
@@ -80,7 +67,7 @@ def test_start_ready_metrics_sigterm(tmp_path: Path) -> None:
         status, body = get(base + "/metrics")
         assert status == 200
         assert b"soar_task_running" in body
-        assert our_postgres(data_dir), "the embedded PostgreSQL should be running"
+        assert postgres_processes(data_dir), "the embedded PostgreSQL should be running"
 
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
@@ -90,7 +77,7 @@ def test_start_ready_metrics_sigterm(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert our_postgres(data_dir) == []
+    assert postgres_processes(data_dir) == []
     events = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
     names = [e["event"] for e in events]
     assert "shutdown.requested" in names and "soar.stopped" in names

@@ -26,6 +26,7 @@ import psycopg
 import pytest
 from faultkit import Corpus, Reference, assert_same_as_reference, stored
 from ingest_servers import OGN_TRACE
+from support import postgres_processes
 
 from soar.records import Protocol
 from soar.store.embedded import EmbeddedPostgres, postmaster_pid
@@ -67,20 +68,6 @@ def _wait(condition: Any, timeout: float, what: str, proc: subprocess.Popen[byte
         time.sleep(0.1)
 
 
-def _postgres_processes(data_dir: Path) -> list[str]:
-    """Command lines of the postgres processes running on `data_dir` (what test_app checks)."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if "postgres" in cmdline and str(data_dir) in cmdline:
-            found.append(cmdline)
-    return found
-
 
 def _events(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
@@ -116,7 +103,7 @@ def test_postmaster_killed_under_soar_run_is_restarted_and_sigterm_exits_0(tmp_p
         _wait(lambda: _status(ready) == 200, 120, "/readyz after the restart", proc)
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=90)
-        left_running = _postgres_processes(pg_data)
+        left_running = postgres_processes(pg_data)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -178,7 +165,7 @@ def test_postmaster_killed_mid_replay_every_fix_stored_once(
             server_log = (pg_data / "log").read_text(errors="replace")[-3000:]
             raise AssertionError(f"the replay hung:\n{log_path.read_text()[-4000:]}\n"
                                  f"--- server log:\n{server_log}") from None
-        left_running = _postgres_processes(pg_data)
+        left_running = postgres_processes(pg_data)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -224,7 +211,7 @@ def test_orphan_of_a_killed_soar_is_stopped_by_the_next_start(
             [sys.executable, "-m", "soar", "replay", "--json", str(capture)],
             env=_env(data_dir), capture_output=True, text=True, timeout=240,
         ) for _ in range(2)]
-        left_running = _postgres_processes(pg_data)
+        left_running = postgres_processes(pg_data)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -9,32 +9,19 @@ from datetime import datetime
 from pathlib import Path
 
 import psycopg
-import trio
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
+from support import write_rows
 
 from soar.protocols.ogn import AircraftBeacon, parse_line, to_fix
 from soar.records import AddressType, AircraftSeen, Fix, FlightRow, Protocol
 from soar.store.migrate import migrate, migrations
 from soar.store.queries import open_flights
 from soar.store.tables import AircraftFamily, FixFamily, FlightFamily, ts
-from soar.store.writer import StoreWriter, open_pool
 
 TRACE = "ogn/soar-flight-descended-out-of-range-then-took-off.txt"
 S = 1_000_000
 
-
-async def _write(url: str, family, items, spool_dir: Path) -> None:  # type: ignore[no-untyped-def]
-    pool = open_pool(url, size=1)
-    try:
-        writer = StoreWriter(pool, family, spool_dir=spool_dir)
-        send, receive = trio.open_memory_channel[object](0)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(writer.run, receive)
-            async with send:
-                await send.send(list(items))
-    finally:
-        await trio.to_thread.run_sync(pool.close)
 
 
 def trace_fixes(testdata: Path, n: int) -> list[Fix]:
@@ -55,7 +42,7 @@ async def test_fixes_keep_both_times_and_a_revision_updates_the_row(
     assert all(f.time_us != f.received_us for f in fixes)  # 0.04 to 2 s apart on this trace
     first, rest = fixes[:10], fixes[10:]
     fixes[4].is_active = False
-    await _write(db_url, FixFamily(), first, spool_dir)
+    await write_rows(db_url, FixFamily(), first, spool_dir)
     flight = uuid.uuid4()
 
     def revision(fix: Fix) -> Fix:  # what the shard sends for a FixRevised
@@ -67,7 +54,7 @@ async def test_fixes_keep_both_times_and_a_revision_updates_the_row(
     # fix (a replay) that must not overwrite it
     stale = copy.copy(fixes[4])
     stale.is_active, stale.flight_id = None, uuid.uuid4()
-    await _write(db_url, FixFamily(), [revision(fixes[5]), *rest, revision(fixes[15]), stale],
+    await write_rows(db_url, FixFamily(), [revision(fixes[5]), *rest, revision(fixes[15]), stale],
                  spool_dir)
     with psycopg.connect(db_url) as conn:
         rows = conn.execute(
@@ -91,7 +78,7 @@ async def test_a_re_decided_flight_replaces_its_row_even_with_an_earlier_last_fi
     # a spooled older state replayed after both: refused
     older = FlightRow(ident, 1, Protocol.OGN, base, base + 200 * S, as_of_us=base + 200 * S)
     for row in (first, merged, older):
-        await _write(db_url, FlightFamily(), [row], spool_dir)
+        await write_rows(db_url, FlightFamily(), [row], spool_dir)
     with psycopg.connect(db_url) as conn:
         stored = conn.execute(
             "SELECT last_fix_at, landing_at, end_reason, as_of FROM flights"
@@ -109,9 +96,9 @@ async def test_aircraft_first_seen_is_its_first_fix_and_the_category_is_stored(
                             protocol=Protocol.BEAST, category=category, first_seen_us=base + t * S)
 
     # one batch, as the writer coalesces it: the first fix, then sightings every 10 s
-    await _write(db_url, AircraftFamily(), [seen(0, "A3"), seen(10, None), seen(20, None)],
+    await write_rows(db_url, AircraftFamily(), [seen(0, "A3"), seen(10, None), seen(20, None)],
                  spool_dir)
-    await _write(db_url, AircraftFamily(), [seen(30, None)], spool_dir)
+    await write_rows(db_url, AircraftFamily(), [seen(30, None)], spool_dir)
     with psycopg.connect(db_url) as conn:
         row = conn.execute("SELECT first_seen_at, last_fix_at, category FROM aircraft").fetchone()
     assert row == (ts(base), ts(base + 30 * S), "A3")
@@ -123,8 +110,8 @@ async def test_open_flights_restore_by_own_time(
     fixes = trace_fixes(testdata, 30)
     row = FlightRow(uuid.uuid4(), fixes[0].aircraft_id, Protocol.OGN, fixes[0].time_us,
                     fixes[19].time_us)
-    await _write(db_url, FixFamily(), fixes, spool_dir)
-    await _write(db_url, FlightFamily(), [row], spool_dir)
+    await write_rows(db_url, FixFamily(), fixes, spool_dir)
+    await write_rows(db_url, FlightFamily(), [row], spool_dir)
     with psycopg.connect(db_url) as conn:
         (restored,) = open_flights(conn, last_fixes=4)
     assert [f.time_us for f in restored.fixes] == [f.time_us for f in fixes[16:20]]

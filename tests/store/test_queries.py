@@ -5,26 +5,12 @@ import uuid
 from pathlib import Path
 
 import psycopg
-import trio
+from support import write_rows
 
 from soar.bench.store import SBS_CAPTURE, sbs_capture_fixes
 from soar.records import FlightRow, Protocol
 from soar.store.queries import count_rows, open_flights, time_out_stale_flights
 from soar.store.tables import FixFamily, FlightFamily
-from soar.store.writer import StoreWriter, open_pool
-
-
-async def _write(url: str, family, items, spool_dir: Path) -> None:  # type: ignore[no-untyped-def]
-    pool = open_pool(url, size=1)
-    try:
-        writer = StoreWriter(pool, family, spool_dir=spool_dir)
-        send, receive = trio.open_memory_channel[object](0)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(writer.run, receive)
-            async with send:
-                await send.send(list(items))
-    finally:
-        await trio.to_thread.run_sync(pool.close)
 
 
 async def test_open_flights_come_back_with_their_last_fixes(
@@ -46,8 +32,8 @@ async def test_open_flights_come_back_with_their_last_fixes(
         for a in busy
     ]
     closed = dataclasses.replace(flights[2], landing_us=flights[2].last_fix_us, end_reason="landed")
-    await _write(db_url, FixFamily(), fixes, spool_dir)
-    await _write(db_url, FlightFamily(), [*flights, closed], spool_dir)
+    await write_rows(db_url, FixFamily(), fixes, spool_dir)
+    await write_rows(db_url, FlightFamily(), [*flights, closed], spool_dir)
 
     with psycopg.connect(db_url) as conn:
         restored = open_flights(conn, last_fixes=4)
@@ -68,7 +54,7 @@ async def test_stale_open_flights_time_out(db_url: str, spool_dir: Path) -> None
     now = 100 * hour
     stale = FlightRow(uuid.uuid4(), 1, Protocol.OGN, now - 3 * hour, now - 2 * hour)
     fresh = FlightRow(uuid.uuid4(), 2, Protocol.OGN, now - 3 * hour, now - hour // 2)
-    await _write(db_url, FlightFamily(), [stale, fresh], spool_dir)
+    await write_rows(db_url, FlightFamily(), [stale, fresh], spool_dir)
     with psycopg.connect(db_url) as conn:
         assert time_out_stale_flights(conn, now) == 1
         assert time_out_stale_flights(conn, now) == 0

@@ -11,15 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import trio
 from psycopg_pool import ConnectionPool
+from support import write_rows
 from tracking.flood import LANDING_GLIDER, flood_beacons, koenigsdorf_airports
 from tracking.helpers import ids
 
 from soar.protocols.ogn import AircraftBeacon, parse_line, to_fix
 from soar.records import AircraftSeen, Fix, FlightRow
 from soar.store.tables import AircraftFamily, FixFamily, FlightFamily
-from soar.store.writer import StoreWriter, open_pool
 from soar.tracking.agl import AglCalculator
 from soar.tracking.airports import Airport, AirportIndex
 from soar.tracking.flight import FixAccepted, FixRevised, FlightClosed, FlightOpened, FlightUpdated
@@ -28,18 +27,6 @@ from soar.web.app import WebContext, create_app
 
 S = 1_000_000
 
-
-async def _write(url: str, family: Any, items: list[Any], spool_dir: Path) -> None:
-    pool = open_pool(url, size=1)
-    try:
-        writer = StoreWriter(pool, family, spool_dir=spool_dir)
-        send, receive = trio.open_memory_channel[object](0)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(writer.run, receive)
-            async with send:
-                await send.send(list(items))
-    finally:
-        await trio.to_thread.run_sync(pool.close)
 
 
 @pytest.fixture
@@ -70,9 +57,9 @@ async def stored_flood(testdata: Path, db_url: str, tmp_path: Path) -> list[Fix]
                 flights.append(e.row)
     flights += [s.machine.open_flight.snapshot() for s in shard.aircraft.values()
                 if s.machine.open_flight is not None]
-    await _write(db_url, FixFamily(), fixes, tmp_path / "spool")
-    await _write(db_url, FlightFamily(), flights, tmp_path / "spool")
-    await _write(db_url, AircraftFamily(), seen, tmp_path / "spool")
+    await write_rows(db_url, FixFamily(), fixes, tmp_path / "spool")
+    await write_rows(db_url, FlightFamily(), flights, tmp_path / "spool")
+    await write_rows(db_url, AircraftFamily(), seen, tmp_path / "spool")
     return fixes
 
 
