@@ -34,6 +34,7 @@ from soar.ingest.capture import (
     CaptureFormat,
     CaptureStats,
     _archive_protocol,
+    beast_first_frame_us,
     detect_format,
     iter_capture,
     receive_time_problem,
@@ -171,10 +172,8 @@ async def run_replay(
 def beast_anchor(path: Path, start_us: int | None) -> dict[str, str]:
     """When a Beast capture's first frame was taken to be: a Beast file records only a 12 MHz
     counter, so every time in it hangs on this one (`--start`, else the file's mtime)."""
-    if start_us is not None:
-        at_us, source = start_us, "--start"
-    else:
-        at_us, source = path.stat().st_mtime_ns // 1000, "file modification time (no --start)"
+    at_us = beast_first_frame_us(path, start_us)
+    source = "--start" if start_us is not None else "file modification time (no --start)"
     moment = dt.datetime.fromtimestamp(at_us / 1_000_000, tz=dt.UTC)
     return {"first_frame_at": moment.isoformat().replace("+00:00", "Z"), "from": source}
 

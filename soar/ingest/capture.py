@@ -261,6 +261,12 @@ class _SbsClock:
         return day_us + ((int(hours) * 60 + int(minutes)) * 60 + int(whole)) * 1_000_000 + micros
 
 
+def beast_first_frame_us(path: Path, start_us: int | None) -> int:
+    """When a Beast capture's first frame is taken to be: `start_us`, else the file's mtime
+    (a Beast file records only a 12 MHz counter; every time in it hangs on this one)."""
+    return start_us if start_us is not None else path.stat().st_mtime_ns // 1000
+
+
 def iter_capture(
     path: Path | str,
     fmt: CaptureFormat | str | None = None,
@@ -282,7 +288,7 @@ def iter_capture(
     stats.bytes_total = path.stat().st_size
     name = source or path.name
     if kind is CaptureFormat.BEAST:
-        first_us = start_us if start_us is not None else path.stat().st_mtime_ns // 1000
+        first_us = beast_first_frame_us(path, start_us)
         yield from _counted(_beast(path, name, first_us, stats), name, Protocol.BEAST, stats)
         return
     if kind is CaptureFormat.ARCHIVE:
