@@ -71,8 +71,8 @@ class IngestRouter:
 
 
 def _metrics_listener(settings: Settings) -> contextlib.AbstractContextManager[socket.socket | None]:
-    """The metrics_addr socket, bound before anything starts (see `soar.app.listen_socket`)."""
-    from soar.app import listen_socket
+    """The metrics_addr socket, bound before anything starts (see `soar.web.server.listen_socket`)."""
+    from soar.web.server import listen_socket
 
     if not settings.metrics_addr:
         return contextlib.nullcontext()
@@ -181,8 +181,8 @@ async def _serve_metrics(
 
     Cancelled with the process's nursery: nothing long-lived (no WebSocket) is served here.
     """
-    from soar.app import serve_web
     from soar.web.app import WebContext
+    from soar.web.server import serve_web
 
     ctx = WebContext(tree=tree, ready_checks=ready_checks)
     await serve_web(settings, ctx, trio.Event(), sock=listener, api=False,
@@ -290,7 +290,7 @@ async def _run_track(settings: Settings, listener: socket.socket | None) -> int:
 
 
 async def run_web(settings: Settings) -> int:
-    from soar.app import listen_socket
+    from soar.web.server import listen_socket
 
     if settings.database_url is None:
         raise ConfigError("database_url: soar web reads the tracks' database (SOAR_DATABASE_URL)")
@@ -299,10 +299,10 @@ async def run_web(settings: Settings) -> int:
 
 
 async def _run_web(settings: Settings, listener: socket.socket) -> int:
-    from soar.app import serve_web
     from soar.store.writer import open_pool
     from soar.web.app import WebContext
     from soar.web.live import AircraftDirectory, LiveHub
+    from soar.web.server import serve_web
 
     db = await trio.to_thread.run_sync(open_database, settings)
     pool = await trio.to_thread.run_sync(open_pool, db.url)

@@ -387,7 +387,6 @@ async def _soar_main(job: _Job, events: Any, clients_ready: Any, devnull: Any) -
 
     import trio
 
-    from soar.app import serve_web
     from soar.config import Settings
     from soar.ingest.aprs import AprsIsSource
     from soar.ingest.beast_source import BeastSource
@@ -402,6 +401,7 @@ async def _soar_main(job: _Job, events: Any, clients_ready: Any, devnull: Any) -
     from soar.supervisor import RestartPolicy
     from soar.web.app import WebContext
     from soar.web.live import LiveHub
+    from soar.web.server import serve_web
 
     # the production logging set-up (loggers cached), warnings only: the first sighting of
     # 10,000 aircraft in the first seconds would otherwise measure 10,000 `flight.opened` lines

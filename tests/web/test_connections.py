@@ -16,10 +16,10 @@ from functools import partial
 
 import trio
 
-from soar.app import serve_web
 from soar.config import load_settings
 from soar.web.app import WebContext
 from soar.web.connections import ACCEPT_ERRORS, AcceptErrorFilter
+from soar.web.server import serve_web
 
 LONG_KEEP_ALIVE_S = 600.0  # no close in these tests may come from the keep-alive timer
 

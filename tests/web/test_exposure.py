@@ -15,10 +15,10 @@ from typing import Any
 
 import trio
 
-from soar.app import serve_web
 from soar.config import load_settings
 from soar.supervisor import ChildSpec, RestartPolicy, Supervisor
 from soar.web.app import WebContext, create_app
+from soar.web.server import serve_web
 
 TOKEN = "s3cret-token"
 REMOTE = ("203.0.113.7", 40000)  # TEST-NET-3: documentation addresses, never a real host
