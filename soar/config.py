@@ -144,6 +144,15 @@ class Settings:
     tow_registrations: list[str] = _list_setting(
         "Registrations of the club's tow planes (OGN aircraft type 2 counts as a tow plane anyway)"
     )
+    map_inactive_after: float = _setting(
+        120.0, "Live map: seconds without a fix after which an aircraft is drawn as inactive"
+    )
+    map_remove_after: float = _setting(
+        600.0, "Live map: seconds without a fix after which an aircraft is removed from the map"
+    )
+    map_trail_minutes: float = _setting(
+        10.0, "Live map: minutes of history trail drawn for the aircraft in view on open"
+    )
 
     @property
     def http_host_port(self) -> tuple[str, int]:
@@ -288,7 +297,7 @@ def _validate(s: Settings) -> None:
                 "database_url: expected a postgresql:// URL or libpq connection string"
             ) from None
     for name in ("shutdown_deadline", "batch_age", "state_batch_age", "nats_lease_s",
-                 "http_keep_alive"):
+                 "http_keep_alive", "map_inactive_after", "map_remove_after"):
         value = getattr(s, name)
         if not math.isfinite(value) or value <= 0:  # nan compares false with everything
             raise ConfigError(f"{name}: must be a positive number of seconds, got {value}")
@@ -312,6 +321,8 @@ def _validate(s: Settings) -> None:
         raise ConfigError("fixes_retention_days: must be 0 (keep everything) or positive")
     if s.shards < 0:
         raise ConfigError("shards: must be 0 (automatic) or positive")
+    if not (math.isfinite(s.map_trail_minutes) and 0 <= s.map_trail_minutes <= 180):
+        raise ConfigError("map_trail_minutes: must be between 0 (no trails) and 180")
 
 
 def _validate_receiver(lat: float | None, lon: float | None) -> None:
