@@ -26,6 +26,9 @@ cancellations) passes straight through, and an error raised while the supervisor
 cancelled is logged but neither counted nor restarted. `KeyboardInterrupt` and `SystemExit`
 also pass through untouched.
 
+A child may be optional (`ChildSpec(essential=False)`): when restarting it does not help it is
+stopped and reported, and its supervisor runs on without it (see `soar.topology`).
+
 Child names are metric labels and the `task` field of every log line the child writes (bound
 with structlog contextvars inside the child's task), so keep them unique across the whole tree
 ("source.ogn", "shard.3").
@@ -37,7 +40,7 @@ import enum
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -54,6 +57,11 @@ task_restarts = Counter(
     ["task"],
 )
 task_running = Gauge("soar_task_running", "1 while the supervised task is running", ["task"])
+stage_stopped = Gauge(
+    "soar_stage_stopped",
+    "1 when an optional task kept crashing and was stopped (the process runs on without it)",
+    ["stage"],
+)
 supervisor_escalations = Counter(
     "soar_supervisor_escalations",
     "Supervisors that gave up (too many restarts within their period) and failed to their parent",
@@ -70,10 +78,24 @@ class RestartPolicy(enum.Enum):
     """Never restarted: a crash is logged and the child stays failed."""
 
 
-class ChildState(enum.Enum):
+class ChildState(enum.StrEnum):
+    """What /healthz shows for each child (the string values are its API)."""
+
     STARTING = "starting"
     RUNNING = "running"
     BACKING_OFF = "backing_off"
+    FINISHED = "finished"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    """An optional child that kept crashing, given up on without failing its supervisor."""
+
+
+class SupervisorState(enum.StrEnum):
+    """What /healthz shows for each supervisor (the string values are its API)."""
+
+    IDLE = "idle"
+    RUNNING = "running"
+    STOPPED = "stopped"
     FINISHED = "finished"
     FAILED = "failed"
 
@@ -87,6 +109,13 @@ class ChildSpec:
     backoff_base: float | None = None
     """First restart delay in seconds; None takes the supervisor's."""
     backoff_cap: float | None = None
+    essential: bool = True
+    """False: when restarting does not help (more than the supervisor's `max_restarts` of this
+    child within its `period`), the child is stopped and reported (`soar_stage_stopped`, a
+    `task.stopped` log line, state `stopped` with its last error) and its siblings run on.
+    Its restarts count against its own budget, not its siblings'."""
+    subtree: Supervisor | None = None
+    """The supervisor `fn` runs, when it is not `Supervisor.run` itself: shown nested."""
 
 
 class SupervisorEscalation(Exception):
@@ -114,6 +143,8 @@ class _Child:
     crashes: int = 0
     last_error: str | None = None
     started_at: float | None = None
+    #: restart times of an optional child (an essential one counts in the supervisor's)
+    own_restarts: deque[float] = field(default_factory=deque)
 
 
 class Supervisor:
@@ -159,8 +190,7 @@ class Supervisor:
         self._restart_times: deque[float] = deque()
         self._scope: trio.CancelScope | None = None
         self._stop_requested = False
-        self.state = "idle"
-        """idle | running | stopped | finished | failed"""
+        self.state = SupervisorState.IDLE
 
     # -- running --------------------------------------------------------------------------------
 
@@ -169,13 +199,16 @@ class Supervisor:
         or the restart intensity is exceeded (raises `SupervisorEscalation`)."""
         if self._stop_requested:
             self._stop_requested = False
-            self.state = "stopped"
+            self.state = SupervisorState.STOPPED
             return
         self._restart_times.clear()
         for child in self._children.values():
             child.state = ChildState.STARTING
             child.backoff.reset()
-        self.state = "running"
+            child.own_restarts.clear()
+            if not child.spec.essential:
+                stage_stopped.labels(child.spec.name).set(0)
+        self.state = SupervisorState.RUNNING
         stopped = False
         try:
             with trio.CancelScope() as scope:
@@ -189,19 +222,19 @@ class Supervisor:
         except BaseExceptionGroup as group:
             escalation = _sole_escalation(group)
             if escalation is None:
-                self.state = "stopped"
+                self.state = SupervisorState.STOPPED
                 raise
-            self.state = "failed"
+            self.state = SupervisorState.FAILED
             # Unwrapped, so the parent sees this supervisor's failure as one plain crash; the
             # child's crash stays attached as __cause__.
             raise escalation from escalation.__cause__
         except BaseException:
-            self.state = "stopped"
+            self.state = SupervisorState.STOPPED
             raise
         finally:
             self._scope = None
             self._stop_requested = False
-        self.state = "stopped" if stopped else "finished"
+        self.state = SupervisorState.STOPPED if stopped else SupervisorState.FINISHED
 
     def stop(self) -> None:
         """Cancel this supervisor's children; `run()` then returns normally.
@@ -283,7 +316,10 @@ class Supervisor:
                     )
 
                 now = trio.current_time()
-                self._note_restart(child, error, now)
+                if not spec.essential and self._gives_up(child, now):
+                    return
+                if spec.essential:
+                    self._note_restart(child, error, now)
                 child.restarts += 1
                 task_restarts.labels(spec.name).inc()
                 delay = child.backoff.failed_at(now)
@@ -296,6 +332,28 @@ class Supervisor:
                     delay_s=round(delay, 3),
                 )
                 await trio.sleep(delay)
+
+    def _gives_up(self, child: _Child, now: float) -> bool:
+        """For an optional child: True (and the child stopped and reported) when it has
+        restarted more than `max_restarts` times within `period`."""
+        window = child.own_restarts
+        window.append(now)
+        while window and window[0] <= now - self.period:
+            window.popleft()
+        if len(window) <= self.max_restarts:
+            return False
+        child.state = ChildState.STOPPED
+        stage_stopped.labels(child.spec.name).set(1)
+        log.error(
+            "task.stopped",
+            task=child.spec.name,
+            supervisor=self.name,
+            restarts=len(window) - 1,
+            period_s=self.period,
+            error=child.last_error or "returned",
+            essential=False,
+        )
+        return True
 
     def _note_restart(self, child: _Child, error: BaseException | None, now: float) -> None:
         """Count a restart against the intensity; escalate when it is exceeded."""
@@ -332,13 +390,15 @@ class Supervisor:
                 "crashes": child.crashes,
                 "last_error": child.last_error,
             }
-            nested = getattr(child.spec.fn, "__self__", None)
+            if not child.spec.essential:
+                node["essential"] = False
+            nested = child.spec.subtree or getattr(child.spec.fn, "__self__", None)
             if isinstance(nested, Supervisor):
                 node["supervisor"] = nested.tree()
             children[name] = node
         return {
             "name": self.name,
-            "state": self.state,
+            "state": self.state.value,
             "max_restarts": self.max_restarts,
             "period_s": self.period,
             "recent_restarts": len(self._restart_times),
