@@ -50,6 +50,16 @@ class Settings:
     http_keep_alive: float = _setting(
         30.0, "Seconds an idle HTTP keep-alive connection is kept open before the server closes it"
     )
+    http_max_connections: int = _setting(
+        0,
+        "Open HTTP connections past which a new one is answered 503 (Retry-After) and closed;"
+        " 0 = the descriptor limit (RLIMIT_NOFILE) less 256 kept for feeds, database and spools",
+    )
+    http_max_requests: int = _setting(
+        8,
+        "HTTP requests served at once (API, pages); more wait in arrival order. /healthz,"
+        " /readyz and /metrics never wait",
+    )
     metrics_addr: str = _setting(
         "",
         "Split mode: host:port on which `soar ingest` and `soar track` serve /metrics, /healthz"
@@ -317,6 +327,10 @@ def _validate(s: Settings) -> None:
         )
     if s.track_index < 0 or (s.track_endpoints and s.track_index >= len(s.track_endpoints)):
         raise ConfigError("track_index: must name an entry of track_endpoints")
+    if s.http_max_connections < 0:
+        raise ConfigError("http_max_connections: must be 0 (from the descriptor limit) or positive")
+    if s.http_max_requests <= 0:
+        raise ConfigError("http_max_requests: must be positive")
     if s.fixes_retention_days < 0:
         raise ConfigError("fixes_retention_days: must be 0 (keep everything) or positive")
     if s.shards < 0:
