@@ -207,6 +207,8 @@ async def run(args: argparse.Namespace) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="soar-bench-broker-") as tmp:
         server = EmbeddedNats(Path(tmp))
         url = await trio.to_thread.run_sync(server.start)
+        # the child processes authenticate with the token as the URL's user (nats-py's way)
+        url = url.replace("nats://", f"nats://{server.token}@", 1)
         try:
             for runtime in args.runtimes:
                 done = await trio.run_process(

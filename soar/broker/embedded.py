@@ -6,6 +6,9 @@ interpreter (the environment's `bin/`), not as a Python module.
 Layout under `<data_dir>/nats/`:
 
     url              the client URL of the running server (nats://127.0.0.1:PORT)
+    token            the clients' authentication token (0600, made at first start)
+    server.conf      the server's configuration: that token (0600; not on the command line,
+                     where any local user could read it with ps)
     server.pid       its pid (written by nats-server, -P)
     server.log       its log
     jetstream/       the JetStream file store (-sd)
@@ -31,6 +34,7 @@ import contextlib
 import fcntl
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -95,6 +99,20 @@ class EmbeddedNats:
     def store_dir(self) -> Path:
         return self.dir / "jetstream"
 
+    @property
+    def token(self) -> str | None:
+        """The token clients authenticate with (the server refuses connections without it);
+        None for a server started by a version that made none."""
+        try:
+            return (self.dir / "token").read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def answers(self) -> bool:
+        """Whether the server this directory names is up (for a keeper that restarts it)."""
+        url = self._url or self._previous_url()
+        return url is not None and _answers(url)
+
     def start(self) -> str:
         """Reuse the server running for this data directory, or start one; return its URL."""
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -143,6 +161,7 @@ class EmbeddedNats:
     def _spawn(self) -> str:
         binary = find_binary()
         self.store_dir.mkdir(exist_ok=True)
+        self._write_config()
         previous = self._previous_port()
         ports = [previous, -1] if previous else [-1]
         for port in ports:
@@ -157,7 +176,8 @@ class EmbeddedNats:
         shutil.rmtree(ports_dir, ignore_errors=True)
         ports_dir.mkdir()
         command = [
-            str(binary), "-js", "-sd", str(self.store_dir), "-a", "127.0.0.1", "-p", str(port),
+            str(binary), "-c", str(self.dir / "server.conf"),
+            "-js", "-sd", str(self.store_dir), "-a", "127.0.0.1", "-p", str(port),
             "-P", str(self.dir / "server.pid"), "-l", str(self.dir / "server.log"),
             "--ports_file_dir", str(ports_dir),
         ]
@@ -183,6 +203,20 @@ class EmbeddedNats:
         raise EmbeddedNatsError(
             f"nats-server did not listen within {START_TIMEOUT_S:.0f} s; see {self.dir / 'server.log'}"
         )
+
+    def _write_config(self) -> None:
+        token_file = self.dir / "token"
+        if not token_file.is_file():
+            _write_private(token_file, secrets.token_urlsafe(32) + "\n")
+        # JSON strings are valid nats-server configuration strings
+        _write_private(self.dir / "server.conf",
+                       f"authorization {{ token: {json.dumps(self.token or '')} }}\n")
+
+    def _previous_url(self) -> str | None:
+        try:
+            return (self.dir / "url").read_text().strip() or None
+        except OSError:
+            return None
 
     def _previous_port(self) -> int | None:
         try:
@@ -256,6 +290,15 @@ def _wait_dead(pid: int, timeout: float) -> bool:
             return True
         time.sleep(0.05)
     return not _alive(pid)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a secret readable by this user only, replacing the file atomically."""
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    tmp.replace(path)
 
 
 def _client_url(ports_dir: Path) -> str | None:

@@ -36,7 +36,7 @@ def nats_server() -> Iterator[EmbeddedNats]:
 
 @pytest.fixture
 async def link(nats_server: EmbeddedNats) -> AsyncIterator[JetStreamLink]:
-    async with open_link(nats_server.url, request_timeout_s=10.0) as connected:
+    async with open_link(nats_server.url, token=nats_server.token, request_timeout_s=10.0) as connected:
         yield connected
 
 

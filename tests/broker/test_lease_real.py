@@ -55,6 +55,11 @@ async def test_lease_store_contract(link: JetStreamLink, kind: str) -> None:
     assert entry is not None and (entry.value, entry.revision) == (b"c", third)
 
 
+def with_token(server: EmbeddedNats) -> str:
+    """The server's URL carrying its token (nats-py reads a lone user name as the token)."""
+    return server.url.replace("nats://", f"nats://{server.token}@", 1)
+
+
 def start_track(url: str, bucket: str, track: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "tests.broker.lease_worker", url, bucket, track, str(PARTITIONS),
@@ -102,7 +107,7 @@ async def test_a_killed_track_is_taken_over_and_given_back(
 
     b = PartitionLeases(bucket, "b", PARTITIONS, LEASE_S, on_acquired=acquired,
                         on_released=released)
-    track_a = start_track(nats_server.url, bucket_name, "a")
+    track_a = start_track(with_token(nats_server), bucket_name, "a")
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(b.run)
@@ -115,7 +120,7 @@ async def test_a_killed_track_is_taken_over_and_given_back(
             assert set(consumed) == set(range(PARTITIONS))
             assert set((await holders()).values()) == {b"b"}
 
-            track_a = start_track(nats_server.url, bucket_name, "a")  # it comes back
+            track_a = start_track(with_token(nats_server), bucket_name, "a")  # it comes back
             await wait_for(lambda: b.owned == b_share, "b gives back")
             await wait_for(a_holds_its_share, "a holds its share again")
             assert set(consumed) == b_share

@@ -36,7 +36,8 @@ async def test_batches_round_trip_through_a_partition(
 ) -> None:
     spec = stream_spec(partitions=4)
     batches = [real_envelopes[i : i + 100] for i in range(0, len(real_envelopes), 100)]
-    async with open_link(nats_server.url, bridge=bridge) as link:  # type: ignore[arg-type]
+    async with open_link(nats_server.url, token=nats_server.token,
+                         bridge=bridge) as link:  # type: ignore[arg-type]
         assert link.bridge.kind == bridge
         stream = await link.ensure_stream(spec)
         acks = await stream.publish_batches(

@@ -24,7 +24,7 @@ async def test_sigkilled_broker_keeps_acks_and_redelivers_the_rest(
     batches = [real_envelopes[i * 20 : i * 20 + 20] for i in range(10)]
     spec = stream_spec(partitions=2, ack_wait_s=2.0)
     try:
-        async with open_link(url, reconnect_wait_s=0.2) as link:
+        async with open_link(url, token=server.token, reconnect_wait_s=0.2) as link:
             stream = await link.ensure_stream(spec)
             await stream.publish_batches(
                 [(1, f"m{i}", encode_batch(b)) for i, b in enumerate(batches)])
