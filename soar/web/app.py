@@ -17,7 +17,7 @@ import prometheus_client
 from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 
-from soar.web.connections import finish_responses
+from soar.web.connections import finish_responses, prioritise
 
 
 @dataclass
@@ -33,12 +33,16 @@ class WebContext:
     api_token: str | None = None
 
 
-def create_app(ctx: WebContext, *, api: bool = True) -> QuartTrio:
+def create_app(ctx: WebContext, *, api: bool = True, max_requests: int | None = None) -> QuartTrio:
     """The web app; with `api=False` only /healthz, /readyz and /metrics (split-mode ingest and
-    track processes, which have no API to serve)."""
+    track processes, which have no API to serve). `max_requests`: requests other than health
+    and metrics served at once, the rest waiting (`connections.prioritise`); None: no bound."""
     app = QuartTrio("soar.web", static_folder=None)
     app.config["SOAR"] = ctx
-    app.asgi_app = finish_responses(app.asgi_app)  # type: ignore[method-assign,assignment,arg-type]
+    asgi = finish_responses(app.asgi_app)  # type: ignore[arg-type]
+    if max_requests is not None:
+        asgi = prioritise(asgi, max_requests)
+    app.asgi_app = asgi  # type: ignore[method-assign,assignment]
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -66,6 +70,9 @@ def create_app(ctx: WebContext, *, api: bool = True) -> QuartTrio:
         from soar.web.api import register as register_api
 
         register_api(app, ctx)
+        from soar.web.map_api import map_blueprint
+
+        app.register_blueprint(map_blueprint(ctx))
     return app
 
 

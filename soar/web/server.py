@@ -1,22 +1,42 @@
 """The HTTP server of every role: the listening socket bound at start-up, and hypercorn on it.
 
 `listen_socket` binds before anything else starts, so an address in use is one line naming the
-setting to change; `serve_web` runs hypercorn (trio worker) with the quart-trio app on it.
+setting to change; `serve_web` runs hypercorn's HTTP connections with the quart-trio app on it.
+
+`serve_web` is hypercorn's trio worker (`hypercorn.trio.run.worker_serve`) cut to what soar uses
+(one plain-TCP listener) with one difference: every accepted connection goes through
+`connections.guard` before hypercorn's `TCPServer` sees it. hypercorn has no hook at the
+connection level, and the connection is the unit that costs a descriptor: ASGI sees requests,
+not the thousands of connections that never send one.
 """
 
 from __future__ import annotations
 
 import errno
-import os
 import socket
+from functools import partial
 
+import structlog
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState
+from hypercorn.utils import repr_socket_addr, wrap_app
+from quart_trio import QuartTrio
 
 from soar.config import ConfigError, Settings, env_name, split_host_port
 from soar.web.app import WebContext, create_app
-from soar.web.connections import count_accept_errors
+from soar.web.connections import (
+    CONNECTION_LIMIT,
+    ConnectionLimit,
+    count_accept_errors,
+    default_max_connections,
+    guard,
+)
+
+log = structlog.get_logger(__name__)
 
 
 def listen_socket(settings: Settings, key: str) -> socket.socket:
@@ -58,15 +78,9 @@ async def serve_web(
     api: bool = True,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """hypercorn on `sock` (from `listen_socket`), else on `bind` (default `http_addr`) until
-    `stop` is set; `api=False`: health and metrics only (see `create_app`)."""
+    """HTTP on `sock` (from `listen_socket`), else on `bind` (default `http_addr`) until `stop`
+    is set; `api=False`: health and metrics only (see `create_app`)."""
     config = HypercornConfig()
-    if sock is not None:
-        # hypercorn adopts a descriptor (`fd://`) and closes it itself: give it its own copy,
-        # so the caller's socket object stays the caller's to close
-        config.bind = [f"fd://{os.dup(sock.fileno())}"]
-    else:
-        config.bind = [bind or settings.http_addr]
     config.accesslog = None
     config.errorlog = None
     config.graceful_timeout = 5.0
@@ -75,5 +89,53 @@ async def serve_web(
     config.keep_alive_timeout = settings.http_keep_alive
     count_accept_errors()
     ctx.api_token = settings.api_token
-    app = create_app(ctx, api=api)
-    await hypercorn_serve(app, config, shutdown_trigger=stop.wait, task_status=task_status)
+    limit = ConnectionLimit(settings.http_max_connections or default_max_connections())
+    CONNECTION_LIMIT.set(limit.limit)
+    app = create_app(ctx, api=api, max_requests=settings.http_max_requests)
+    if sock is not None:
+        own = sock.dup()  # the caller's socket object stays the caller's to close
+    else:
+        config.bind = [bind or settings.http_addr]
+        [own] = config.create_sockets().insecure_sockets
+        own.listen(config.backlog)
+    with own:
+        await _serve(app, config, own, limit, stop, task_status)
+
+
+async def _serve(
+    app: QuartTrio,
+    config: HypercornConfig,
+    sock: socket.socket,
+    limit: ConnectionLimit,
+    stop: trio.Event,
+    task_status: trio.TaskStatus[list[str]],
+) -> None:
+    """`hypercorn.trio.run.worker_serve` for one plain listener, each connection guarded."""
+    asgi = wrap_app(app, config.wsgi_max_body_size, "asgi")
+    lifespan_state: dict[str, object] = {}
+    lifespan = Lifespan(asgi, config, lifespan_state)
+    context = WorkerContext(None)
+    async with trio.open_nursery() as lifespan_nursery:
+        await lifespan_nursery.start(lifespan.handle_lifespan)
+        await lifespan.wait_for_startup()
+        async with trio.open_nursery() as connections:
+            listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock.dup()))
+            state = ConnectionState(lifespan_state.copy())
+            handler = partial(guard, limit, partial(TCPServer, asgi, config, context, state))
+            bound = f"http://{repr_socket_addr(sock.family, sock.getsockname())}"
+            log.info("http.listening", address=bound, max_connections=limit.limit)
+            task_status.started([bound])
+            try:
+                async with trio.open_nursery() as accepting:
+                    accepting.start_soon(partial(
+                        trio.serve_listeners, handler, [listener], handler_nursery=connections
+                    ))
+                    await stop.wait()
+                    accepting.cancel_scope.cancel()
+            finally:
+                await listener.aclose()
+                # idle connections close now, busy ones get graceful_timeout to finish
+                await context.terminated.set()
+                connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
+        await lifespan.wait_for_shutdown()
+        lifespan_nursery.cancel_scope.cancel()

@@ -1,0 +1,509 @@
+"""What the live map page needs beyond the public API, under `/map/data/` (page-private: the
+shapes follow the page, and the public `/api` with its OpenAPI table stays the stable contract).
+
+- `config`: freshness and history settings (`map_inactive_after`, `map_remove_after`,
+  `map_trail_minutes`), so the page draws stale aircraft the way the operator configured;
+- `feeds`: each protocol's feed state (connected / reconnecting / down / not configured /
+  unknown) from this process's supervision tree and `soar_source_connected`;
+- `trails`: the last N minutes of fixes of the aircraft in a box, the history drawn on open;
+- `track/<id>`: one aircraft's current flight (else its last hours), with the ground
+  elevation under each fix where AGL is known, for the selected aircraft and its barogram;
+- `replay`: every fix of a past window, in time order, paged by a keyset cursor;
+- `receivers`: positioned receivers with their last beacon, online or offline;
+- `airfields`: airportsdata fields in a box.
+
+Privacy is the API's (`soar.web.queries`): hidden aircraft never appear, identity only when
+identified and not stealth. Every parameter is validated; a bad one is a 400 `{"error": ...}`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import json
+import re
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from quart import Blueprint, Response, jsonify, request
+
+from soar.store.queries import FIX_TIME
+from soar.web import queries
+from soar.web.api import ApiError, _db, _type_name, iso, parse_bbox, parse_time
+from soar.web.app import WebContext
+
+#: Defaults when the process gave no settings (`ctx.extras["settings"]`).
+INACTIVE_AFTER_S = 120.0
+REMOVE_AFTER_S = 600.0
+TRAIL_MINUTES = 10.0
+#: A receiver is online while its last beacon is younger than this (OGN receivers send a
+#: position every 5 minutes).
+RECEIVER_ONLINE_S = 15 * 60
+MAX_TRAIL_MINUTES = 180
+MAX_TRAIL_AIRCRAFT = 1000
+MAX_TRAIL_POINTS = 50_000
+MAX_TRACK_FIXES = 20_000
+REPLAY_PAGE_MAX = 20_000
+MAX_AIRFIELDS = 2000
+#: Without a flight to show, `track` shows this much before the aircraft's last fix.
+TRACK_FALLBACK_HOURS = 6
+#: A fix's own time is at most this long after its receive time (beacon clocks run a little
+#: ahead): the replay query's lower bound on received_at, which prunes the day partitions.
+CLOCK_AHEAD = dt.timedelta(minutes=1)
+
+PROTOCOLS = ("ogn", "beast", "sbs")
+_SOURCE_PROTOCOL = {"aprs": "ogn", "ogn": "ogn", "beast": "beast", "sbs": "sbs"}
+FEET_PER_METRE = 3.28084
+
+
+@dataclass(frozen=True, slots=True)
+class MapSettings:
+    inactive_after_s: float = INACTIVE_AFTER_S
+    remove_after_s: float = REMOVE_AFTER_S
+    trail_minutes: float = TRAIL_MINUTES
+
+
+def map_settings(ctx: WebContext) -> MapSettings:
+    settings = ctx.extras.get("settings")
+    if settings is None:
+        return MapSettings()
+    return MapSettings(
+        inactive_after_s=float(getattr(settings, "map_inactive_after", INACTIVE_AFTER_S)),
+        remove_after_s=float(getattr(settings, "map_remove_after", REMOVE_AFTER_S)),
+        trail_minutes=float(getattr(settings, "map_trail_minutes", TRAIL_MINUTES)),
+    )
+
+
+# -- validation -----------------------------------------------------------------------------
+
+
+def _only(*names: str) -> None:
+    unknown = set(request.args) - set(names)
+    if unknown:
+        raise ApiError(400, f"unknown parameter: {sorted(unknown)[0]}")
+    for name in request.args:
+        if len(request.args.getlist(name)) > 1:
+            raise ApiError(400, f"parameter given more than once: {name}")
+
+
+def _number(name: str, default: float, low: float, high: float) -> float:
+    text = request.args.get(name)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise ApiError(400, f"{name} must be a number") from None
+    if not low <= value <= high:  # also refuses nan
+        raise ApiError(400, f"{name} must be between {low:g} and {high:g}")
+    return value
+
+
+def _aircraft_id(text: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,9}", text) or int(text) > 0x3FFFFFF:
+        raise ApiError(400, "aircraft id must be an integer between 0 and 67108863")
+    return int(text)
+
+
+def _epoch_us(value: dt.datetime) -> int:
+    delta = value - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _from_us(micros: int) -> dt.datetime:
+    return dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=micros)
+
+
+# The replay cursor: base64url of {"t", "a", "r"} = the last fix's own time (µs), aircraft
+# id and receive time (µs), the keyset the fixes are ordered by.
+def encode_replay_cursor(time: dt.datetime, aircraft_id: int, received: dt.datetime) -> str:
+    payload = json.dumps({"t": _epoch_us(time), "a": aircraft_id, "r": _epoch_us(received)},
+                         separators=(",", ":"))
+    return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+
+
+def decode_replay_cursor(text: str) -> tuple[dt.datetime, int, dt.datetime]:
+    try:
+        if len(text) > 200:
+            raise ValueError("too long")
+        data = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        if not isinstance(data, dict):
+            raise ValueError("not an object")
+        values = [data["t"], data["a"], data["r"]]
+        for value in values:
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**62:
+                raise ValueError("bad value")
+        return _from_us(values[0]), values[1], _from_us(values[2])
+    except (ValueError, KeyError, binascii.Error, UnicodeDecodeError, OverflowError):
+        raise ApiError(400, "cursor is not valid") from None
+
+
+# -- SQL ------------------------------------------------------------------------------------
+
+_VISIBLE = "(a.tracked IS NOT FALSE)"
+
+_MAP_AIRCRAFT = f"""
+    fx.aircraft_id AS id, a.address_type, a.address, {queries._AIRCRAFT_PUBLIC}
+"""
+
+_MAP_FIX = f"""
+    {FIX_TIME} AS time, fx.received_at, fx.lat, fx.lon, fx.altitude_ft, fx.agl_ft,
+    fx.ground_speed_kt, fx.track_deg, fx.climb_fpm, fx.callsign, fx.squawk, fx.protocol,
+    fx.on_ground, fx.is_active
+"""
+
+
+def trails(conn: queries.Conn, box: tuple[float, float, float, float], since: dt.datetime,
+           until: dt.datetime) -> list[queries.Row]:
+    """Fixes in [since, until] of the aircraft last seen in the box since `since`."""
+    west, south, east, north = box
+    if west <= east:
+        where = "a.lon BETWEEN %(west)s AND %(east)s"
+    else:
+        where = "(a.lon >= %(west)s OR a.lon <= %(east)s)"
+    return queries._all(
+        conn,
+        f"""
+        WITH wanted AS (
+            SELECT a.id FROM aircraft a
+            WHERE a.tracked AND a.lat BETWEEN %(south)s AND %(north)s AND {where}
+              AND a.last_fix_at >= %(since)s
+            ORDER BY a.last_fix_at DESC LIMIT %(aircraft)s
+        )
+        SELECT fx.aircraft_id AS id, {FIX_TIME} AS time, fx.lat, fx.lon, fx.altitude_ft
+        FROM wanted w JOIN fixes fx ON fx.aircraft_id = w.id
+        WHERE {FIX_TIME} >= %(since)s AND {FIX_TIME} <= %(until)s
+          AND fx.received_at >= %(since_received)s
+        ORDER BY fx.aircraft_id, {FIX_TIME}
+        LIMIT %(points)s
+        """,
+        {"west": west, "south": south, "east": east, "north": north, "since": since,
+         "until": until, "since_received": since - CLOCK_AHEAD,
+         "aircraft": MAX_TRAIL_AIRCRAFT, "points": MAX_TRAIL_POINTS},
+    )
+
+
+def track(conn: queries.Conn, aircraft_id: int, now: dt.datetime
+          ) -> tuple[queries.Row | None, queries.Row | None, list[queries.Row]]:
+    """(aircraft, current flight or None, its fixes in time order)."""
+    aircraft = queries.aircraft_by_id(conn, aircraft_id)
+    if aircraft is None:
+        return None, None, []
+    last_fix = aircraft["last_fix_at"] or now
+    # The open flight, else the one that ended with the aircraft's last fix (it landed or
+    # timed out a moment ago and is still on the map), else its last hours of fixes.
+    flight = queries._one(
+        conn,
+        """
+        SELECT id, first_fix_at, last_fix_at, takeoff_at, departure_airport,
+               landing_at IS NULL AND timed_out_at IS NULL AND end_reason IS NULL AS open
+        FROM flights WHERE aircraft_id = %(id)s
+        ORDER BY started_at DESC LIMIT 1
+        """,
+        {"id": aircraft_id},
+    )
+    if flight is not None and not flight["open"] and (
+        flight["last_fix_at"] < last_fix - dt.timedelta(minutes=1)
+    ):
+        flight = None
+    if flight is not None:
+        since, until = flight["first_fix_at"], flight["last_fix_at"]
+    else:
+        since, until = last_fix - dt.timedelta(hours=TRACK_FALLBACK_HOURS), None
+    fixes = queries._all(
+        conn,
+        f"""
+        SELECT {FIX_TIME} AS time, lat, lon, altitude_ft, agl_ft, ground_speed_kt, climb_fpm
+        FROM fixes fx
+        WHERE aircraft_id = %(id)s AND {FIX_TIME} >= %(since)s
+          AND (%(until)s::timestamptz IS NULL OR {FIX_TIME} <= %(until)s)
+        ORDER BY {FIX_TIME}, received_at
+        LIMIT %(limit)s
+        """,
+        {"id": aircraft_id, "since": since, "until": until, "limit": MAX_TRACK_FIXES},
+    )
+    return aircraft, flight, fixes
+
+
+def replay(conn: queries.Conn, start: dt.datetime, end: dt.datetime,
+           box: tuple[float, float, float, float] | None,
+           after: tuple[dt.datetime, int, dt.datetime] | None, limit: int) -> list[queries.Row]:
+    """Fixes whose own time is in [start, end), in (time, aircraft, received) order."""
+    west, south, east, north = box if box is not None else (-180.0, -90.0, 180.0, 90.0)
+    lon_where = ("fx.lon BETWEEN %(west)s AND %(east)s" if west <= east
+                 else "(fx.lon >= %(west)s OR fx.lon <= %(east)s)")
+    after_time, after_id, after_received = after if after is not None else (None, None, None)
+    return queries._all(
+        conn,
+        f"""
+        SELECT {_MAP_FIX}, {_MAP_AIRCRAFT}, a.aircraft_type
+        FROM fixes fx LEFT JOIN aircraft a ON a.id = fx.aircraft_id
+        WHERE {FIX_TIME} >= %(start)s AND {FIX_TIME} < %(end)s
+          AND fx.received_at >= %(start_received)s
+          AND fx.lat BETWEEN %(south)s AND %(north)s AND {lon_where}
+          AND {_VISIBLE}
+          AND (%(after)s::timestamptz IS NULL
+               OR ({FIX_TIME}, fx.aircraft_id, fx.received_at)
+                  > (%(after)s, %(after_id)s, %(after_received)s))
+        ORDER BY {FIX_TIME}, fx.aircraft_id, fx.received_at
+        LIMIT %(limit)s
+        """,
+        {"start": start, "end": end, "start_received": start - CLOCK_AHEAD, "west": west,
+         "south": south, "east": east, "north": north, "after": after_time,
+         "after_id": after_id, "after_received": after_received, "limit": limit},
+    )
+
+
+def receivers_in(conn: queries.Conn, box: tuple[float, float, float, float]) -> list[queries.Row]:
+    west, south, east, north = box
+    lon_where = ("lon BETWEEN %(west)s AND %(east)s" if west <= east
+                 else "(lon >= %(west)s OR lon <= %(east)s)")
+    return queries._all(
+        conn,
+        f"""
+        SELECT name, lat, lon, altitude_ft, latest_packet_at FROM receivers
+        WHERE lat BETWEEN %(south)s AND %(north)s AND {lon_where}
+        ORDER BY name LIMIT 5000
+        """,
+        {"west": west, "south": south, "east": east, "north": north},
+    )
+
+
+# -- feeds ----------------------------------------------------------------------------------
+
+
+def _gauge_connected() -> dict[str, tuple[str, bool]]:
+    """source label -> (protocol, connected) from soar_source_connected in this process."""
+    from soar.ingest.metrics import SOURCE_CONNECTED
+
+    found: dict[str, tuple[str, bool]] = {}
+    for metric in SOURCE_CONNECTED.collect():
+        for sample in metric.samples:
+            found[sample.labels["source"]] = (sample.labels["protocol"], sample.value >= 1)
+    return found
+
+
+def feed_states(tree: dict[str, Any]) -> dict[str, Any]:
+    """Per protocol: its state and its sources. Without a `sources` supervisor in the tree
+    (the split `soar web` process reads no feed) every state is `unknown`."""
+    sources = tree.get("sources") if isinstance(tree, dict) else None
+    if not isinstance(sources, dict):
+        return {p: {"state": "unknown", "sources": []} for p in PROTOCOLS}
+    gauge = _gauge_connected()
+    by_protocol: dict[str, list[dict[str, str]]] = {p: [] for p in PROTOCOLS}
+    for child, node in (sources.get("children") or {}).items():
+        name = child.removeprefix("source.")
+        protocol, connected = gauge.get(name, (None, False))
+        if protocol is None:
+            protocol = _SOURCE_PROTOCOL.get(name.split(":", 1)[0])
+        if protocol not in by_protocol:
+            continue
+        task = node.get("state") if isinstance(node, dict) else None
+        if connected:
+            state = "connected"
+        elif task in ("starting", "running", "backing_off"):
+            state = "reconnecting"
+        elif task == "finished":
+            state = "finished"
+        else:
+            state = "down"
+        by_protocol[protocol].append({"name": name, "state": state})
+    out: dict[str, Any] = {}
+    for protocol, items in by_protocol.items():
+        states = {item["state"] for item in items}
+        if not items:
+            overall = "not_configured"
+        else:
+            overall = next(s for s in ("connected", "reconnecting", "finished", "down")
+                           if s in states)
+        out[protocol] = {"state": overall, "sources": items}
+    return out
+
+
+# -- airfields ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Airfield:
+    code: str
+    name: str
+    lat: float
+    lon: float
+    elevation_ft: float | None
+    iata: str
+
+
+@cache
+def airfields() -> tuple[Airfield, ...]:
+    import airportsdata
+
+    out = []
+    for code, row in airportsdata.load("ICAO").items():
+        elevation: object = row.get("elevation")
+        out.append(Airfield(code, str(row.get("name") or ""), float(row["lat"]), float(row["lon"]),
+                            float(elevation) if isinstance(elevation, int | float) else None,
+                            str(row.get("iata") or "")))
+    return tuple(out)
+
+
+def airfields_in(box: tuple[float, float, float, float], limit: int) -> list[Airfield]:
+    west, south, east, north = box
+
+    def inside(a: Airfield) -> bool:
+        within_lon = west <= a.lon <= east if west <= east else (a.lon >= west or a.lon <= east)
+        return south <= a.lat <= north and within_lon
+
+    # IATA-coded fields first: they are the bigger ones, shown when the box holds too many
+    found = sorted((a for a in airfields() if inside(a)), key=lambda a: (not a.iata, a.code))
+    return found[:limit]
+
+
+# -- rendering ------------------------------------------------------------------------------
+
+
+def _r(value: float | None, digits: int = 0) -> float | int | None:
+    if value is None:
+        return None
+    return round(value) if digits == 0 else round(value, digits)
+
+
+def _ground_ft(row: queries.Row) -> float | int | None:
+    if row["altitude_ft"] is None or row["agl_ft"] is None:
+        return None
+    return _r(row["altitude_ft"] - row["agl_ft"])
+
+
+def replay_fix_json(row: queries.Row) -> dict[str, Any]:
+    """A replayed fix in the shape of a live `fix` message, so the page draws both alike."""
+    return {
+        "type": "fix",
+        "id": row["id"],
+        "address": None if row["address"] is None else f"{row['address']:06X}",
+        "address_type": row["address_type"],
+        "registration": row["registration"],
+        "competition_number": row["competition_number"],
+        "model": row["model"],
+        "aircraft_type": _type_name(row["aircraft_type"]),
+        "category": row["category"],
+        "protocol": row["protocol"],
+        "time_us": _epoch_us(row["time"]),
+        "lat": row["lat"],
+        "lon": row["lon"],
+        "altitude_ft": _r(row["altitude_ft"]),
+        "agl_ft": _r(row["agl_ft"]),
+        "ground_speed_kt": _r(row["ground_speed_kt"], 1),
+        "track_deg": _r(row["track_deg"]),
+        "climb_fpm": _r(row["climb_fpm"]),
+        "callsign": row["callsign"],
+        "squawk": row["squawk"],
+        "on_ground": row["on_ground"],
+    }
+
+
+# -- routes ---------------------------------------------------------------------------------
+
+
+def map_blueprint(ctx: WebContext) -> Blueprint:
+    bp = Blueprint("map_data", __name__)
+
+    def box() -> tuple[float, float, float, float]:
+        return parse_bbox(request.args.get("bbox"))
+
+    @bp.get("/map/data/config")
+    async def config() -> Response:
+        _only()
+        s = map_settings(ctx)
+        return jsonify({"inactive_after_s": s.inactive_after_s,
+                        "remove_after_s": s.remove_after_s,
+                        "trail_minutes": s.trail_minutes,
+                        "receiver_online_s": RECEIVER_ONLINE_S})
+
+    @bp.get("/map/data/feeds")
+    async def feeds() -> Response:
+        _only()
+        return jsonify({"feeds": feed_states(ctx.tree()), "live": ctx.live is not None})
+
+    @bp.get("/map/data/trails")
+    async def trails_route() -> Response:
+        _only("bbox", "minutes", "until")
+        area = box()
+        minutes = _number("minutes", map_settings(ctx).trail_minutes, 0.5, MAX_TRAIL_MINUTES)
+        until = parse_time("until") or dt.datetime.now(dt.UTC)
+        since = until - dt.timedelta(minutes=minutes)
+        rows = await _db(ctx, trails, area, since, until)
+        out: dict[str, list[list[Any]]] = {}
+        for row in rows:
+            out.setdefault(str(row["id"]), []).append(
+                [_epoch_us(row["time"]) // 1000, row["lat"], row["lon"], _r(row["altitude_ft"])]
+            )
+        return jsonify({"since": iso(since), "until": iso(until), "trails": out,
+                        "points": len(rows), "truncated": len(rows) == MAX_TRAIL_POINTS})
+
+    @bp.get("/map/data/track/<aircraft_id>")
+    async def track_route(aircraft_id: str) -> Response:
+        _only()
+        ident = _aircraft_id(aircraft_id)
+        aircraft, flight, fixes = await _db(ctx, track, ident, dt.datetime.now(dt.UTC))
+        if aircraft is None:
+            raise ApiError(404, "aircraft not found")
+        return jsonify({
+            "aircraft_id": ident,
+            "flight": None if flight is None else {
+                "id": str(flight["id"]), "takeoff": iso(flight["takeoff_at"]),
+                "first_fix": iso(flight["first_fix_at"]), "open": flight["open"],
+                "departure_airport": flight["departure_airport"],
+            },
+            # [time ms, lat, lon, altitude ft MSL, ground elevation ft where AGL is known]
+            "fixes": [[_epoch_us(f["time"]) // 1000, f["lat"], f["lon"], _r(f["altitude_ft"]),
+                       _ground_ft(f)] for f in fixes],
+            "truncated": len(fixes) == MAX_TRACK_FIXES,
+        })
+
+    @bp.get("/map/data/replay")
+    async def replay_route() -> Response:
+        _only("start", "end", "bbox", "cursor", "limit")
+        start, end = parse_time("start"), parse_time("end")
+        if start is None:
+            raise ApiError(400, "start is required (ISO 8601)")
+        end = end or start + dt.timedelta(hours=1)
+        if end <= start:
+            raise ApiError(400, "end must be after start")
+        if end - start > dt.timedelta(days=1):
+            raise ApiError(400, "a replay window is at most one day")
+        area = box() if "bbox" in request.args else None
+        cursor = request.args.get("cursor")
+        after = None if cursor is None else decode_replay_cursor(cursor)
+        limit = int(_number("limit", 5000, 1, REPLAY_PAGE_MAX))
+        rows = await _db(ctx, replay, start, end, area, after, limit)
+        next_cursor = (encode_replay_cursor(rows[-1]["time"], rows[-1]["id"],
+                                            rows[-1]["received_at"])
+                       if len(rows) == limit else None)
+        return jsonify({"start": iso(start), "end": iso(end),
+                        "fixes": [replay_fix_json(r) for r in rows], "count": len(rows),
+                        "next_cursor": next_cursor})
+
+    @bp.get("/map/data/receivers")
+    async def receivers_route() -> Response:
+        _only("bbox")
+        rows = await _db(ctx, receivers_in, box())
+        now = dt.datetime.now(dt.UTC)
+        return jsonify({"receivers": [
+            {"name": r["name"], "lat": r["lat"], "lon": r["lon"],
+             "altitude_ft": _r(r["altitude_ft"]), "last_beacon": iso(r["latest_packet_at"]),
+             "online": (now - r["latest_packet_at"]).total_seconds() < RECEIVER_ONLINE_S}
+            for r in rows
+        ], "online_after_s": RECEIVER_ONLINE_S})
+
+    @bp.get("/map/data/airfields")
+    async def airfields_route() -> Response:
+        _only("bbox", "limit")
+        limit = int(_number("limit", 500, 1, MAX_AIRFIELDS))
+        found = airfields_in(box(), limit)
+        return jsonify({"airfields": [
+            {"code": a.code, "iata": a.iata or None, "name": a.name, "lat": a.lat, "lon": a.lon,
+             "elevation_ft": a.elevation_ft} for a in found
+        ], "count": len(found)})
+
+    return bp
