@@ -19,9 +19,11 @@ import math
 import re
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 from xml.sax.saxutils import escape
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import prometheus_client
 import structlog
@@ -31,6 +33,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from soar.records import AircraftType
+from soar.tracking.launch import LaunchFacts, LaunchMethod, launch_method
 from soar.web import openapi, queries
 from soar.web.app import WebContext
 
@@ -50,6 +53,15 @@ HTTP_ERRORS = prometheus_client.Counter(
 FEET_PER_METRE = 3.28084
 MAX_TRACK_FIXES = 50_000
 MAX_AIRCRAFT_ID = 0x3FFFFFF
+#: The day summary is computed over at most this many flights (a worldwide ADS-B day has more;
+#: then it says it is incomplete rather than take the database down for a convenience).
+SUMMARY_MAX_FLIGHTS = 5000
+#: An ADS-B takeoff time is the first airborne report, a few reports before the first fix of
+#: the flight; farther back than this it was projected from the first climb (out of coverage).
+ADSB_TAKEOFF_LEAD = dt.timedelta(seconds=30)
+#: A CSV is the whole day (no cursor) up to this many rows.
+CSV_MAX_ROWS = 20_000
+UTC = ZoneInfo("UTC")
 T = TypeVar("T")
 
 
@@ -138,9 +150,33 @@ def parse_time(name: str) -> dt.datetime | None:
     return value
 
 
-def parse_date(text: str | None) -> dt.date:
+def parse_tz(text: str | None) -> ZoneInfo:
+    """An IANA time zone name (`Europe/Paris`); UTC when absent."""
     if text is None:
-        return dt.datetime.now(dt.UTC).date()
+        return UTC
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_+\-]*(?:/[A-Za-z0-9_+\-]+){0,2}", text) or len(text) > 64:
+        raise ApiError(400, "tz must be an IANA time zone name, e.g. Europe/Paris")
+    try:
+        return ZoneInfo(text)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ApiError(400, f"tz is not a known time zone: {text}") from None
+
+
+def parse_address(text: str) -> int:
+    if not re.fullmatch(r"[0-9A-Fa-f]{6}", text):
+        raise ApiError(400, "address must be 6 hexadecimal digits, e.g. 3C6444")
+    return int(text, 16)
+
+
+def parse_registration(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9 .-]{0,15}", text):
+        raise ApiError(400, "registration must be 1 to 16 letters, digits, '-', '.' or spaces")
+    return text.strip()
+
+
+def parse_date(text: str | None, zone: dt.tzinfo = dt.UTC) -> dt.date:
+    if text is None:
+        return dt.datetime.now(zone).date()
     if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", text):
         raise ApiError(400, "date must be YYYY-MM-DD")
     try:
@@ -206,6 +242,37 @@ def decode_cursor(text: str, aircraft_id: int) -> tuple[dt.datetime, dt.datetime
         raise ApiError(400, "cursor is not valid for this request") from None
 
 
+# An opaque keyset cursor over flight lists: base64url of {"k": the list it belongs to,
+# "t": started_at in µs, "i": the flight id} of the last flight of the previous page.
+def encode_flight_cursor(kind: str, started: dt.datetime, flight_id: uuid.UUID) -> str:
+    payload = json.dumps({"k": kind, "t": _us(started), "i": str(flight_id)},
+                         separators=(",", ":"))
+    return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+
+
+def decode_flight_cursor(text: str, kind: str) -> queries.FlightKey:
+    try:
+        if len(text) > 200:
+            raise ValueError("too long")
+        data = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        if not isinstance(data, dict) or data.get("k") != kind:
+            raise ValueError("cursor of another list")
+        micros = data["t"]
+        if isinstance(micros, bool) or not isinstance(micros, int) or not 0 <= micros < 2**62:
+            raise ValueError("bad time")
+        started = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=micros)
+        return started, uuid.UUID(str(data["i"]))
+    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError, OverflowError):
+        raise ApiError(400, "cursor is not valid for this request") from None
+
+
+def day_bounds(day: dt.date, zone: dt.tzinfo) -> tuple[dt.datetime, dt.datetime]:
+    """[midnight, next midnight) of `day` in `zone` (23 or 25 h on a DST change)."""
+    start = dt.datetime.combine(day, dt.time(), tzinfo=zone)
+    end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=zone)
+    return start.astimezone(dt.UTC), end.astimezone(dt.UTC)
+
+
 # -- rendering ------------------------------------------------------------------------------
 
 
@@ -259,15 +326,83 @@ def aircraft_json(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def takeoff_estimate(row: dict[str, Any]) -> str | None:
+    """Why the takeoff time is not an observed one: "first_seen_airborne" (no takeoff time:
+    it took off unseen) or "out_of_coverage" (projected back from the first climb); None when
+    the aircraft was seen leaving the ground.
+
+    Inferred from the row: a takeoff projected out of coverage is before the flight's first
+    fix, an observed OGN takeoff is that fix, an ADS-B one the first airborne report, a few
+    reports before it."""
+    takeoff, first = row["takeoff_at"], row["first_fix_at"]
+    if takeoff is None:
+        return "first_seen_airborne"
+    lead = first - takeoff
+    if lead <= dt.timedelta(0) or (row["protocol"] != "ogn" and lead <= ADSB_TAKEOFF_LEAD):
+        return None
+    return "out_of_coverage"
+
+
+def landing_estimate(row: dict[str, Any]) -> str | None:
+    """Why the end of the flight is not an observed landing: "out_of_coverage" (touchdown
+    projected from the last descent), "timed_out" (lost: no fix for an hour), "split" (the
+    track was cut by a gap or a callsign change); None when landed in sight or still open."""
+    reason = row["end_reason"]
+    if reason == "landed_out_of_coverage":
+        return "out_of_coverage"
+    if row["landing_at"] is None and (row["timed_out_at"] is not None or reason == "timed_out"):
+        return "timed_out"
+    if reason in ("split_gap", "split_callsign"):
+        return "split"
+    return None
+
+
+def end_time(row: dict[str, Any]) -> dt.datetime | None:
+    """The landing, else — for a flight that ended unseen — its last fix (a timed-out flight's
+    `timed_out_at` is that fix plus the 1 h timeout: not when it flew)."""
+    if row["landing_at"] is not None:
+        return row["landing_at"]  # type: ignore[no-any-return]
+    if row["timed_out_at"] is not None or row["end_reason"] is not None:
+        return row["last_fix_at"]  # type: ignore[no-any-return]
+    return None
+
+
 def duration_s(row: dict[str, Any]) -> float | None:
-    start = row["takeoff_at"]
-    end = row["landing_at"] or row["timed_out_at"]
+    start = row["takeoff_at"]  # first seen airborne: how long it flew is unknown
+    end = end_time(row)
     if start is None or end is None:
         return None
     return float((end - start).total_seconds())
 
 
+def launch_of(row: dict[str, Any]) -> LaunchMethod:
+    return launch_method(LaunchFacts(
+        takeoff_observed=row["takeoff_at"] is not None and takeoff_estimate(row) is None,
+        has_tow=bool(row.get("has_tow", row["tow_aircraft_id"] is not None)),
+        departure_airport=row["departure_airport"],
+        aircraft_type=row["aircraft_type"],
+        adsb=row["protocol"] in ("beast", "sbs"),
+        category=row["category"],
+        max_early_climb_fpm=row.get("early_climb_fpm"),
+    ))
+
+
+def _anonymous(row: dict[str, Any]) -> dict[str, Any]:
+    """The API's own guard on top of the SQL's: a stealth aircraft's flight keeps no identity,
+    nor does a stealth tow plane."""
+    if row.get("stealth"):
+        row = {**row, "aircraft_id": None, "registration": None, "competition_number": None,
+               "model": None, "callsign": None}
+    if row.get("tow_stealth"):
+        row = {**row, "tow_aircraft_id": None, "tow_registration": None,
+               "tow_competition_number": None}
+    return row
+
+
 def flight_json(row: dict[str, Any]) -> dict[str, Any]:
+    row = _anonymous(row)
+    launch = launch_of(row)
+    has_tow = bool(row.get("has_tow", row["tow_aircraft_id"] is not None))
     return {
         "id": str(row["id"]),
         "aircraft_id": row["aircraft_id"],
@@ -278,7 +413,9 @@ def flight_json(row: dict[str, Any]) -> dict[str, Any]:
         "protocol": row["protocol"],
         "callsign": row["callsign"],
         "takeoff": iso(row["takeoff_at"]),
+        "takeoff_estimate": takeoff_estimate(row),
         "landing": iso(row["landing_at"]),
+        "landing_estimate": landing_estimate(row),
         "timed_out": iso(row["timed_out_at"]),
         "timeout_phase": row["timeout_phase"],
         "first_fix": iso(row["first_fix_at"]),
@@ -295,7 +432,9 @@ def flight_json(row: dict[str, Any]) -> dict[str, Any]:
         "max_agl_ft": row["max_agl_ft"],
         "fix_count": row["fix_count"],
         "spurious_reason": row["spurious_reason"],
-        "tow": None if row["tow_aircraft_id"] is None else {
+        "launch": launch.value,
+        "tow_plane": bool(row.get("tow_plane")),
+        "tow": None if not has_tow else {
             "aircraft_id": row["tow_aircraft_id"],
             "registration": row["tow_registration"],
             "competition_number": row["tow_competition_number"],
@@ -307,6 +446,22 @@ def flight_json(row: dict[str, Any]) -> dict[str, Any]:
         "open": row["landing_at"] is None and row["timed_out_at"] is None
         and row["end_reason"] is None,
     }
+
+
+def day_summary(rows: list[dict[str, Any]], complete: bool) -> dict[str, Any]:
+    """Per departure airfield: launches by method and tow-plane flights (the duty manager's
+    end-of-day sheet). Flights first seen airborne launched nowhere known: under `null`."""
+    fields: dict[str | None, dict[str, Any]] = {}
+    for row in rows:
+        entry = fields.setdefault(row["departure_airport"], {
+            "airport": row["departure_airport"], "flights": 0,
+            "launches": Counter({m.value: 0 for m in LaunchMethod}), "tow_plane_flights": 0})
+        entry["flights"] += 1
+        entry["launches"][launch_of(row).value] += 1
+        entry["tow_plane_flights"] += bool(row.get("tow_plane"))
+    ordered = sorted(fields.values(), key=lambda e: (e["airport"] is None, e["airport"] or ""))
+    return {"complete": complete,
+            "airfields": [{**e, "launches": dict(e["launches"])} for e in ordered]}
 
 
 def fix_json(row: dict[str, Any]) -> dict[str, Any]:
@@ -335,8 +490,8 @@ def receiver_json(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _hhmm(value: dt.datetime | None) -> str:
-    return "" if value is None else value.astimezone(dt.UTC).strftime("%H:%M")
+def _hhmm(value: dt.datetime | None, zone: dt.tzinfo) -> str:
+    return "" if value is None else value.astimezone(zone).strftime("%H:%M")
 
 
 def _duration_text(seconds: float | None) -> str:
@@ -346,27 +501,53 @@ def _duration_text(seconds: float | None) -> str:
     return f"{minutes // 60}:{minutes % 60:02d}"
 
 
-def flights_csv(rows: Iterable[dict[str, Any]]) -> str:
+def _number(value: float | None) -> str | int:
+    return "" if value is None else round(value)
+
+
+#: The page's columns, in its order, with the date first (a CSV outlives the page's heading).
+CSV_COLUMNS = (
+    "date", "takeoff", "takeoff_estimate", "first_seen", "landing", "landing_estimate", "last_seen",
+    "duration", "registration", "competition_number", "model", "callsign", "launch",
+    "tow_plane", "release_height_ft", "takeoff_runway", "landing_runway", "max_altitude_ft",
+    "max_agl_ft", "departure", "arrival", "time_zone", "flight_id",
+)
+
+
+def flights_csv(rows: Iterable[dict[str, Any]], zone: dt.tzinfo) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow([
-        "takeoff_utc", "landing_utc", "duration", "registration", "competition_number", "model",
-        "callsign", "departure", "arrival", "tow_plane", "release_height_ft", "flight_id",
-    ])
-    for row in rows:
+    writer.writerow(CSV_COLUMNS)
+    for raw in rows:
+        row = _anonymous(raw)
+        start = row["takeoff_at"] or row["first_fix_at"]
+        tow = row["tow_registration"] or (
+            "" if row["tow_aircraft_id"] is None else str(row["tow_aircraft_id"]))
+        if not tow and row.get("has_tow"):
+            tow = "(anonymous)"
         writer.writerow([
-            _hhmm(row["takeoff_at"]),
-            _hhmm(row["landing_at"]),
+            start.astimezone(zone).date().isoformat(),
+            _hhmm(row["takeoff_at"], zone),
+            takeoff_estimate(row) or "",
+            _hhmm(row["first_fix_at"], zone),
+            _hhmm(row["landing_at"], zone),
+            landing_estimate(row) or "",
+            _hhmm(row["last_fix_at"], zone),
             _duration_text(duration_s(row)),
             row["registration"] or "",
             row["competition_number"] or "",
             row["model"] or "",
             row["callsign"] or "",
+            launch_of(row).value,
+            tow,
+            _number(row["release_height_ft"]),
+            row["takeoff_runway"] or "",
+            row["landing_runway"] or "",
+            _number(row["max_altitude_ft"]),
+            _number(row["max_agl_ft"]),
             row["departure_airport"] or "",
             row["arrival_airport"] or "",
-            row["tow_registration"] or ("" if row["tow_aircraft_id"] is None else
-                                        str(row["tow_aircraft_id"])),
-            "" if row["release_height_ft"] is None else round(row["release_height_ft"]),
+            str(zone),
             str(row["id"]),
         ])
     return out.getvalue()
@@ -408,6 +589,7 @@ def _igc_altitude(feet: float | None) -> str:
 
 def track_igc(flight: dict[str, Any], fixes: list[dict[str, Any]]) -> str:
     """An IGC file: headers, then one B record per fix (GNSS altitude; no pressure altitude)."""
+    flight = _anonymous(flight)
     first = fixes[0]["time"] if fixes else flight["first_fix_at"]
     day = first.astimezone(dt.UTC)
     lines = [
@@ -435,7 +617,10 @@ def _igc_text(value: str | None) -> str:
 
 
 def track_kml(flight: dict[str, Any], fixes: list[dict[str, Any]]) -> str:
-    name = flight["registration"] or flight["callsign"] or str(flight["aircraft_id"])
+    flight = _anonymous(flight)
+    name = (flight["registration"] or flight["callsign"]
+            or (f"flight {flight['id']}" if flight["aircraft_id"] is None
+                else str(flight["aircraft_id"])))
     coordinates = " ".join(
         f"{fix['lon']:.6f},{fix['lat']:.6f},"
         f"{0 if fix['altitude_ft'] is None else fix['altitude_ft'] / FEET_PER_METRE:.1f}"
@@ -493,11 +678,26 @@ def api_blueprint(ctx: WebContext) -> Blueprint:
     @bp.get("/api/aircraft")
     async def aircraft_list() -> Response:
         _check_names("/api/aircraft")
-        west, south, east, north = parse_bbox(request.args.get("bbox"))
-        seen_after = parse_time("seen_after")
+        given = [name for name in ("bbox", "address", "registration") if name in request.args]
+        if len(given) != 1:
+            raise ApiError(400, "give exactly one of bbox (west,south,east,north), address "
+                                "(hex) or registration")
         limit = parse_limit("aircraft", 500)
-        rows = await _db(ctx, queries.aircraft_in_bbox, west, south, east, north, limit,
-                         seen_after)
+        if given == ["address"]:
+            if "seen_after" in request.args:
+                raise ApiError(400, "seen_after goes with bbox only")
+            rows = await _db(ctx, queries.aircraft_by_address,
+                             parse_address(request.args["address"]), limit)
+        elif given == ["registration"]:
+            if "seen_after" in request.args:
+                raise ApiError(400, "seen_after goes with bbox only")
+            rows = await _db(ctx, queries.aircraft_by_registration,
+                             parse_registration(request.args["registration"]), limit)
+        else:
+            west, south, east, north = parse_bbox(request.args.get("bbox"))
+            seen_after = parse_time("seen_after")
+            rows = await _db(ctx, queries.aircraft_in_bbox, west, south, east, north, limit,
+                             seen_after)
         return jsonify({"aircraft": [aircraft_json(r) for r in rows], "count": len(rows),
                         "limit": limit})
 
@@ -537,29 +737,60 @@ def api_blueprint(ctx: WebContext) -> Blueprint:
         _check_names("/api/aircraft/{aircraft_id}/flights")
         ident = parse_aircraft_id(aircraft_id)
         limit = parse_limit("flights", 100)
+        kind = f"aircraft:{ident}"
+        cursor = request.args.get("cursor")
+        before = None if cursor is None else decode_flight_cursor(cursor, kind)
         if await _db(ctx, queries.aircraft_is_hidden, ident):
             raise ApiError(404, "aircraft not found")
-        rows = await _db(ctx, queries.aircraft_flights, ident, limit)
+        rows, total = await _db(ctx, queries.aircraft_flights_page, ident, before, limit)
+        next_cursor = (encode_flight_cursor(kind, rows[-1]["started_at"], rows[-1]["id"])
+                       if len(rows) == limit else None)
         return jsonify({"aircraft_id": ident, "flights": [flight_json(r) for r in rows],
-                        "count": len(rows)})
+                        "count": len(rows), "total": total, "next_cursor": next_cursor})
 
     @bp.get("/api/flights")
     async def flights_list() -> Response:
         _check_names("/api/flights")
-        day = parse_date(request.args.get("date"))
+        zone = parse_tz(request.args.get("tz"))
+        day = parse_date(request.args.get("date"), zone)
         airport = parse_airport(request.args.get("airport"))
         spurious = parse_bool("include_spurious")
+        with_summary = parse_bool("summary")
         fmt = request.args.get("format", "json")
         if fmt not in ("json", "csv"):
             raise ApiError(400, "format must be json or csv")
-        limit = parse_limit("flights", 500)
-        rows = await _db(ctx, queries.flights_on_day, day, airport, spurious, limit)
+        start, end = day_bounds(day, zone)
+        # the cursor is only good for the list it came from
+        kind = f"day:{day.isoformat()}:{zone}:{airport or ''}:{int(spurious)}"
+        cursor = request.args.get("cursor")
+        after = None if cursor is None else decode_flight_cursor(cursor, kind)
         if fmt == "csv":
+            # the whole day, as printed: no paging
+            limit = (CSV_MAX_ROWS if "limit" not in request.args
+                     else parse_limit("flights", CSV_MAX_ROWS))
+            rows, _total = await _db(ctx, queries.flights_on_day, start, end, airport, spurious,
+                                     after, limit)
             name = f"flights-{day.isoformat()}{'-' + airport if airport else ''}.csv"
-            return Response(flights_csv(rows), content_type="text/csv; charset=utf-8",
+            return Response(flights_csv(rows, zone), content_type="text/csv; charset=utf-8",
                             headers={"Content-Disposition": f'attachment; filename="{name}"'})
-        return jsonify({"date": day.isoformat(), "airport": airport,
-                        "flights": [flight_json(r) for r in rows], "count": len(rows)})
+        limit = parse_limit("flights", 500)
+        rows, total = await _db(ctx, queries.flights_on_day, start, end, airport, spurious,
+                                after, limit)
+        next_cursor = (encode_flight_cursor(kind, rows[-1]["started_at"], rows[-1]["id"])
+                       if len(rows) == limit else None)
+        body: dict[str, Any] = {
+            "date": day.isoformat(), "tz": str(zone), "airport": airport,
+            "flights": [flight_json(r) for r in rows], "count": len(rows), "total": total,
+            "next_cursor": next_cursor,
+        }
+        if with_summary:
+            if total <= len(rows) and after is None:
+                every = rows
+            else:
+                every, _ = await _db(ctx, queries.flights_on_day, start, end, airport, spurious,
+                                     None, SUMMARY_MAX_FLIGHTS)
+            body["summary"] = day_summary(every, complete=total <= SUMMARY_MAX_FLIGHTS)
+        return jsonify(body)
 
     async def _flight(flight_id: str) -> dict[str, Any]:
         row = await _db(ctx, queries.flight_by_id, parse_flight_id(flight_id))

@@ -1,10 +1,18 @@
 """Every SQL statement the web API runs, in one place, parameterised only.
 
 Functions take a sync psycopg connection (the API calls them in a worker thread through
-`trio.to_thread.run_sync`) and return plain dicts. Privacy is enforced here, in SQL, once:
-aircraft with `tracked = false` are filtered out of every statement, and registration,
-competition number and model are NULL unless `identified` (see `_AIRCRAFT_PUBLIC`). An aircraft
-without a row in `aircraft` is treated as tracked and unidentified.
+`trio.to_thread.run_sync`) and return plain dicts. Privacy is enforced here, in SQL:
+
+* `tracked = false`: filtered out of every statement.
+* `identified = false`: registration, competition number and model are NULL
+  (`_AIRCRAFT_PUBLIC`).
+* `stealth` (the beacon's stealth bit, or set in the device table): no identity at all. The
+  aircraft is not listed, not found by id, address or registration; its flights are listed
+  with the flight's own (random) id only: `aircraft_id`, callsign and identity NULL, and as a
+  tow plane its id and registration NULL too. `soar.web.api` blanks the same fields again
+  from the `stealth` / `tow_stealth` columns: two independent guards.
+
+An aircraft without a row in `aircraft` is treated as tracked, unidentified and not stealth.
 
 A fix's `time` is its own time (when the aircraft was there), `coalesce(time, received_at)`
 for rows written before it was stored (`soar.store.queries.FIX_TIME`, the expression the
@@ -22,6 +30,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from soar.store.queries import FIX_TIME
+from soar.tracking.launch import WINCH_WINDOW_S
 
 Conn = psycopg.Connection[Any]
 Row = dict[str, Any]
@@ -51,22 +60,51 @@ _LATEST_FIX = """
 """
 
 _FLIGHT_COLUMNS = f"""
-    fl.id, fl.aircraft_id, fl.protocol, fl.first_fix_at, fl.last_fix_at, fl.takeoff_at,
-    fl.landing_at, fl.timed_out_at, fl.timeout_phase, fl.callsign, fl.departure_airport,
+    fl.id, fl.started_at,
+    CASE WHEN a.stealth IS TRUE THEN NULL ELSE fl.aircraft_id END AS aircraft_id,
+    a.stealth IS TRUE AS stealth,
+    (tow.tracked IS FALSE OR tow.stealth IS TRUE) AS tow_stealth,
+    fl.protocol, fl.first_fix_at, fl.last_fix_at, fl.takeoff_at,
+    fl.landing_at, fl.timed_out_at, fl.timeout_phase,
+    CASE WHEN a.stealth IS TRUE THEN NULL ELSE fl.callsign END AS callsign,
+    fl.departure_airport,
     fl.arrival_airport, fl.takeoff_runway, fl.landing_runway, fl.distance_m, fl.min_lat,
     fl.min_lon, fl.max_lat, fl.max_lon, fl.min_altitude_ft, fl.max_altitude_ft, fl.max_agl_ft,
-    fl.fix_count, fl.spurious_reason, fl.tow_aircraft_id, fl.release_at,
+    fl.fix_count, fl.spurious_reason,
+    CASE WHEN tow.tracked IS FALSE OR tow.stealth IS TRUE THEN NULL
+         ELSE fl.tow_aircraft_id END AS tow_aircraft_id,
+    fl.tow_aircraft_id IS NOT NULL AS has_tow, fl.release_at,
     fl.release_altitude_ft, fl.release_height_ft, fl.end_reason,
     {_AIRCRAFT_PUBLIC},
-    CASE WHEN tow.identified AND NOT tow.stealth THEN tow.registration END AS tow_registration,
-    CASE WHEN tow.identified AND NOT tow.stealth THEN tow.competition_number END AS tow_competition_number
+    CASE WHEN tow.tracked AND tow.identified AND NOT tow.stealth THEN tow.registration
+    END AS tow_registration,
+    CASE WHEN tow.tracked AND tow.identified AND NOT tow.stealth THEN tow.competition_number
+    END AS tow_competition_number,
+    lc.early_climb_fpm,
+    EXISTS (
+        SELECT 1 FROM flights g
+        WHERE g.tow_aircraft_id = fl.aircraft_id
+          AND g.release_at >= fl.first_fix_at AND g.release_at <= fl.last_fix_at
+          AND g.started_at >= fl.started_at - interval '1 hour'
+          AND g.started_at <= fl.last_fix_at
+    ) AS tow_plane
 """
 
-_FLIGHT_FROM = """
+_FLIGHT_FROM = f"""
     FROM flights fl
     LEFT JOIN aircraft a ON a.id = fl.aircraft_id
-    LEFT JOIN aircraft tow ON tow.id = fl.tow_aircraft_id AND tow.tracked
+    LEFT JOIN aircraft tow ON tow.id = fl.tow_aircraft_id
+    LEFT JOIN LATERAL (
+        SELECT max(fx.climb_fpm) AS early_climb_fpm
+        FROM fixes fx
+        WHERE fx.aircraft_id = fl.aircraft_id
+          AND {FIX_TIME} >= fl.takeoff_at
+          AND {FIX_TIME} <= fl.takeoff_at + interval '{WINCH_WINDOW_S:g} seconds'
+    ) lc ON fl.takeoff_at IS NOT NULL
 """
+
+#: Keyset order of flight lists: (started_at, id); a cursor is the last row's pair.
+FlightKey = tuple[dt.datetime, uuid.UUID]
 
 _FIX_COLUMNS = f"""
     {FIX_TIME} AS time, received_at, lat, lon, altitude_ft, agl_ft, ground_speed_kt, track_deg,
@@ -110,7 +148,8 @@ def aircraft_in_bbox(
         f"""
         SELECT {_AIRCRAFT_COLUMNS}
         FROM aircraft a {_LATEST_FIX}
-        WHERE a.tracked AND a.lat IS NOT NULL AND a.lon IS NOT NULL AND {where}
+        WHERE a.tracked AND NOT a.stealth AND a.lat IS NOT NULL AND a.lon IS NOT NULL
+          AND {where}
           AND (%(seen_after)s::timestamptz IS NULL OR a.last_fix_at >= %(seen_after)s)
         ORDER BY a.last_fix_at DESC NULLS LAST
         LIMIT %(limit)s
@@ -124,15 +163,39 @@ def aircraft_by_id(conn: Conn, aircraft_id: int) -> Row | None:
     return _one(
         conn,
         f"SELECT {_AIRCRAFT_COLUMNS} FROM aircraft a {_LATEST_FIX} "
-        "WHERE a.id = %(id)s AND a.tracked",
+        "WHERE a.id = %(id)s AND a.tracked AND NOT a.stealth",
         {"id": aircraft_id},
     )
 
 
+def aircraft_by_address(conn: Conn, address: int, limit: int) -> list[Row]:
+    """Every address type's aircraft with this 24-bit address (ICAO and FLARM may share one)."""
+    return _all(
+        conn,
+        f"SELECT {_AIRCRAFT_COLUMNS} FROM aircraft a {_LATEST_FIX} "
+        "WHERE a.address = %(address)s AND a.tracked AND NOT a.stealth "
+        "ORDER BY a.last_fix_at DESC NULLS LAST, a.id LIMIT %(limit)s",
+        {"address": address, "limit": limit},
+    )
+
+
+def aircraft_by_registration(conn: Conn, registration: str, limit: int) -> list[Row]:
+    """Aircraft registered so, ignoring case; only those whose identity may be shown."""
+    return _all(
+        conn,
+        f"SELECT {_AIRCRAFT_COLUMNS} FROM aircraft a {_LATEST_FIX} "
+        "WHERE upper(a.registration) = upper(%(registration)s) AND a.tracked"
+        " AND a.identified AND NOT a.stealth "
+        "ORDER BY a.last_fix_at DESC NULLS LAST, a.id LIMIT %(limit)s",
+        {"registration": registration, "limit": limit},
+    )
+
+
 def aircraft_is_hidden(conn: Conn, aircraft_id: int) -> bool:
-    """True when the aircraft exists and must not be shown (tracked = false)."""
-    row = _one(conn, "SELECT tracked FROM aircraft WHERE id = %(id)s", {"id": aircraft_id})
-    return row is not None and not row["tracked"]
+    """True when the aircraft exists and must not be shown by its id (not tracked, or stealth:
+    the id holds the address)."""
+    row = _one(conn, "SELECT tracked, stealth FROM aircraft WHERE id = %(id)s", {"id": aircraft_id})
+    return row is not None and (not row["tracked"] or row["stealth"])
 
 
 def aircraft_fixes(
@@ -156,7 +219,8 @@ def aircraft_fixes(
           AND (%(until)s::timestamptz IS NULL OR {FIX_TIME} < %(until)s)
           AND (%(after)s::timestamptz IS NULL
                OR ({FIX_TIME}, received_at) > (%(after)s, %(after_received)s))
-          AND NOT EXISTS (SELECT 1 FROM aircraft a WHERE a.id = %(id)s AND NOT a.tracked)
+          AND NOT EXISTS (SELECT 1 FROM aircraft a WHERE a.id = %(id)s
+                          AND (NOT a.tracked OR a.stealth))
         ORDER BY {FIX_TIME}, received_at
         LIMIT %(limit)s
         """,
@@ -166,16 +230,36 @@ def aircraft_fixes(
 
 
 def aircraft_flights(conn: Conn, aircraft_id: int, limit: int) -> list[Row]:
-    return _all(
+    """The aircraft's newest flights, newest first."""
+    return aircraft_flights_page(conn, aircraft_id, None, limit)[0]
+
+
+def aircraft_flights_page(
+    conn: Conn, aircraft_id: int, before: FlightKey | None, limit: int
+) -> tuple[list[Row], int]:
+    """The aircraft's flights newest first, strictly before the keyset `before`, and how many
+    it has in all."""
+    where = ("fl.aircraft_id = %(id)s AND a.tracked IS NOT FALSE AND a.stealth IS NOT TRUE")
+    before_t, before_id = before if before is not None else (None, None)
+    rows = _all(
         conn,
         f"""
         SELECT {_FLIGHT_COLUMNS} {_FLIGHT_FROM}
-        WHERE fl.aircraft_id = %(id)s AND a.tracked IS NOT FALSE
-        ORDER BY fl.started_at DESC
+        WHERE {where}
+          AND (%(before_t)s::timestamptz IS NULL
+               OR (fl.started_at, fl.id) < (%(before_t)s, %(before_id)s::uuid))
+        ORDER BY fl.started_at DESC, fl.id DESC
         LIMIT %(limit)s
         """,
-        {"id": aircraft_id, "limit": limit},
+        {"id": aircraft_id, "limit": limit, "before_t": before_t, "before_id": before_id},
     )
+    total = _one(
+        conn,
+        f"SELECT count(*) AS n FROM flights fl LEFT JOIN aircraft a ON a.id = fl.aircraft_id "
+        f"WHERE {where}",
+        {"id": aircraft_id},
+    )
+    return rows, 0 if total is None else int(total["n"])
 
 
 def current_flight(conn: Conn, aircraft_id: int) -> Row | None:
@@ -183,7 +267,7 @@ def current_flight(conn: Conn, aircraft_id: int) -> Row | None:
         conn,
         f"""
         SELECT {_FLIGHT_COLUMNS} {_FLIGHT_FROM}
-        WHERE fl.aircraft_id = %(id)s AND a.tracked IS NOT FALSE
+        WHERE fl.aircraft_id = %(id)s AND a.tracked IS NOT FALSE AND a.stealth IS NOT TRUE
           AND fl.landing_at IS NULL AND fl.timed_out_at IS NULL AND fl.end_reason IS NULL
         """,
         {"id": aircraft_id},
@@ -206,26 +290,51 @@ def aircraft_directory(conn: Conn) -> list[Row]:
 # -- flights --------------------------------------------------------------------------------
 
 
+_DAY_WHERE = """
+    fl.started_at >= %(start)s AND fl.started_at < %(end)s
+    AND a.tracked IS NOT FALSE
+    AND (%(airport)s::text IS NULL
+         OR fl.departure_airport = %(airport)s OR fl.arrival_airport = %(airport)s)
+    AND (%(spurious)s OR fl.spurious_reason IS NULL)
+"""
+
+
 def flights_on_day(
-    conn: Conn, day: dt.date, airport: str | None, include_spurious: bool, limit: int
-) -> list[Row]:
-    """Flights that started on the UTC day, optionally at one airport (either end)."""
-    start = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
-    return _all(
+    conn: Conn,
+    start: dt.datetime,
+    end: dt.datetime,
+    airport: str | None,
+    include_spurious: bool,
+    after: FlightKey | None,
+    limit: int,
+) -> tuple[list[Row], int]:
+    """Flights that started in [start, end) (a day in some time zone), optionally at one
+    airport (either end), in (started_at, id) order strictly after the keyset `after`; and
+    how many there are in all."""
+    params: dict[str, Any] = {
+        "start": start, "end": end, "airport": airport, "spurious": include_spurious,
+        "limit": limit, "after_t": None if after is None else after[0],
+        "after_id": None if after is None else after[1],
+    }
+    rows = _all(
         conn,
         f"""
         SELECT {_FLIGHT_COLUMNS} {_FLIGHT_FROM}
-        WHERE fl.started_at >= %(start)s AND fl.started_at < %(end)s
-          AND a.tracked IS NOT FALSE
-          AND (%(airport)s::text IS NULL
-               OR fl.departure_airport = %(airport)s OR fl.arrival_airport = %(airport)s)
-          AND (%(spurious)s OR fl.spurious_reason IS NULL)
+        WHERE {_DAY_WHERE}
+          AND (%(after_t)s::timestamptz IS NULL
+               OR (fl.started_at, fl.id) > (%(after_t)s, %(after_id)s::uuid))
         ORDER BY fl.started_at, fl.id
         LIMIT %(limit)s
         """,
-        {"start": start, "end": start + dt.timedelta(days=1), "airport": airport,
-         "spurious": include_spurious, "limit": limit},
+        params,
     )
+    total = _one(
+        conn,
+        f"SELECT count(*) AS n FROM flights fl LEFT JOIN aircraft a ON a.id = fl.aircraft_id "
+        f"WHERE {_DAY_WHERE}",
+        params,
+    )
+    return rows, 0 if total is None else int(total["n"])
 
 
 def flight_by_id(conn: Conn, flight_id: uuid.UUID) -> Row | None:

@@ -169,7 +169,8 @@ async def test_flights_csv(client: Any, web_db: Dataset) -> None:
     rows = list(csv.DictReader(io.StringIO(await response.get_data(as_text=True))))
     row = next(r for r in rows if r["flight_id"] == str(second["id"]))
     assert row["registration"] == "OO-TRC" and row["competition_number"] == "TR"
-    assert row["takeoff_utc"] == _iso(second["takeoff"])[11:16]
+    assert row["takeoff"] == _iso(second["takeoff"])[11:16] and row["time_zone"] == "UTC"
+    assert row["date"] == _iso(second["takeoff"])[:10]
     minutes = round((second["landing"] - second["takeoff"]) / 60e6)
     assert row["duration"] == f"{minutes // 60}:{minutes % 60:02d}"
     assert row["departure"] == "LEBL" and row["arrival"] == "LEMD"
