@@ -341,6 +341,13 @@ class ModeSAccumulator:
             del self._aircraft[address]
         return len(stale)
 
+    def forget(self, gone: Callable[[int], bool]) -> int:
+        """Drop the aircraft whose address `gone` picks (handed to another shard); how many."""
+        dropped = [address for address in self._aircraft if gone(address)]
+        for address in dropped:
+            del self._aircraft[address]
+        return len(dropped)
+
     def feed(
         self,
         message: bytes,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import calendar
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -354,3 +355,13 @@ class SbsAccumulator:
         for icao in stale:
             del self._aircraft[icao]
         return len(stale)
+
+    def __contains__(self, icao: object) -> bool:
+        return icao in self._aircraft
+
+    def forget(self, gone: Callable[[int], bool]) -> int:
+        """Drop the aircraft whose address `gone` picks (handed to another shard); how many."""
+        dropped = [icao for icao in self._aircraft if gone(icao)]
+        for icao in dropped:
+            del self._aircraft[icao]
+        return len(dropped)

@@ -1,16 +1,23 @@
-"""What a shard consumes: decoded fixes, raw Mode S / SBS messages, and clock ticks.
+"""What a shard consumes: decoded fixes, raw Mode S / SBS messages, clock ticks, and the
+control inputs that hand aircraft from one shard to another.
 
 Raw ADS-B input is decoded inside the shard because the CPR and identification state of an
 aircraft (one accumulator per shard) must live with the aircraft's flight state.
+
+Control inputs travel in the same channel as the fixes so that they take effect exactly between
+the fixes before and after them: in split mode a track process acquires and gives back
+partitions of aircraft while it runs (`RestoreFlights` when it takes some over, `ForgetAircraft`
+when it gives them back).
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from soar.records import Fix
+from soar.records import Fix, FlightRow
 
 if TYPE_CHECKING:
     from soar.protocols.sbs import SbsMessage
@@ -53,4 +60,47 @@ class TowRelease:
     height_ft: float | None  # above the departure airfield
 
 
-ShardInput = Fix | ModeSInput | SbsInput | ClockTick | TowRelease
+@runtime_checkable
+class OpenFlightLike(Protocol):
+    """An open flight as the store reads it back (`soar.store.queries.OpenFlight`)."""
+
+    @property
+    def flight(self) -> FlightRow: ...
+
+    @property
+    def fixes(self) -> list[Fix]: ...
+
+
+Restorable = tuple[FlightRow, list[Fix]] | OpenFlightLike
+"""An open flight and its aircraft's last fixes, as a pair or as the store returns it."""
+
+
+@dataclass(slots=True, frozen=True)
+class RestoreFlights:
+    """Replace the shard's state of exactly these aircraft with what the database had.
+
+    Each item is an open flight and its aircraft's last fixes (as `Shard.restore` takes them);
+    a closed row only drops what the shard held for its aircraft. With `now_us` (the receive
+    clock), restored flights silent for 1 h by then are timed out at once; without it the
+    shard's own clock decides at its next sweep.
+    """
+
+    flights: Sequence[Restorable]
+    now_us: int | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class ForgetAircraft:
+    """Give back every aircraft for which `owned(aircraft_id)` is true.
+
+    The shard first emits the latest row of each one's open flight and its unsent aircraft
+    row, so the next owner restores the current state from the database, then drops all it
+    held for them (track, decoder accumulators, landing memory).
+    """
+
+    owned: Callable[[int], bool]
+
+
+ShardInput = (
+    Fix | ModeSInput | SbsInput | ClockTick | TowRelease | RestoreFlights | ForgetAircraft
+)

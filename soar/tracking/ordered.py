@@ -149,6 +149,12 @@ class OrderedTrack:
         self._checkpoints = [_Checkpoint(machine.newest_us, machine.clone(), self._accepted)]
         self._prune(machine.newest_us)
 
+    def handover(self) -> list[Event]:
+        """The open flight's latest row, for the next owner of the aircraft to restore: a
+        merged fix changes a row without an event of its own (updates are periodic)."""
+        row = self.machine.open_flight
+        return [] if row is None else self._finish([FlightUpdated(row.snapshot())])
+
     def flush_pending(self) -> list[Event]:
         return self._finish(self.machine.flush_pending())
 

@@ -40,14 +40,23 @@ import copy
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
 from prometheus_client import Histogram
 
 from soar.channels import receive_buffered
-from soar.records import AircraftSeen, Fix, FlightRow, Rejected, position_time
+from soar.records import (
+    AddressType,
+    AircraftSeen,
+    Fix,
+    FlightRow,
+    Rejected,
+    aircraft_id,
+    aircraft_key_of_id,
+    position_time,
+)
 from soar.records import Protocol as Feed
 from soar.tracking.agl import AglCalculator
 from soar.tracking.enrichment import Enricher, EnrichFn, EnrichmentResult, airport_enrich
@@ -66,7 +75,17 @@ from soar.tracking.flight import (
     FlightStateMachine,
     FlightUpdated,
 )
-from soar.tracking.inputs import ClockTick, ModeSInput, SbsInput, ShardInput, TowRelease
+from soar.tracking.inputs import (
+    ClockTick,
+    ForgetAircraft,
+    ModeSInput,
+    OpenFlightLike,
+    Restorable,
+    RestoreFlights,
+    SbsInput,
+    ShardInput,
+    TowRelease,
+)
 from soar.tracking.metrics import (
     ENRICHMENT,
     FIXES_PROCESSED,
@@ -115,15 +134,6 @@ class ShardSinks:
     #: hands the fixes of aircraft in their first minutes after a takeoff to the tow
     #: detector (`TowService.offer`); must never block
     tow: Callable[[LaunchFix], None] | None = None
-
-
-@runtime_checkable
-class _OpenFlightLike(Protocol):
-    @property
-    def flight(self) -> FlightRow: ...
-
-    @property
-    def fixes(self) -> list[Fix]: ...
 
 
 @dataclass(slots=True)
@@ -212,11 +222,23 @@ class Shard:
         self._next_landed_prune_us = 0
         SHARD_AIRCRAFT.labels(self.label).set(0)
 
+    def holds(self, ident: int) -> bool:
+        """Whether this shard keeps anything of aircraft `ident`: track, landing memory, or
+        (ADS-B) decoder state."""
+        if ident in self.aircraft or ident in self._landed:
+            return True
+        address_type, address = aircraft_key_of_id(ident)
+        if address_type is not AddressType.ICAO:
+            return False
+        return (self._modes is not None and self._modes.aircraft(address) is not None) or (
+            self._sbs is not None and address in self._sbs
+        )
+
     # ------------------------------------------------------------------------- restore
 
     def restore(
         self,
-        open_flights: Iterable[tuple[FlightRow, list[Fix]] | _OpenFlightLike],
+        open_flights: Iterable[Restorable],
         now_us: int | None = None,
     ) -> None:
         """Take back the open flights of this shard's aircraft after a restart.
@@ -229,15 +251,57 @@ class Shard:
         if it had never stopped. The resulting rows are emitted when `run` starts.
         """
         for item in open_flights:
-            row, fixes = (item.flight, item.fixes) if isinstance(item, _OpenFlightLike) else item
-            if not row.is_open:
-                continue
-            machine = FlightStateMachine.restore(row, list(fixes), self.new_id, self.agl.airports)
-            self.aircraft[row.aircraft_id] = _Aircraft(OrderedTrack(machine))
-            log.debug("shard.restored_flight", shard=self.index, flight=str(row.id))
+            self._restore_one(item)
         if now_us is not None:
             self.clock_us = max(self.clock_us, now_us)
             self._backlog.extend(self._sweep())
+
+    def _restore_one(self, item: Restorable) -> _Aircraft | None:
+        row, fixes = (item.flight, item.fixes) if isinstance(item, OpenFlightLike) else item
+        if not row.is_open:
+            return None
+        machine = FlightStateMachine.restore(row, list(fixes), self.new_id, self.agl.airports)
+        state = self.aircraft[row.aircraft_id] = _Aircraft(OrderedTrack(machine))
+        log.debug("shard.restored_flight", shard=self.index, flight=str(row.id))
+        return state
+
+    def _restore_flights(self, item: RestoreFlights) -> list[Event]:
+        """Some aircraft taken over while running: what this shard held of them is replaced."""
+        restored: list[_Aircraft] = []
+        for flight in item.flights:
+            row = flight.flight if isinstance(flight, OpenFlightLike) else flight[0]
+            self.aircraft.pop(row.aircraft_id, None)
+            self._landed.pop(row.aircraft_id, None)
+            state = self._restore_one(flight)
+            if state is not None:
+                restored.append(state)
+        events: list[Event] = []
+        if item.now_us is not None:
+            # only these aircraft: the others are judged by this shard's own clock
+            for state in restored:
+                events.extend(state.track.on_clock(item.now_us))
+        SHARD_AIRCRAFT.labels(self.label).set(len(self.aircraft))
+        return events
+
+    def _forget(self, owned: Callable[[int], bool]) -> list[Event]:
+        """Give aircraft back: their latest rows first, so the next owner restores them."""
+        events: list[Event] = []
+        for ident in [ident for ident in self.aircraft if owned(ident)]:
+            state = self.aircraft.pop(ident)
+            events.extend(state.track.handover())
+            if state.unsent is not None:
+                self._seen_outbox.append(_seen(state.unsent))
+        self._landed = {ident: t for ident, t in self._landed.items() if not owned(ident)}
+
+        def icao_owned(address: int) -> bool:
+            return owned(aircraft_id(AddressType.ICAO, address))
+
+        if self._modes is not None:
+            self._modes.forget(icao_owned)
+        if self._sbs is not None:
+            self._sbs.forget(icao_owned)
+        SHARD_AIRCRAFT.labels(self.label).set(len(self.aircraft))
+        return events
 
     # ------------------------------------------------------------------------- processing
 
@@ -270,6 +334,10 @@ class Shard:
             return self._advance(item.now_us)
         if isinstance(item, TowRelease):
             return self._tow(item)
+        if isinstance(item, RestoreFlights):
+            return self._restore_flights(item)
+        if isinstance(item, ForgetAircraft):
+            return self._forget(item.owned)
         raise TypeError(f"not a shard input: {type(item).__name__}")
 
     def _modes_accumulator(self) -> ModeSAccumulator:
@@ -451,9 +519,9 @@ class Shard:
     async def _flush(self, sinks: ShardSinks) -> None:
         """On a clean end of input: the latest state of open flights and aircraft."""
         for state in self.aircraft.values():
-            row = state.machine.open_flight
-            if row is not None:
-                await _store(sinks.flights, row.snapshot(), "flights")
+            for event in state.track.handover():
+                assert isinstance(event, FlightUpdated)
+                await _store(sinks.flights, event.row, "flights")
             if state.unsent is not None:
                 await _store(sinks.aircraft, _seen(state.unsent), "aircraft")
                 state.unsent = None
