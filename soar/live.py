@@ -1,48 +1,81 @@
-"""The publisher side of live fixes: shards hand fixes over, a trio task batches them onto pynng PUB.
+"""The publisher side of live fixes: shards hand fixes over, a trio task batches them out.
+
+Two transports, one interface (`offer(fix)`, `async run()`):
+
+* `LivePublisher` — pynng PUB, for the all-in-one process (the hub dials it in-process).
+* `NatsLivePublisher` — core NATS subjects on an open `JetStreamLink`, for `soar track` in
+  split mode (`soar web` subscribes to the squares and aircraft its clients want).
 
 Shards must never wait on the web side, so `offer()` is a plain synchronous append to a bounded
 buffer (drop-oldest, counted). A flush task wakes every `flush_interval` seconds, groups the
 buffered fixes by topic and sends one message per topic with every fix for it: `sock.send()` on
 a PUB socket never blocks (≈600k/s here) while each `asend`/`arecv` costs ≈0.1 ms under trio, so
-one message per fix would cap the whole system at ≈9k fixes/s.
+one message per fix would cap the whole system at ≈9k fixes/s. NATS gets the whole flush in one
+bridge crossing (`JetStreamLink.publish_many`).
 
-Wire format of one message: ``topic`` + ``TOPIC_END`` + JSON array of fix objects (see
-`fix_to_wire`). The terminator byte makes SUB prefix matching exact: without it a subscription
-to ``aircraft.area.4.1`` would also match ``aircraft.area.4.12``.
+The wire format (JSON array of fix objects, topic framing) is `soar.protocols.live_wire`.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import orjson
 import prometheus_client
 import structlog
 import trio
 
-from soar.records import AircraftType, Fix
+from soar.broker.subjects import LIVE_PREFIX
+from soar.protocols.live_wire import (
+    PYNNG_TOPICS,
+    TOPIC_END,
+    TopicNames,
+    decode_message,
+    encode_batches,
+    fix_to_wire,
+    group_by_topic,
+)
+from soar.records import Fix
+
+if TYPE_CHECKING:
+    from soar.broker.client import JetStreamLink
+
+__all__ = [
+    "AREA_PREFIX", "FIX_PREFIX", "LIVE_DROPPED", "NATS_TOPICS", "PIPE_BUFFER", "TOPIC_END",
+    "LivePublisher", "NatsLivePublisher", "area_topic", "decode_message", "encode_batches",
+    "fix_to_wire", "fix_topic", "nats_topics", "topic_bytes",
+]
 
 log = structlog.get_logger(__name__)
 
-TOPIC_END = b"\x00"
-AREA_PREFIX = "aircraft.area."
+AREA_PREFIX = PYNNG_TOPICS.area_prefix
+FIX_PREFIX = PYNNG_TOPICS.aircraft_prefix
 #: nng's maximum per-pipe message queue.
 PIPE_BUFFER = 8192
 PACE_SLICE = PIPE_BUFFER // 4
 PACE_PAUSE = 0.002
-FIX_PREFIX = "aircraft.fix."
+#: Room left in a NATS message for the protocol line and headers, below the server's max_payload.
+NATS_BODY_HEADROOM = 4096
+#: The last flush at shutdown waits at most this long for a NATS server that is not there.
+FINAL_FLUSH_S = 2.0
+
+
+def nats_topics(prefix: str = LIVE_PREFIX) -> TopicNames:
+    """The NATS subjects of `soar.broker.subjects`: <prefix>.area.<lat>.<lon>, <prefix>.aircraft.<id>."""
+    return TopicNames(f"{prefix}.area.", f"{prefix}.aircraft.")
+
+
+NATS_TOPICS = nats_topics()
 
 LIVE_DROPPED = prometheus_client.Counter(
     "soar_live_dropped_total", "Live fixes dropped before reaching a WebSocket client", ["stage"]
 )
 LIVE_PUBLISHED = prometheus_client.Counter(
-    "soar_live_published_total", "Live fixes handed to the pynng PUB socket"
+    "soar_live_published_total", "Live fixes handed to the pynng PUB socket or to NATS"
 )
 LIVE_MESSAGES = prometheus_client.Counter(
-    "soar_live_messages_total", "pynng messages (batches of fixes) published"
+    "soar_live_messages_total", "pynng or NATS messages (batches of fixes) published"
 )
 LIVE_SKIPPED = prometheus_client.Counter(
     "soar_live_skipped_total", "Fixes not published live for privacy", ["reason"]
@@ -50,11 +83,11 @@ LIVE_SKIPPED = prometheus_client.Counter(
 
 
 def area_topic(lat: float, lon: float) -> str:
-    return f"{AREA_PREFIX}{math.floor(lat)}.{math.floor(lon)}"
+    return PYNNG_TOPICS.area(math.floor(lat), math.floor(lon))
 
 
 def fix_topic(aircraft_id: int) -> str:
-    return f"{FIX_PREFIX}{aircraft_id}"
+    return PYNNG_TOPICS.aircraft(aircraft_id)
 
 
 def topic_bytes(topic: str) -> bytes:
@@ -62,61 +95,12 @@ def topic_bytes(topic: str) -> bytes:
     return topic.encode() + TOPIC_END
 
 
-def fix_to_wire(fix: Fix) -> dict[str, Any]:
-    """The JSON-ready form of a fix as it travels to the web side (and, enriched, to clients)."""
-    kind = fix.aircraft_type
-    return {
-        "id": fix.aircraft_id,
-        "address_type": fix.address_type.value,
-        "address": f"{fix.address:06X}",
-        "protocol": fix.protocol.value,
-        "time_us": fix.time_us or fix.received_us,  # when the aircraft was there
-        "received_us": fix.received_us,
-        "lat": round(fix.lat, 6),
-        "lon": round(fix.lon, 6),
-        "altitude_ft": fix.altitude_ft,
-        "ground_speed_kt": fix.ground_speed_kt,
-        "track_deg": fix.track_deg,
-        "climb_fpm": fix.climb_fpm,
-        "callsign": fix.callsign,
-        "aircraft_type": None if kind is None else AircraftType(kind).name.lower(),
-        "flight_id": None if fix.flight_id is None else str(fix.flight_id),
-    }
+class _LiveBuffer:
+    """The shard-facing half both publishers share: a bounded, drop-oldest buffer of fixes."""
 
-
-def encode_batches(fixes: Iterable[Fix]) -> list[bytes]:
-    """Group fixes by topic (area and aircraft) into one PUB message per topic, in order."""
-    grouped: dict[str, list[bytes]] = {}
-    for fix in fixes:
-        body = orjson.dumps(fix_to_wire(fix))
-        grouped.setdefault(area_topic(fix.lat, fix.lon), []).append(body)
-        grouped.setdefault(fix_topic(fix.aircraft_id), []).append(body)
-    return [
-        topic_bytes(topic) + b"[" + b",".join(bodies) + b"]" for topic, bodies in grouped.items()
-    ]
-
-
-def decode_message(message: bytes) -> tuple[str, list[dict[str, Any]]]:
-    """Split one PUB message into its topic and its fixes. Raises ValueError on garbage."""
-    topic, sep, payload = message.partition(TOPIC_END)
-    if not sep:
-        raise ValueError("no topic terminator")
-    fixes = orjson.loads(payload)
-    if not isinstance(fixes, list):
-        raise ValueError("payload is not a list")
-    return topic.decode(), fixes
-
-
-class LivePublisher:
-    """Batches fixes from the shards onto a pynng PUB socket listening on `address`."""
-
-    def __init__(
-        self, address: str, *, max_buffer: int = 50_000, flush_interval: float = 0.05
-    ) -> None:
-        self.address = address
+    def __init__(self, max_buffer: int, flush_interval: float) -> None:
         self.flush_interval = flush_interval
         self._buffer: deque[Fix] = deque(maxlen=max_buffer)
-        self._socket: Any = None
         self.dropped = 0
 
     def offer(self, fix: Fix) -> None:
@@ -136,14 +120,29 @@ class LivePublisher:
     def pending(self) -> int:
         return len(self._buffer)
 
-    def _take(self) -> tuple[int, list[bytes]]:
+    def _take_fixes(self) -> list[Fix]:
         fixes = list(self._buffer)
         self._buffer.clear()
-        return len(fixes), encode_batches(fixes)
+        return fixes
 
     def _sent(self, fixes: int, messages: int) -> None:
         LIVE_PUBLISHED.inc(fixes)
         LIVE_MESSAGES.inc(messages)
+
+
+class LivePublisher(_LiveBuffer):
+    """Batches fixes from the shards onto a pynng PUB socket listening on `address`."""
+
+    def __init__(
+        self, address: str, *, max_buffer: int = 50_000, flush_interval: float = 0.05
+    ) -> None:
+        super().__init__(max_buffer, flush_interval)
+        self.address = address
+        self._socket: Any = None
+
+    def _take(self) -> tuple[int, list[bytes]]:
+        fixes = self._take_fixes()
+        return len(fixes), encode_batches(fixes)
 
     def flush(self) -> int:
         """Send everything buffered now; returns the number of fixes sent. Synchronous."""
@@ -188,3 +187,62 @@ class LivePublisher:
             finally:
                 self.flush()  # what the shards gave us before shutdown still goes out
                 self._socket = None
+
+
+class NatsLivePublisher(_LiveBuffer):
+    """Batches fixes from the shards onto core NATS subjects, per square and per aircraft.
+
+    Core NATS, not JetStream: a live view has no use for a fix it missed, the database has it.
+    When the server is away a flush fails as a whole; its fixes are counted as dropped
+    (stage "nats") with one warning per outage, and the next flush tries again.
+    """
+
+    def __init__(
+        self,
+        link: JetStreamLink,
+        *,
+        prefix: str = LIVE_PREFIX,
+        max_buffer: int = 50_000,
+        flush_interval: float = 0.05,
+    ) -> None:
+        super().__init__(max_buffer, flush_interval)
+        self.link = link
+        self.topics = nats_topics(prefix)
+        self.address = f"nats:{prefix}"
+        self._failing = False
+
+    async def flush(self) -> int:
+        """Send everything buffered now; returns the number of fixes the server was handed."""
+        from soar.broker.errors import BrokerError
+
+        if not self._buffer:
+            return 0
+        fixes = self._take_fixes()
+        max_body = max(1024, self.link.max_payload - NATS_BODY_HEADROOM)
+        messages = group_by_topic(fixes, self.topics, max_body)
+        try:
+            await self.link.publish_many(messages)
+        except BrokerError as exc:
+            self.dropped += len(fixes)
+            LIVE_DROPPED.labels(stage="nats").inc(len(fixes))
+            if not self._failing:
+                self._failing = True
+                log.warning("live.publisher.nats_failing", error=str(exc), fixes=len(fixes))
+            return 0
+        if self._failing:
+            self._failing = False
+            log.info("live.publisher.nats_recovered")
+        self._sent(len(fixes), len(messages))
+        return len(fixes)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        log.info("live.publisher.nats", prefix=self.topics.area_prefix.removesuffix(".area."))
+        task_status.started()
+        try:
+            while True:
+                await trio.sleep(self.flush_interval)
+                await self.flush()
+        finally:
+            # What the shards gave us before shutdown still goes out, if NATS takes it soon.
+            with trio.CancelScope(shield=True), trio.move_on_after(FINAL_FLUSH_S):
+                await self.flush()

@@ -1,9 +1,18 @@
-"""The web side of live fixes: a pynng SUB socket, per-client queues, and the `/api/live` socket.
+"""The web side of live fixes: a pynng or NATS source, per-client queues, and the `/api/live` socket.
 
-`LiveHub` dials the publisher (soar.live.LivePublisher) and subscribes only to the topics some
-WebSocket client wants: one `aircraft.area.{lat}.{lon}` topic per 1x1 degree square and one
-`aircraft.fix.{id}` topic per followed aircraft. Each received batch is decoded once, each fix
-serialised once, and the text is put on the queue of every interested client.
+`LiveHub` subscribes only to the topics some WebSocket client wants: one per 1x1 degree square
+and one per followed aircraft, the first client's interest adding it and the last one's leaving
+removing it. Two sources, the same hub:
+
+* pynng SUB dialling `LivePublisher`s (all-in-one: `aircraft.area.{lat}.{lon}`,
+  `aircraft.fix.{id}`); a subscription change is applied at once.
+* core NATS on a `JetStreamLink` (split mode: `soar.live.area.{lat}.{lon}`,
+  `soar.live.aircraft.{id}`, published by `NatsLivePublisher`s in the track processes);
+  subscribing is a round trip, so one task brings the link's subjects to the wanted set and
+  a client's "subscribed" reply waits for it (`wait_subscribed`).
+
+Each received batch is decoded once, each fix serialised once, and the text is put on the
+queue of every interested client.
 
 Client queues are bounded and drop their OLDEST message when full (counted): a client that does
 not read falls behind and loses old positions, and nothing upstream ever waits for it. Only that
@@ -21,7 +30,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import prometheus_client
@@ -29,7 +38,18 @@ import structlog
 import trio
 from quart import Blueprint, websocket
 
-from soar.live import AREA_PREFIX, FIX_PREFIX, PIPE_BUFFER, area_topic, decode_message, topic_bytes
+from soar.live import LIVE_DROPPED, PIPE_BUFFER, nats_topics, topic_bytes
+from soar.protocols.live_wire import (
+    PYNNG_TOPICS,
+    LiveWireError,
+    TopicNames,
+    decode_fixes,
+    unframe,
+    wire_square,
+)
+
+if TYPE_CHECKING:
+    from soar.broker.client import JetStreamLink, LiveSubscription
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +68,9 @@ WS_BAD_MESSAGES = prometheus_client.Counter(
 )
 HUB_BAD = prometheus_client.Counter(
     "soar_live_hub_bad_messages_total", "Undecodable messages received from the publisher"
+)
+HUB_SUBJECTS = prometheus_client.Gauge(
+    "soar_live_hub_subjects", "NATS subjects the live hub is subscribed to (split mode)"
 )
 
 #: A client may follow at most this many 1x1 degree squares (a 20x20 degree view): each square is one
@@ -167,12 +190,21 @@ class ClientQueue:
         self._control: deque[str] = deque(maxlen=64)
         self._wakeup = trio.Event()
         self.dropped = 0
+        self.closed = False
+
+    def close(self) -> None:
+        """The client left: free what it never read, and take nothing more."""
+        self.closed = True
+        self._items.clear()
+        self._control.clear()
 
     def put_control(self, item: str) -> None:
         self._control.append(item)
         self._wakeup.set()
 
     def put_nowait(self, item: str) -> None:
+        if self.closed:
+            return
         if len(self._items) == self._items.maxlen:
             self.dropped += 1
             WS_DROPPED.inc()
@@ -210,24 +242,49 @@ class LiveClient:
 
 
 class LiveHub:
-    """Receives published fix batches and hands each fix to the clients that want it."""
+    """Receives published fix batches and hands each fix to the clients that want it.
+
+    Give it pynng `address`es (all-in-one, or several tracks' live_addr) or an open NATS
+    `link` (split mode), not both.
+    """
 
     def __init__(
         self,
-        address: str | Sequence[str],
+        address: str | Sequence[str] | None = None,
         *,
+        link: JetStreamLink | None = None,
+        live_prefix: str | None = None,
         client_queue_size: int = 1000,
         directory: Callable[[int], AircraftInfo | None] | None = None,
+        subscription_capacity: int = 10_000,
     ) -> None:
-        # Several addresses in split mode: every track process publishes its own slice.
-        self.addresses = [address] if isinstance(address, str) else list(address)
-        self.address = ",".join(self.addresses)
+        if (address is None) == (link is None):
+            raise ValueError("LiveHub: give pynng addresses or a NATS link, one of the two")
+        self._link = link
+        self.names: TopicNames
+        if link is not None:
+            self.addresses: list[str] = []
+            self.names = nats_topics() if live_prefix is None else nats_topics(live_prefix)
+            self.address = "nats:" + self.names.area_prefix.removesuffix(".area.")
+        else:
+            assert address is not None
+            # Several addresses in split mode: every track process publishes its own slice.
+            self.addresses = [address] if isinstance(address, str) else list(address)
+            self.address = ",".join(self.addresses)
+            self.names = PYNNG_TOPICS
         self.client_queue_size = client_queue_size
+        self.subscription_capacity = subscription_capacity
         self.directory = directory or (lambda _ident: None)
         self._clients: set[LiveClient] = set()
         self._by_square: dict[Square, set[LiveClient]] = {}
         self._by_aircraft: dict[int, set[LiveClient]] = {}
         self._socket: Any = None
+        self._live: LiveSubscription | None = None
+        # NATS: the wanted set changes synchronously (client messages); one task applies it.
+        self._wanted_generation = 0
+        self._applied_generation = 0
+        self._wanted_changed = trio.Event()
+        self._applied = trio.Event()
         self._next_ident = 0
         self.received_fixes = 0
 
@@ -247,16 +304,26 @@ class LiveHub:
         for ident in list(client.aircraft):
             self.unsubscribe_aircraft(client, ident)
         self._clients.discard(client)
+        client.queue.close()
         WS_CONNECTIONS.dec()
 
     @property
     def connected(self) -> bool:
-        """True once the SUB socket has a live pipe to the publisher."""
+        """True once the source is up: a live pipe to a publisher, or a connected NATS link."""
+        if self._link is not None:
+            return self._live is not None and self._link.connected
         return self._socket is not None and bool(self._socket.pipes)
 
     @property
     def client_count(self) -> int:
         return len(self._clients)
+
+    @property
+    def subscribed(self) -> frozenset[str]:
+        """The topics the source holds now (NATS: applied by the subscription task)."""
+        if self._live is not None:
+            return self._live.subjects
+        return frozenset(self.topics()) if self._socket is not None else frozenset()
 
     def subscribe_squares(self, client: LiveClient, squares: list[Square]) -> None:
         new = [square for square in squares if square not in client.squares]
@@ -268,7 +335,7 @@ class LiveHub:
             client.squares.add(square)
             members = self._by_square.setdefault(square, set())
             if not members:
-                self._sub(area_topic(*square))
+                self._sub(self.names.area(*square))
             members.add(client)
         WS_SUBSCRIPTIONS.inc(len(new))
 
@@ -283,7 +350,7 @@ class LiveHub:
                 members.discard(client)
                 if not members:
                     del self._by_square[square]
-                    self._unsub(area_topic(*square))
+                    self._unsub(self.names.area(*square))
 
     def subscribe_aircraft(self, client: LiveClient, ident: int) -> None:
         if ident in client.aircraft:
@@ -294,7 +361,7 @@ class LiveHub:
         WS_SUBSCRIPTIONS.inc()
         members = self._by_aircraft.setdefault(ident, set())
         if not members:
-            self._sub(f"{FIX_PREFIX}{ident}")
+            self._sub(self.names.aircraft(ident))
         members.add(client)
 
     def unsubscribe_aircraft(self, client: LiveClient, ident: int) -> None:
@@ -307,43 +374,73 @@ class LiveHub:
             members.discard(client)
             if not members:
                 del self._by_aircraft[ident]
-                self._unsub(f"{FIX_PREFIX}{ident}")
+                self._unsub(self.names.aircraft(ident))
 
     def topics(self) -> set[str]:
-        """The topics the SUB socket should hold now."""
-        return {area_topic(*square) for square in self._by_square} | {
-            f"{FIX_PREFIX}{ident}" for ident in self._by_aircraft
+        """The topics the source should hold now."""
+        names = self.names
+        return {names.area(*square) for square in self._by_square} | {
+            names.aircraft(ident) for ident in self._by_aircraft
         }
 
     def _sub(self, topic: str) -> None:
-        if self._socket is not None:
+        if self._link is not None:
+            self._want_changed()
+        elif self._socket is not None:
             self._socket.subscribe(topic_bytes(topic))
 
     def _unsub(self, topic: str) -> None:
-        if self._socket is not None:
+        if self._link is not None:
+            self._want_changed()
+        elif self._socket is not None:
             self._socket.unsubscribe(topic_bytes(topic))
+
+    def _want_changed(self) -> None:
+        self._wanted_generation += 1
+        self._wanted_changed.set()
+
+    async def wait_subscribed(self, timeout: float = 5.0) -> bool:
+        """Wait until the source holds every topic wanted when this was called (at once for
+        pynng). False after `timeout`: NATS is away, the subscriptions follow when it is back."""
+        if self._link is None:
+            return True
+        target = self._wanted_generation
+        with trio.move_on_after(timeout):
+            while self._applied_generation < target:
+                await self._applied.wait()
+            return True
+        return False
 
     # -- fixes ---------------------------------------------------------------------------
 
     def dispatch(self, message: bytes) -> int:
-        """Hand one published batch to the interested clients; returns fixes delivered."""
+        """Hand one pynng message (topic + batch) to the interested clients; fixes delivered."""
         try:
-            topic, fixes = decode_message(message)
-        except (ValueError, UnicodeDecodeError):
+            topic, body = unframe(message)
+        except LiveWireError:
             HUB_BAD.inc()
             log.warning("live.hub.bad_message", size=len(message))
             return 0
+        return self.dispatch_batch(topic, body)
+
+    def dispatch_batch(self, topic: str, body: bytes) -> int:
+        """Hand one batch published under `topic` to the interested clients; fixes delivered."""
+        try:
+            fixes = decode_fixes(body)
+        except LiveWireError:
+            HUB_BAD.inc()
+            log.warning("live.hub.bad_message", topic=topic, size=len(body))
+            return 0
         delivered = 0
-        by_area = topic.startswith(AREA_PREFIX)
+        by_area = self.names.is_area(topic)
         for raw in fixes:
             if not isinstance(raw, dict):
                 HUB_BAD.inc()
                 continue
             self.received_fixes += 1
             try:
-                square = (math.floor(raw["lat"]), math.floor(raw["lon"]))
-                ident = int(raw["id"])
-            except (KeyError, TypeError, ValueError):
+                square, ident = wire_square(raw)
+            except LiveWireError:
                 HUB_BAD.inc()
                 continue
             targets: Iterable[LiveClient]
@@ -383,6 +480,12 @@ class LiveHub:
         return orjson.dumps(message).decode()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        if self._link is not None:
+            await self._run_nats(self._link, task_status)
+        else:
+            await self._run_pynng(task_status)
+
+    async def _run_pynng(self, task_status: trio.TaskStatus[None]) -> None:
         import pynng
 
         # Dial without blocking: the publisher may come up later; nng keeps redialling.
@@ -404,9 +507,62 @@ class LiveHub:
             finally:
                 self._socket = None
 
+    async def _run_nats(self, link: JetStreamLink, task_status: trio.TaskStatus[None]) -> None:
+        async with link.subscribe(capacity=self.subscription_capacity) as live:
+            self._live = live
+            log.info("live.hub.nats", prefix=self.address)
+            try:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(self._follow_wanted, live)
+                    task_status.started()
+                    dropped = 0
+                    async for message in live:
+                        self.dispatch_batch(message.subject, message.data)
+                        if live.dropped != dropped:
+                            # the subscription's channel was full: trio fell behind NATS
+                            LIVE_DROPPED.labels(stage="hub").inc(live.dropped - dropped)
+                            dropped = live.dropped
+            finally:
+                self._live = None
+                HUB_SUBJECTS.set(0)
+
+    async def _follow_wanted(
+        self, live: LiveSubscription,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Bring the link's subjects to the wanted set, each time it changes."""
+        from soar.broker.errors import BrokerError
+
+        started = False
+        while True:
+            self._wanted_changed = trio.Event()
+            target = self._wanted_generation
+            wanted = self.topics()
+            try:
+                for subject in sorted(live.subjects - wanted):
+                    await live.remove(subject)
+                for subject in sorted(wanted - live.subjects):
+                    await live.add(subject)
+            except BrokerError as exc:
+                log.warning("live.hub.subscribe_failed", error=str(exc))
+                await trio.sleep(SUBSCRIBE_RETRY_S)
+                continue
+            finally:
+                HUB_SUBJECTS.set(len(live.subjects))
+            self._applied_generation = target
+            self._applied.set()
+            self._applied = trio.Event()
+            if not started:
+                task_status.started()
+                started = True
+            if self._wanted_generation == target:
+                await self._wanted_changed.wait()
+
 
 RECV_POLL_MS = 200
 RECV_BATCH = 2000
+#: After NATS refused a subscription change, try again this much later.
+SUBSCRIBE_RETRY_S = 1.0
 
 
 def _receive_batch(sock: Any) -> list[bytes]:
@@ -529,7 +685,12 @@ def live_blueprint(get_hub: Callable[[], LiveHub | None]) -> Blueprint:
                 nursery.start_soon(_send_queued, client)
                 while True:
                     text = await websocket.receive()
-                    client.queue.put_control(json.dumps(handle_client_message(hub, client, text)))
+                    reply = handle_client_message(hub, client, text)
+                    if reply["type"] == "subscribed":
+                        # "subscribed" promises the fixes from now on: over NATS that is
+                        # once the server has the subscription.
+                        await hub.wait_subscribed()
+                    client.queue.put_control(json.dumps(reply))
         finally:
             hub.disconnect(client)
             log.debug("live.client.disconnected", client=client.ident, dropped=client.queue.dropped)
