@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import trio
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
 
-async def receive_buffered(receive: trio.MemoryReceiveChannel[T]) -> T | None:
+class Receiving(Protocol[T_co]):
+    """A memory channel's receive end, or an edge's (`soar.topology.EdgeReceiver`)."""
+
+    def receive_nowait(self) -> T_co: ...
+    async def receive(self) -> T_co: ...
+
+
+async def receive_buffered(receive: Receiving[T]) -> T | None:
     """The next item, or None once the channel is closed and empty (its items are never None).
 
     `receive()` is a trio checkpoint (~10 µs here); what is already buffered is taken without

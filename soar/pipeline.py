@@ -1,20 +1,24 @@
-"""The data path of one process, built in one place.
+"""The data path of one process: its edges and its stage bodies.
 
-    sources (per protocol, supervisor "sources")
-       │ OverflowSink: channel, or the protocol's disk spool when the channel is full
+    sources (per protocol)                                    stage "sources"
+       │ edge envelopes.<protocol>: SPILL (OverflowSink: the protocol's disk spool when full;
+       │ BLOCK in a track process, where JetStream is the buffer); edge archive: DROP_NEWEST
        ▼
-    decoder.{ogn,beast,sbs}  (supervisor "decoders": one task per protocol)
-       │ route by stable hash of the aircraft id (ShardRouter)
+    decoder.{ogn,beast,sbs}  (one task per protocol)         stage "decoders"
+       │ edge shard.<i>: BLOCK, routed by stable hash of the aircraft id (`shard_of`)
        ▼
-    shard.0 … shard.N-1     (supervisor "shards": each alone owns its aircraft's state)
-       │ fixes, flights, aircraft           │ live fixes (never blocks)   │ enrichment requests
-       ▼                                    ▼                             ▼
-    writer.{fixes,flights,aircraft,receivers}   LivePublisher (pynng PUB)   enricher
+    shard.0 … shard.N-1  (each alone owns its aircraft's state)  stage "shards"
+       │ edges writer.{fixes,flights,aircraft}: BLOCK     │ live fixes (never block)
+       ▼                                                  ▼
+    writer.{fixes,flights,aircraft,receivers}             live publisher
+       (writer.receivers is fed by the decoders)
 
-Each stage is a supervisor whose children restart on a crash and finish when their input
-closes. Draining is the same chain: cancel the sources, flush the overflow spools into the
-channels and close them; when every decoder has finished the shard inputs close; when every
-shard has finished the writer inputs close; the writers flush and return.
+`Pipeline.stages` declares them (with the tow detector, the raw archive, the overflow spools and
+maintenance) for `soar.topology.Topology`; a role adds its own stages (web, signals) beside them
+under one root supervisor. Draining is the stages' closing chain: the sources are stopped, the
+spools flushed into the envelope edges and those closed; when every decoder has finished the
+shard edges close; when every shard has finished the writer edges close; the writers flush and
+return. Maintenance stops when the data path has finished.
 """
 
 from __future__ import annotations
@@ -30,7 +34,6 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
-from prometheus_client import Counter, Gauge
 
 from soar.channels import receive_buffered
 from soar.config import Settings
@@ -39,6 +42,7 @@ from soar.ingest.tcp import wall_clock_us
 from soar.overflow import OverflowSink
 from soar.records import AircraftSeen, Envelope, Fix, FlightRow, Protocol
 from soar.supervisor import ChildSpec, RestartPolicy, Supervisor
+from soar.topology import Edge, EdgePolicy, Stage, Topology
 from soar.tracking.inputs import ClockTick, ShardInput
 from soar.tracking.router import shard_of
 
@@ -47,18 +51,18 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-QUEUE_DEPTH = Gauge("soar_queue_depth", "Items waiting in a pipeline channel", ["stage"])
-MISROUTED = Counter(
-    "soar_pipeline_misrouted_total", "Inputs for an aircraft another track process owns"
-)
-ARCHIVE_DROPPED = Counter(
-    "soar_archive_dropped_total", "Envelopes not archived because the archive fell behind", ["protocol"]
-)
-
 TICK_EVERY_US = 30_000_000
+
 
 class EnvelopeSink(typing.Protocol):
     async def send(self, env: Envelope, /) -> None: ...
+
+
+class LiveSink(typing.Protocol):
+    """Where shards publish live fixes: `offer` never blocks; `run` is its task."""
+
+    def offer(self, fix: Fix, /) -> None: ...
+    async def run(self) -> None: ...
 
 
 #: A source: called with the sink of its protocol; runs until cancelled or its input ends.
@@ -66,13 +70,26 @@ SourceFn = Callable[[EnvelopeSink], Awaitable[None]]
 
 
 class EnvelopeDispatch:
-    """The sink of a source that carries several protocols (split mode's write-ahead log)."""
+    """The sink of a source that carries several protocols."""
 
-    def __init__(self, sinks: dict[Protocol, OverflowSink]) -> None:
+    def __init__(self, sinks: dict[Protocol, EnvelopeSink]) -> None:
         self.sinks = sinks
 
     async def send(self, env: Envelope) -> None:
         await self.sinks[env.protocol].send(env)
+
+
+class _Teed:
+    """A protocol's sink when the raw archive is on: the archive sees every envelope as it
+    arrives (and never slows a feed: its edge drops the newest when full)."""
+
+    def __init__(self, edge: Edge[Envelope], archive: Edge[Envelope]) -> None:
+        self.edge = edge
+        self.archive = archive
+
+    async def send(self, env: Envelope) -> None:
+        self.archive.offer(env)
+        await self.edge.send(env)
 
 
 @dataclass
@@ -106,6 +123,9 @@ def live_sources(settings: Settings) -> list[SourceSpec]:
     return specs
 
 
+#: the stages whose end is the end of the data path (maintenance runs until then)
+_CORE = ("sources", "decoders", "shards", "tow", "writers", "live", "archive")
+
 class Pipeline:
     def __init__(
         self,
@@ -115,8 +135,10 @@ class Pipeline:
         *,
         hold_open: bool | None = None,
         wall_clock: Callable[[], datetime] | None = None,
+        restore_open_flights: bool = True,
+        live: LiveSink | None = None,
+        block_envelopes: bool = False,
     ) -> None:
-        from soar.live import LivePublisher
         from soar.store.tables import AircraftFamily, FixFamily, FlightFamily, ReceiverFamily
         from soar.tracking.agl import AglCalculator
         from soar.tracking.airports import default_index
@@ -132,44 +154,61 @@ class Pipeline:
         self.wall_clock = wall_clock
         # Live feeds run until drain(); a replay's sources end by themselves.
         self.hold_open = sources is None if hold_open is None else hold_open
+        #: False in a track process: it restores flights per partition as it acquires them
+        self.restore_open_flights = restore_open_flights
         self.sources = list(live_sources(settings) if sources is None else sources)
-        if self.hold_open and not self.sources:
+        if self.hold_open and not self.sources and sources is None:
             log.warning("pipeline.no_feeds", hint="set SOAR_APRS_SERVER, SOAR_BEAST_SERVERS or "
                         "SOAR_SBS_SERVERS; `soar replay FILE` feeds captures")
         size = settings.channel_size
         data_dir = Path(settings.data_dir)
 
-        self.envelopes: dict[Protocol, tuple[trio.MemorySendChannel[Envelope], trio.MemoryReceiveChannel[Envelope]]] = {
-            p: trio.open_memory_channel[Envelope](size) for p in Protocol
-        }
-        # The raw archive sees every envelope as it arrives, before any spooling.
-        self.archive_channel = trio.open_memory_channel[Envelope](size) if settings.archive_raw else None
-        self.sinks = {
-            p: OverflowSink(p, self.envelopes[p][0], data_dir / "spool" / "ingest" / p.value,
-                            settings.spool_max_bytes,
-                            tee=self._archive if self.archive_channel is not None else None)
+        def spill(protocol: Protocol) -> Callable[[trio.MemorySendChannel[Envelope]], OverflowSink]:
+            return lambda send: OverflowSink(protocol, send, data_dir / "spool" / "ingest" /
+                                             protocol.value, settings.spool_max_bytes)
+
+        self.envelope_edges: dict[Protocol, Edge[Envelope]] = {
+            p: Edge[Envelope](f"envelopes.{p.value}", size, EdgePolicy.BLOCK)
+            if block_envelopes else
+            Edge[Envelope](f"envelopes.{p.value}", size, EdgePolicy.SPILL, spill=spill(p))
             for p in Protocol
+        }
+        # The raw archive is a record, not the data path: it never slows a feed.
+        self.archive_edge = (Edge[Envelope]("archive", size, EdgePolicy.DROP_NEWEST)
+                             if settings.archive_raw else None)
+        archive_edge = self.archive_edge
+        self.sinks: dict[Protocol, EnvelopeSink] = {
+            p: edge if archive_edge is None else _Teed(edge, archive_edge)
+            for p, edge in self.envelope_edges.items()
         }
         self.dispatch = EnvelopeDispatch(self.sinks)
         self.decoders = {p: Decoder(p) for p in Protocol}
 
         n = settings.shard_count
-        # Split mode: this process owns slice `track_index` of `len(track_endpoints)` equal
-        # slices of the hash space, i.e. global shards k*n .. k*n+n-1 of n*K.
-        self.slice_count = max(1, len(settings.track_endpoints))
-        self.slice_index = settings.track_index if settings.track_endpoints else 0
-        self.shard_channels = [trio.open_memory_channel[ShardInput](size) for _ in range(n)]
-        self.fix_channel = trio.open_memory_channel[Fix](size)
-        self.flight_channel = trio.open_memory_channel[FlightRow](size)
-        self.aircraft_channel = trio.open_memory_channel[AircraftSeen](size)
-        self.receiver_channel = trio.open_memory_channel[StoreRow](size)
+        self.shard_edges = [Edge[ShardInput](f"shard.{i}", size) for i in range(n)]
+        self.writer_edges: dict[str, Edge[Any]] = {
+            "fixes": Edge[Fix]("writer.fixes", size),
+            "flights": Edge[FlightRow]("writer.flights", size),
+            "aircraft": Edge[AircraftSeen]("writer.aircraft", size),
+            "receivers": Edge[StoreRow]("writer.receivers", size),
+        }
+        #: every edge of the data path by name (what a commit watermark follows)
+        self.edges: dict[str, Edge[Any]] = {
+            **{edge.name: edge for edge in self.envelope_edges.values()},
+            **{edge.name: edge for edge in self.shard_edges},
+            **{edge.name: edge for edge in self.writer_edges.values()},
+        }
+        if self.archive_edge is not None:
+            self.edges[self.archive_edge.name] = self.archive_edge
 
-        self.live = LivePublisher(settings.live_addr)
-        self._writer_inputs: dict[str, tuple[Any, trio.MemoryReceiveChannel[Any]]] = {
-            "fixes": (FixFamily(), self.fix_channel[1]),
-            "flights": (FlightFamily(), self.flight_channel[1]),
-            "aircraft": (AircraftFamily(), self.aircraft_channel[1]),
-            "receivers": (ReceiverFamily(), self.receiver_channel[1]),
+        if live is None:
+            from soar.live import LivePublisher
+
+            live = LivePublisher(settings.live_addr)
+        self.live: Any = live
+        self._families: dict[str, Any] = {
+            "fixes": FixFamily(), "flights": FlightFamily(), "aircraft": AircraftFamily(),
+            "receivers": ReceiverFamily(),
         }
         self.writers: dict[str, StoreWriter[Any]] = {}
         agl = AglCalculator(
@@ -186,8 +225,10 @@ class Pipeline:
         self.privacy = PrivacyRegistry()
         self.tow = TowService(TowDetector(agl.airports, frozenset()))
         self.shard_sinks = ShardSinks(
-            fixes=self.fix_channel[0], flights=self.flight_channel[0],
-            aircraft=self.aircraft_channel[0], live=self.live.offer, tow=self.tow.offer,
+            fixes=self.writer_edges["fixes"].as_sender(),
+            flights=self.writer_edges["flights"].as_sender(),
+            aircraft=self.writer_edges["aircraft"].as_sender(),
+            live=live.offer, tow=self.tow.offer,
         )
         self.shards = [
             Shard(i, agl=agl, modes_reference=reference, privacy=self.privacy) for i in range(n)
@@ -201,46 +242,6 @@ class Pipeline:
                        s.policy)
              for s in self.sources],
         )
-        self.decoders_sup = Supervisor(
-            "decoders",
-            [ChildSpec(f"decoder.{p.value}", functools.partial(self._decode, p), RestartPolicy.TRANSIENT)
-             for p in Protocol],
-        )
-        self.shards_sup = Supervisor(
-            "shards",
-            [ChildSpec(f"shard.{i}", functools.partial(self._run_shard, i), RestartPolicy.TRANSIENT)
-             for i in range(n)],
-        )
-        self.writers_sup: Supervisor | None = None
-        self.live_sup = Supervisor("live", [ChildSpec("live.publisher", self.live.run)])
-        maintenance = [ChildSpec("partitions", self._maintain_partitions),
-                       ChildSpec("database.probe", self._probe_database)]
-        if settings.ddb_url:
-            maintenance.append(ChildSpec("ddb.refresh", self._refresh_ddb))
-        from soar.database import embedded_supervisor
-
-        # the embedded PostgreSQL this process started (none with SOAR_DATABASE_URL)
-        if (supervise := embedded_supervisor(database_url)) is not None:
-            maintenance.append(ChildSpec("database.embedded", supervise))
-        self.maintenance_sup = Supervisor("maintenance", maintenance)
-        self.tow_sup = Supervisor("tow", [ChildSpec(
-            "tow", functools.partial(self.tow.run, [send for send, _ in self.shard_channels],
-                                     self.local_shard),
-            RestartPolicy.TRANSIENT,
-        )])
-        self.archive_sup: Supervisor | None = None
-        if self.archive_channel is not None:
-            from soar.ingest.archive import RawArchive
-
-            archive = RawArchive(data_dir / "archive")
-            receive_archive = self.archive_channel[1]
-            self.archive_sup = Supervisor("archive", [ChildSpec(
-                "archive", functools.partial(archive.run, receive_archive), RestartPolicy.TRANSIENT,
-            )])
-        self.spool_sup = Supervisor(
-            "spools",
-            [ChildSpec(f"spool.{p.value}", self.sinks[p].drain) for p in Protocol],
-        )
         from soar.tracking.metrics import FIXES_REJECTED, FLIGHTS_OPENED
 
         # Counters are process-wide: a summary reports what changed since this pipeline began.
@@ -251,6 +252,78 @@ class Pipeline:
         self._drain_requested = trio.Event()
         self._database_answers = True
         self._core_done = trio.Event()
+        self.topology: Topology | None = None
+        self.stages = self._declare()
+
+    # -- the declaration ----------------------------------------------------------------------
+
+    def _declare(self) -> list[Stage]:
+        """The data path's stages, in the order they are started (consumers first)."""
+        transient = RestartPolicy.TRANSIENT
+        shard_edges: list[Edge[Any]] = list(self.shard_edges)
+        writer_edges = self.writer_edges
+        stages = [
+            Stage("writers", [ChildSpec(f"writer.{name}", functools.partial(self._write, name),
+                                        transient) for name in writer_edges]),
+            Stage("live", [ChildSpec("live.publisher", self.live.run)]),
+            Stage("tow", [ChildSpec("tow", functools.partial(
+                self.tow.run, [edge.as_sender() for edge in self.shard_edges], self.local_shard),
+                transient)]),
+            Stage("shards", [ChildSpec(f"shard.{i}", functools.partial(self._run_shard, i),
+                                       transient) for i in range(len(self.shards))],
+                  outputs=[writer_edges["fixes"], writer_edges["flights"],
+                           writer_edges["aircraft"]],
+                  then=[self._stop_stage("live"), self.tow.close]),
+            Stage("decoders", [ChildSpec(f"decoder.{p.value}", functools.partial(self._decode, p),
+                                         transient) for p in Protocol],
+                  outputs=[*shard_edges, writer_edges["receivers"]]),
+            Stage("spools", [ChildSpec(f"spool.{p.value}", edge.spill.drain)
+                             for p, edge in self.envelope_edges.items()
+                             if edge.spill is not None]),
+            Stage("sources", [ChildSpec("feed", self._feed, transient, subtree=self.sources_sup)],
+                  outputs=[*self.envelope_edges.values(),
+                           *([self.archive_edge] if self.archive_edge is not None else [])]),
+        ]
+        if self.archive_edge is not None:
+            from soar.ingest.archive import RawArchive
+
+            archive = RawArchive(Path(self.settings.data_dir) / "archive")
+            # Optional: an archive that keeps failing (a full or read-only disk) is stopped and
+            # reported; the live data path does not depend on it.
+            stages.append(Stage("archive", [ChildSpec(
+                "archive", functools.partial(archive.run, self.archive_edge.receiver().as_channel()),
+                transient)], essential=False))
+        maintenance = [ChildSpec("partitions", self._maintain_partitions),
+                       ChildSpec("database.probe", self._probe_database)]
+        if self.settings.ddb_url:
+            # a download that keeps failing leaves the last imported database in use
+            maintenance.append(ChildSpec("ddb.refresh", self._refresh_ddb, essential=False))
+        from soar.database import embedded_supervisor
+
+        # the embedded PostgreSQL this process started (none with SOAR_DATABASE_URL)
+        if (supervise := embedded_supervisor(self.database_url)) is not None:
+            maintenance.append(ChildSpec("database.embedded", supervise))
+        stages.append(Stage("maintenance", maintenance))
+        core = [stage for stage in stages if stage.name in _CORE]
+        ended: set[str] = set()
+
+        def core_stage_ended(name: str) -> None:
+            ended.add(name)
+            if len(ended) == len(core):
+                self._core_done.set()
+                self._stop_stage("maintenance")()
+                self._stop_stage("spools")()
+
+        for stage in core:
+            stage.then.append(functools.partial(core_stage_ended, stage.name))
+        return stages
+
+    def _stop_stage(self, name: str) -> Callable[[], None]:
+        def stop() -> None:
+            for stage in self.stages:
+                if stage.name == name:
+                    stage.stop()
+        return stop
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -261,7 +334,7 @@ class Pipeline:
 
         data_dir = Path(self.settings.data_dir)
         self.pool = await trio.to_thread.run_sync(open_pool, self.database_url)
-        for name, (family, _receive) in self._writer_inputs.items():
+        for name, family in self._families.items():
             # Flights and aircraft are state, coalesced per id within a batch: waiting longer
             # makes fewer, larger upserts (10,000 first sightings in a second made the
             # database compete with the live path for the CPU; see docs/performance.md).
@@ -272,19 +345,17 @@ class Pipeline:
                 max_age=self.settings.state_batch_age if state else self.settings.batch_age,
                 spool_max_bytes=self.settings.spool_max_bytes, on_commit=self._committed,
             )
-        self.writers_sup = Supervisor(
-            "writers",
-            [ChildSpec(f"writer.{name}", functools.partial(w.run, self._writer_inputs[name][1]),
-                       RestartPolicy.TRANSIENT) for name, w in self.writers.items()],
-        )
         from soar.ddb import load_privacy, tow_ids_for
 
         self.privacy.replace(await trio.to_thread.run_sync(load_privacy, self.database_url))
         self.tow.detector.tow_ids = await trio.to_thread.run_sync(
             tow_ids_for, self.database_url, self.settings.tow_registrations
         )
-        for sink in self.sinks.values():
-            await trio.to_thread.run_sync(sink.open)
+        for edge in self.envelope_edges.values():
+            if edge.spill is not None:
+                await trio.to_thread.run_sync(edge.spill.open)
+        if not self.restore_open_flights:
+            return
         # Live feeds run on the wall clock: a flight silent for an hour is over. A replay's fix
         # clock is the capture's recorded time: the first replayed fix decides, so a replay run
         # again after SIGTERM continues the flights it left open instead of duplicating them.
@@ -302,13 +373,13 @@ class Pipeline:
         def load() -> list[Any]:
             with self.pool.connection() as conn:
                 # Enough history for the < 1 s rule over what a write-ahead log may replay.
-                return open_flights(conn, shards=list(shards), shard_of=self.owner_shard,
+                return open_flights(conn, shards=list(shards), shard_of=self.local_shard,
                                     last_fixes=600)
 
         found = await trio.to_thread.run_sync(load)
         by_shard: dict[int, list[tuple[FlightRow, list[Fix]]]] = {i: [] for i in shards}
         for item in found:
-            by_shard[self.owner_shard(item.flight.aircraft_id)].append((item.flight, item.fixes))
+            by_shard[self.local_shard(item.flight.aircraft_id)].append((item.flight, item.fixes))
         for index, flights in by_shard.items():
             self.shards[index].restore(flights, now_us=now_us)
         return len(found)
@@ -319,60 +390,23 @@ class Pipeline:
             self.pool = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        assert self.writers_sup is not None, "open() first"
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._watch_queues)
-            nursery.start_soon(self.maintenance_sup.run)
-            async with trio.open_nursery() as stages:
-                stages.start_soon(self._stage, self.writers_sup, [])
-                stages.start_soon(self._stage, self.live_sup, [])
-                stages.start_soon(self.tow_sup.run)
-                stages.start_soon(
-                    self._stage, self.shards_sup,
-                    [self.fix_channel[0], self.flight_channel[0], self.aircraft_channel[0]],
-                    self.live_sup, self.tow.close,
-                )
-                stages.start_soon(
-                    self._stage, self.decoders_sup,
-                    [*(send for send, _ in self.shard_channels), self.receiver_channel[0]],
-                )
-                stages.start_soon(self._run_sources)
-                if self.archive_sup is not None:
-                    stages.start_soon(self.archive_sup.run)
-                task_status.started()
-            nursery.cancel_scope.cancel()  # the queue watcher
-        self._core_done.set()
+        """The data path alone under a root of its own, until it has drained (a library
+        caller's or a test's; a role runs `stages` beside its own under one root)."""
+        assert self.writers, "open() first"
+        self.topology = Topology("pipeline", self.stages)
+        task_status.started()
+        await self.topology.run()
 
-    @staticmethod
-    async def _stage(
-        sup: Supervisor,
-        close_after: list[Any],
-        stop_after: Supervisor | None = None,
-        then: Callable[[], None] | None = None,
-    ) -> None:
-        await sup.run()
-        for channel in close_after:
-            await channel.aclose()
-        if stop_after is not None:
-            stop_after.stop()
-        if then is not None:
-            then()
-
-    async def _run_sources(self) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.spool_sup.run)
-            await self.sources_sup.run()
-            if self.hold_open:
-                await self._drain_requested.wait()
-            # Sources ended (a replay finished, or drain() stopped them): hand over what is
-            # spooled, then close the envelope channels so the decoders finish.
-            self.spool_sup.stop()
-        for sink in self.sinks.values():
-            await sink.flush()
-        for send, _ in self.envelopes.values():
-            await send.aclose()
-        if self.archive_channel is not None:
-            await self.archive_channel[0].aclose()
+    async def _feed(self) -> None:
+        await self.sources_sup.run()
+        if self.hold_open:
+            await self._drain_requested.wait()
+        # Sources ended (a replay finished, or drain() stopped them): hand over what is
+        # spooled; the stage then closes the envelope edges so the decoders finish.
+        self._stop_stage("spools")()
+        for edge in self.envelope_edges.values():
+            if edge.spill is not None:
+                await edge.spill.flush()
 
     async def drain(self) -> None:
         """Stop the sources and wait until everything they produced is committed."""
@@ -384,53 +418,49 @@ class Pipeline:
         """For replays: wait until the sources have ended by themselves and all is committed."""
         await self._core_done.wait()
 
+    async def shard_input(self, index: int, item: ShardInput) -> None:
+        """Hand shard `index` a control input (in its order with the decoders' inputs)."""
+        await self.shard_edges[index].send(item)
+
     # -- stage bodies --------------------------------------------------------------------------
 
     async def _decode(self, protocol: Protocol) -> None:
         decoder = self.decoders[protocol]
-        receive = self.envelopes[protocol][1]
-        shard_sends = [send for send, _ in self.shard_channels]
-        store = self.receiver_channel[0]
+        receive = self.envelope_edges[protocol].receiver()
+        shard_edges = self.shard_edges
+        store = self.writer_edges["receivers"]
         local = self.local_shard
         last_tick_us = 0
-        # A trio checkpoint costs ~10 µs: take what is already buffered and hand it on without
-        # one per message, and wait (await) only when a channel is empty or full.
-        while (env := await receive_buffered(receive)) is not None:
-            if env.received_us - last_tick_us >= TICK_EVERY_US:
-                # The fix clock reaches every shard, so a shard with no traffic still times
-                # its flights out.
-                last_tick_us = env.received_us
-                for send in shard_sends:
-                    await send.send(ClockTick(env.received_us))
-            decoded = decoder.decode(env)
-            for ident, item in decoded.shard_items:
-                channel = shard_sends[local(ident)]
-                try:
-                    channel.send_nowait(item)
-                except trio.WouldBlock:
-                    await channel.send(item)
-            for row in decoded.store_rows:
+        try:
+            # A trio checkpoint costs ~10 µs: take what is already buffered and hand it on
+            # without one per message, and wait (await) only when an edge is empty or full.
+            while (env := await receive_buffered(receive)) is not None:
+                if env.received_us - last_tick_us >= TICK_EVERY_US:
+                    # The fix clock reaches every shard, so a shard with no traffic still times
+                    # its flights out.
+                    last_tick_us = env.received_us
+                    for tick_edge in shard_edges:
+                        await tick_edge.send(ClockTick(env.received_us))
+                decoded = decoder.decode(env)
+                for ident, item in decoded.shard_items:
+                    edge = shard_edges[local(ident)]
+                    try:
+                        edge.channel.send_nowait(item)
+                    except trio.WouldBlock:
+                        await edge.channel.send(item)
+                    edge.sent += 1
+                for row in decoded.store_rows:
+                    await store.send(row)
+                if decoder.messages % 256 == 0:
+                    await trio.lowlevel.checkpoint()  # let the other protocols and shards run
+            for row in decoder.flush_receivers():
                 await store.send(row)
-            if decoder.messages % 256 == 0:
-                await trio.lowlevel.checkpoint()  # let the other protocols and shards run
-        for row in decoder.flush_receivers():
-            await store.send(row)
-
-    def owner_shard(self, ident: int) -> int:
-        """This process's shard for `ident`, or -1 when another process owns it."""
-        n = len(self.shards)
-        local = shard_of(ident, n * self.slice_count) - self.slice_index * n
-        return local if 0 <= local < n else -1
+        finally:
+            receive.close()
 
     def local_shard(self, ident: int) -> int:
-        local = self.owner_shard(ident)
-        if local < 0:
-            # The ingest side routed it to the wrong process (a shard map that differs between
-            # processes): process it anyway, rather than lose it, and make it visible.
-            MISROUTED.inc()
-            log.warning("pipeline.misrouted", aircraft=f"{ident:08x}", slice=self.slice_index)
-            return shard_of(ident, len(self.shards))
-        return local
+        """This process's shard for aircraft `ident`."""
+        return shard_of(ident, len(self.shards))
 
     async def _run_shard(self, index: int) -> None:
         if self._shard_started[index]:
@@ -438,20 +468,24 @@ class Pipeline:
             # from what the database has (rows still queued for the writer are not lost: the
             # writer commits them; the shard only loses the part of a flight not yet written).
             self.shards[index].reset()
-            restored = await self._restore([index], now_us=None)
-            log.warning("shard.rebuilt", shard=index, flights=restored)
+            if self.restore_open_flights:
+                restored = await self._restore([index], now_us=None)
+                log.warning("shard.rebuilt", shard=index, flights=restored)
         self._shard_started[index] = True
-        # A clone, so that a crashed shard closing its end does not close the channel the
+        # Its own receive end, so that a crashed shard closing it does not close the edge the
         # decoders send to; the restarted shard reads on from where the other stopped.
-        await self.shards[index].run(self.shard_channels[index][1].clone(), self.shard_sinks)
-
-    def _archive(self, env: Envelope) -> None:
-        assert self.archive_channel is not None
+        receive = self.shard_edges[index].receiver()
         try:
-            self.archive_channel[0].send_nowait(env)
-        except trio.WouldBlock:
-            # The archive is a record, not the data path: it never slows a feed. Counted.
-            ARCHIVE_DROPPED.labels(protocol=env.protocol.value).inc()
+            await self.shards[index].run(receive.as_channel(), self.shard_sinks)
+        finally:
+            receive.close()
+
+    async def _write(self, name: str) -> None:
+        receive = self.writer_edges[name].receiver()
+        try:
+            await self.writers[name].run(receive.as_channel())
+        finally:
+            receive.close()
 
     async def _probe_database(self) -> None:
         """/readyz must turn false when the database goes away even if nothing is being
@@ -485,18 +519,6 @@ class Pipeline:
         await maintain_partitions(self.pool, retention_days=self.settings.fixes_retention_days,
                                   clock=self.wall_clock or wall_now)
 
-    async def _watch_queues(self) -> None:
-        while True:
-            for p, (env_send, _) in self.envelopes.items():
-                QUEUE_DEPTH.labels(stage=f"envelopes.{p.value}").set(
-                    env_send.statistics().current_buffer_used)
-            for i, (shard_send, _) in enumerate(self.shard_channels):
-                QUEUE_DEPTH.labels(stage=f"shard.{i}").set(shard_send.statistics().current_buffer_used)
-            for name, channel in (("fixes", self.fix_channel), ("flights", self.flight_channel),
-                                  ("aircraft", self.aircraft_channel), ("receivers", self.receiver_channel)):
-                QUEUE_DEPTH.labels(stage=f"writer.{name}").set(channel[0].statistics().current_buffer_used)
-            await trio.sleep(1.0)
-
     # -- what happened ------------------------------------------------------------------------
 
     def _committed(self, report: CommitReport) -> None:
@@ -527,31 +549,13 @@ class Pipeline:
             "committed": dict(self.committed),
         }
 
-    def activity(self) -> tuple[int, ...]:
-        """A fingerprint of work done and waiting; equal twice a moment apart means idle."""
-        buffered = sum(send.statistics().current_buffer_used for send, _ in self.envelopes.values())
-        buffered += sum(send.statistics().current_buffer_used for send, _ in self.shard_channels)
-        for channel in (self.fix_channel, self.flight_channel, self.aircraft_channel,
-                        self.receiver_channel):
-            buffered += channel[0].statistics().current_buffer_used
-        spooled = sum(sink.depth for sink in self.sinks.values())
-        done = sum(d.messages for d in self.decoders.values()) + sum(self.committed.values())
-        return buffered, spooled, done
-
-    def quiescent_now(self) -> bool:
-        buffered, spooled, _done = self.activity()
-        return buffered == 0 and spooled == 0 and all(w.idle for w in self.writers.values())
-
     # -- what the web side shows ---------------------------------------------------------------
 
     def tree(self) -> dict[str, Any]:
-        sups = [self.sources_sup, self.spool_sup, self.decoders_sup, self.shards_sup, self.live_sup,
-                self.tow_sup, self.maintenance_sup]
-        if self.archive_sup is not None:
-            sups.append(self.archive_sup)
-        if self.writers_sup is not None:
-            sups.append(self.writers_sup)
-        return {sup.name: sup.tree() for sup in sups}
+        """The supervision tree this pipeline runs in (its own root when run alone)."""
+        if self.topology is not None:
+            return self.topology.tree()
+        return {stage.name: stage.supervisor.tree() for stage in self.stages}
 
     def database_ready(self) -> bool:
         return (self._database_answers and bool(self.writers)

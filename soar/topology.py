@@ -161,6 +161,26 @@ class Edge(Generic[T]):
         self.sent += 1
         return True
 
+    def send_nowait(self, item: T) -> None:
+        """`trio.MemorySendChannel.send_nowait`, counted: `trio.WouldBlock` when full (a
+        dropping edge applies its policy instead and never raises it)."""
+        if self.policy in (EdgePolicy.DROP_NEWEST, EdgePolicy.DROP_OLDEST):
+            self.offer(item)
+            return
+        self.channel.send_nowait(item)
+        self.sent += 1
+
+    def as_sender(self) -> trio.MemorySendChannel[T]:
+        """This edge typed as the send channel that stage bodies written against trio channels
+        take (the shard's sinks, the tow detector): it has every method they use."""
+        return typing.cast("trio.MemorySendChannel[T]", self)
+
+    def sent_count(self) -> int:
+        return self.sent
+
+    def done_count(self) -> int:
+        return self.done
+
     async def aclose(self) -> None:
         """No more items: the consumer drains what is waiting, then sees the end."""
         self._closed = True

@@ -167,7 +167,8 @@ async def _ogn_rate(
         await pipeline.close()
     if block_beast:
         assert pipeline.decoders[Protocol.BEAST].messages == 0
-        assert pipeline.sinks[Protocol.BEAST].depth > 0, "the stalled feed spilled to its spool"
+        spill = pipeline.envelope_edges[Protocol.BEAST].spill
+        assert spill is not None and spill.depth > 0, "the stalled feed spilled to its spool"
     return ogn.count / elapsed
 
 
@@ -225,7 +226,7 @@ async def test_a_stuck_shard_shows_its_backlog_in_the_queue_depth_gauge(
     await pipeline.open()
 
     def gauge() -> float | None:
-        return REGISTRY.get_sample_value("soar_queue_depth", {"stage": "shard.0"})
+        return REGISTRY.get_sample_value("soar_edge_depth", {"edge": "shard.0"})
 
     try:
         async with trio.open_nursery() as nursery:
@@ -236,7 +237,7 @@ async def test_a_stuck_shard_shows_its_backlog_in_the_queue_depth_gauge(
             nursery.cancel_scope.cancel()
     finally:
         await pipeline.close()
-    assert pipeline.shard_channels[0][0].statistics().current_buffer_used == 200
+    assert pipeline.edges["shard.0"].depth == 200
 
 
 async def test_fixes_retention_setting_drops_old_days_from_the_running_pipeline(

@@ -3,7 +3,7 @@
 For each feed (OGN, Beast, SBS) two runs, each in fresh processes on this machine:
 
 - **throughput**: the feed server sends as fast as the socket takes it. The source hands its
-  envelopes to an `OverflowSink` *without* a spool, so a full pipeline pushes back through
+  envelopes to a BLOCK envelope edge (`block_envelopes`, no spool), so a full pipeline pushes back through
   TCP instead of spilling to disk (with the spool, a faster-than-capacity feed would only
   measure how fast the disk spool fills). Rate = messages decoded / time from the first
   connection until `Pipeline.drain()` returned, i.e. until every fix they made was committed.
@@ -393,7 +393,7 @@ async def _soar_main(job: _Job, events: Any, clients_ready: Any, devnull: Any) -
     from soar.ingest.sbs_source import SbsSource
     from soar.ingest.tcp import EnvelopeSink
     from soar.log import configure_logging
-    from soar.overflow import SPOOLED, OverflowSink
+    from soar.overflow import SPOOLED
     from soar.pipeline import Pipeline, SourceSpec, counter_total
     from soar.records import Protocol
     from soar.runtime import settle_runtime
@@ -419,7 +419,7 @@ async def _soar_main(job: _Job, events: Any, clients_ready: Any, devnull: Any) -
 
     async def source(sink: EnvelopeSink) -> None:
         del sink  # push back through TCP instead of spooling (see the module doc)
-        await client.run(OverflowSink(protocol, holder[0].envelopes[protocol][0], None, 0))
+        await client.run(holder[0].sinks[protocol])
 
     commit = LatencyHistogram()
 
@@ -437,7 +437,7 @@ async def _soar_main(job: _Job, events: Any, clients_ready: Any, devnull: Any) -
             live_addr=f"inproc://soar-bench-{os.getpid()}",
         )
         spec = SourceSpec("bench", protocol, source, RestartPolicy.TEMPORARY)
-        pipeline = Pipeline(settings, job.url, sources=[spec])
+        pipeline = Pipeline(settings, job.url, sources=[spec], block_envelopes=True)
         holder.append(pipeline)
         pipeline.commit_hooks.append(on_commit)
         await pipeline.open()
@@ -524,12 +524,12 @@ async def _sample_depths(pipeline: Any, out: list[str], scope: Any) -> None:
     with scope:
         while True:
             await trio.sleep(0.1)
-            env = sum(recv.statistics().current_buffer_used for _s, recv in pipeline.envelopes.values())
-            shards = sum(s.statistics().current_buffer_used for s, _r in pipeline.shard_channels)
+            env = sum(edge.depth for edge in pipeline.envelope_edges.values())
+            shards = sum(edge.depth for edge in pipeline.shard_edges)
             now = time.perf_counter()
             parts = [f"{now - t0:5.1f}s (at {now:.1f}) envelopes={env} shards={shards}"]
-            for name in ("fix", "flight", "aircraft"):
-                parts.append(f"{name}={getattr(pipeline, name + '_channel')[0].statistics().current_buffer_used}")
+            for name in ("fixes", "flights", "aircraft"):
+                parts.append(f"{name}={pipeline.writer_edges[name].depth}")
             parts.append(f"live={pipeline.live.pending}")
             parts.append("committed=" + ",".join(f"{k}:{v}" for k, v in sorted(pipeline.committed.items())))
             out.append(" ".join(parts))
