@@ -26,7 +26,6 @@ are added only when the aircraft is identified.
 from __future__ import annotations
 
 import json
-import math
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -40,16 +39,33 @@ from quart import Blueprint, websocket
 
 from soar.live import LIVE_DROPPED, PIPE_BUFFER, nats_topics, topic_bytes
 from soar.protocols.live_wire import (
+    MAX_AIRCRAFT_PER_CLIENT,
+    MAX_SQUARES_PER_CLIENT,
     PYNNG_TOPICS,
+    AircraftRequest,
+    AreaRequest,
+    BadRequest,
     LiveWireError,
+    Rejection,
+    SetOptions,
+    Square,
     TopicNames,
+    acknowledgement,
     decode_fixes,
+    parse_client_message,
+    squares_in_bounds,
     unframe,
     wire_square,
 )
 
 if TYPE_CHECKING:
     from soar.broker.client import JetStreamLink, LiveSubscription
+
+__all__ = [  # the pure parts come from soar.protocols.live_wire, re-exported for callers
+    "MAX_AIRCRAFT_PER_CLIENT", "MAX_SQUARES_PER_CLIENT", "WS_DROPPED", "AircraftInfo",
+    "BadRequest", "ClientQueue", "LiveClient", "LiveHub", "Square", "connection_status",
+    "handle_client_message", "live_blueprint", "squares_in_bounds",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -73,12 +89,6 @@ HUB_SUBJECTS = prometheus_client.Gauge(
     "soar_live_hub_subjects", "NATS subjects the live hub is subscribed to (split mode)"
 )
 
-#: A client may follow at most this many 1x1 degree squares (a 20x20 degree view): each square is one
-#: SUB topic, and nng matches topics linearly.
-MAX_SQUARES_PER_CLIENT = 400
-MAX_AIRCRAFT_PER_CLIENT = 100
-
-
 @dataclass(frozen=True, slots=True)
 class AircraftInfo:
     tracked: bool = True
@@ -87,9 +97,6 @@ class AircraftInfo:
     competition_number: str | None = None
     model: str | None = None
     category: str | None = None
-
-
-Square = tuple[int, int]
 
 
 class AircraftDirectory:
@@ -139,46 +146,6 @@ class AircraftDirectory:
                 task_status.started()
                 started = True
             await trio.sleep(self.refresh_interval)
-
-
-class BadRequest(ValueError):
-    """A client message that cannot be honoured; its text goes back to the client."""
-
-
-def squares_in_bounds(north: float, south: float, east: float, west: float) -> list[Square]:
-    """The 1x1 degree squares (floor(lat), floor(lon)) covering the bounds; west > east crosses 180°.
-
-    Raises BadRequest for out-of-range values or more than MAX_SQUARES_PER_CLIENT squares.
-    """
-    for name, value, limit in (
-        ("north", north, 90.0), ("south", south, 90.0), ("east", east, 180.0), ("west", west, 180.0)
-    ):
-        if not math.isfinite(value) or abs(value) > limit:
-            raise BadRequest(f"bounds.{name} out of range")
-    if south > north:
-        raise BadRequest("bounds.south is north of bounds.north")
-    lat_lo, lat_hi = math.floor(south), _upper_square(north, south, 89)
-    if west <= east:
-        lon_ranges = [(math.floor(west), _upper_square(east, west, 179))]
-    else:
-        lon_ranges = [(math.floor(west), 179), (-180, _upper_square(east, -180.0, 179))]
-    count = (lat_hi - lat_lo + 1) * sum(hi - lo + 1 for lo, hi in lon_ranges)
-    if count > MAX_SQUARES_PER_CLIENT:
-        raise BadRequest(f"area too large: {count} squares (at most {MAX_SQUARES_PER_CLIENT})")
-    return [
-        (lat, lon)
-        for lat in range(lat_lo, lat_hi + 1)
-        for lo, hi in lon_ranges
-        for lon in range(lo, hi + 1)
-    ]
-
-
-def _upper_square(high: float, low: float, cap: int) -> int:
-    # An edge exactly on a whole degree does not reach into the next square.
-    square = math.floor(high)
-    if square == high and high > low:
-        square -= 1
-    return min(square, cap)
 
 
 class ClientQueue:
@@ -587,68 +554,26 @@ def _receive_batch(sock: Any) -> list[bytes]:
 
 def handle_client_message(hub: LiveHub, client: LiveClient, text: str | bytes) -> dict[str, Any]:
     """Apply one client message; returns the acknowledgement (or an error) to send back."""
+    request = parse_client_message(text)
     try:
-        message = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
-        return _reject("invalid_json", "message is not JSON")
-    if not isinstance(message, dict):
-        return _reject("not_object", "message must be a JSON object")
-    kind, action = message.get("type"), message.get("action")
-    if kind == "options":
-        # Opt-in extension: several fixes per WebSocket message, {"type":"fixes","fixes":[…]},
-        # each element a "fix" message. A busy map needs it; the default stays one per message.
-        batch = message.get("batch")
-        if not isinstance(batch, bool):
-            return _reject("bad_request", "options.batch must be true or false")
-        client.batch = batch
-        return {"type": "options", "batch": batch}
-    if action not in ("subscribe", "unsubscribe"):
-        return _reject("bad_action", "action must be subscribe or unsubscribe")
-    try:
-        if kind == "area_bulk":
-            bounds = message.get("bounds")
-            if not isinstance(bounds, dict):
-                raise BadRequest("bounds must be an object with north, south, east, west")
-            values = {}
-            for name in ("north", "south", "east", "west"):
-                value = bounds.get(name)
-                if isinstance(value, bool) or not isinstance(value, int | float):
-                    raise BadRequest(f"bounds.{name} must be a number")
-                values[name] = float(value)
-            squares = squares_in_bounds(**values)
-            if action == "subscribe":
+        match request:
+            case Rejection():
+                WS_BAD_MESSAGES.labels(reason=request.reason).inc()
+                return request.reply()
+            case SetOptions(batch=batch):
+                client.batch = batch
+            case AreaRequest(subscribe=True, squares=squares):
                 hub.subscribe_squares(client, squares)
-            else:
+            case AreaRequest(squares=squares):
                 hub.unsubscribe_squares(client, squares)
-            return {
-                "type": "subscribed" if action == "subscribe" else "unsubscribed",
-                "what": "area_bulk",
-                "squares": len(squares),
-                "total_squares": len(client.squares),
-            }
-        if kind == "aircraft":
-            ident = message.get("id")
-            if isinstance(ident, str) and ident.isdigit():
-                ident = int(ident)
-            if isinstance(ident, bool) or not isinstance(ident, int) or not 0 <= ident < 2**31:
-                raise BadRequest("id must be an aircraft id (integer)")
-            if action == "subscribe":
+            case AircraftRequest(subscribe=True, ident=ident):
                 hub.subscribe_aircraft(client, ident)
-            else:
+            case AircraftRequest(ident=ident):
                 hub.unsubscribe_aircraft(client, ident)
-            return {
-                "type": "subscribed" if action == "subscribe" else "unsubscribed",
-                "what": "aircraft",
-                "id": ident,
-            }
-    except BadRequest as exc:
-        return _reject("bad_request", str(exc))
-    return _reject("bad_type", "type must be area_bulk, aircraft or options")
-
-
-def _reject(reason: str, text: str) -> dict[str, Any]:
-    WS_BAD_MESSAGES.labels(reason=reason).inc()
-    return {"type": "error", "error": text}
+    except BadRequest as exc:  # over a per-client cap
+        WS_BAD_MESSAGES.labels(reason="bad_request").inc()
+        return Rejection("bad_request", str(exc)).reply()
+    return acknowledgement(request, len(client.squares))
 
 
 def connection_status(hub: LiveHub | None, client: LiveClient | None) -> dict[str, Any]:
