@@ -5,13 +5,15 @@ duty manager applies reading the launch point:
 
 * **aerotow** — the flight has a tow partner (`soar.tracking.tow` paired it with a tow plane
   and recorded the release). The tow plane's registration goes with it.
-* **winch** — a steep climb from rest on an airfield with no tow partner: the takeoff was
-  *observed* (the aircraft was seen on the ground first, not first seen airborne and not a
-  takeoff projected out of coverage), the flight departed from a known airfield, the aircraft
-  is one that is winched (glider, hang glider, paraglider, or an OGN device of unknown type),
-  and within `WINCH_WINDOW_S` of the takeoff it climbed at `WINCH_CLIMB_FPM` or more. An
-  aerotow climbs at 300-1,000 fpm behind the tug; a winch launch at 2,000-4,000 fpm (the real
-  Koenigsdorf launches: 3,445 fpm 8 s after the roll began, 4,257 fpm with a broken rope).
+* **winch** — a steep climb from rest with no tow partner: the takeoff was *observed* (the
+  aircraft was seen standing on the ground first, so it was on a field; not first seen
+  airborne and not a takeoff projected out of coverage), the aircraft is one that is winched
+  (glider, hang glider, paraglider, or an OGN device of unknown type), and within
+  `WINCH_WINDOW_S` of the takeoff it climbed at `WINCH_CLIMB_FPM` or more. An aerotow climbs
+  at 300-1,000 fpm behind the tug; a winch launch at 2,000-4,000 fpm (the real Koenigsdorf
+  launches: 3,445 fpm 6 s after the roll began, 4,257 fpm with a broken rope). The airfield is
+  not required to be *named*: many glider sites (Koenigsdorf among them) are missing from the
+  airport tables, and standing still before the climb already says it was on one.
 * **self** — a powered aircraft (OGN type tow plane, helicopter, drop plane, powered, jet,
   airship, UAV), or an ADS-B aircraft whose emitter category is not a glider, balloon,
   parachutist or ultralight, seen taking off on its own. A tow plane's own flight is `self`
@@ -86,7 +88,6 @@ def launch_method(facts: LaunchFacts) -> LaunchMethod:
     winched = kind in _WINCHED or (kind is None and not facts.adsb)
     if (
         winched
-        and facts.departure_airport is not None
         and facts.max_early_climb_fpm is not None
         and facts.max_early_climb_fpm >= WINCH_CLIMB_FPM
     ):

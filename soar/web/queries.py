@@ -348,20 +348,21 @@ def flight_by_id(conn: Conn, flight_id: uuid.UUID) -> Row | None:
 
 def flight_track(conn: Conn, flight: Row, limit: int) -> list[Row]:
     """The flight's fixes: its aircraft between its first and last fix (one flight at a time),
-    in the order of their own times (late fixes in their place)."""
+    in the order of their own times (late fixes in their place). Found through the flight's
+    id: the row the API holds has no aircraft id when the aircraft is stealth."""
     return _all(
         conn,
         f"""
         SELECT {FIX_TIME} AS time, received_at, lat, lon, altitude_ft, agl_ft, ground_speed_kt,
                track_deg, climb_fpm
-        FROM fixes
-        WHERE aircraft_id = %(aircraft)s
-          AND {FIX_TIME} >= %(first)s AND {FIX_TIME} <= %(last)s
+        FROM flights fl
+        JOIN fixes ON fixes.aircraft_id = fl.aircraft_id
+          AND {FIX_TIME} >= fl.first_fix_at AND {FIX_TIME} <= fl.last_fix_at
+        WHERE fl.id = %(flight)s
         ORDER BY {FIX_TIME}, received_at
         LIMIT %(limit)s
         """,
-        {"aircraft": flight["aircraft_id"], "first": flight["first_fix_at"],
-         "last": flight["last_fix_at"], "limit": limit},
+        {"flight": flight["id"], "limit": limit},
     )
 
 
