@@ -205,7 +205,7 @@ async def test_stealth_bit_stored_never_streamed_and_shown_without_identity(
     assert len(client.queue) == 0 and hub.received_fixes == 0, "and never streamed"
     # REST: a stealth aircraft is not found by its id (which holds its address); its flights
     # are listed without identity (tests/web/test_flight_log.py)
-    status, body = await http_get(host, f"/api/aircraft/{ident}")
+    status, _ = await http_get(host, f"/api/aircraft/{ident}")
     assert status == 404
     await pipeline.close()
     nursery.cancel_scope.cancel()

@@ -158,6 +158,7 @@ async def test_time_zone_moves_the_day_and_the_csv_times(soar: RunningSoar) -> N
     utc = await get_json(soar, "/api/flights?date=2025-12-24")
     assert len(by_aircraft(utc["flights"], TRACE_ID)) == 1 and utc["tz"] == "UTC"
     code, text = await fetch(soar, "/api/flights?date=2025-12-24&tz=Asia/Tokyo&format=csv")
+    assert code == 200
     rows = list(csv.DictReader(io.StringIO(text)))
     assert [(r["date"], r["first_seen"], r["takeoff"], r["landing"]) for r in rows] == [
         ("2025-12-24", "07:18", "", "07:32"), ("2025-12-24", "14:46", "14:45", "16:28")]
