@@ -6,6 +6,9 @@ puts late and reordered fixes in that order first. Receive times count only for 
 flight times out when nothing has *arrived* for its aircraft for 1 h (`on_clock` gets the
 shard's receive clock), so a backlog delivered hours late is still one flight per flight.
 The shard owns one machine per aircraft and turns the returned events into rows and messages.
+Every state change goes through `FlightStateMachine.enter`, checked against `TRANSITIONS`, the
+table that draws docs/flight-states.md: a change the table does not draw raises
+`IllegalTransition` (a bug in the rules, never bad input; the shard quarantines that input).
 
 Rules (DESIGN "Flight state machine"):
 
@@ -129,6 +132,7 @@ TRANSITIONS: tuple[tuple[FlightState, FlightState, str], ...] = (
     (FlightState.FLYING, FlightState.FLYING, "active fix"),
     (FlightState.FLYING, FlightState.LANDING, "inactive fix"),
     (FlightState.LANDING, FlightState.FLYING, "active fix"),
+    (FlightState.LANDING, FlightState.LANDING, "inactive fix, fewer than 5"),
     (
         FlightState.LANDING,
         FlightState.ON_GROUND,
@@ -148,6 +152,11 @@ TRANSITIONS: tuple[tuple[FlightState, FlightState, str], ...] = (
         "no fix for 1 h (or split gap) descending, ground ≤ 10 min ahead: landed out of coverage",
     ),
     (
+        FlightState.LANDING,
+        FlightState.ON_GROUND,
+        "no fix for 1 h (or split gap) descending, ground ≤ 10 min ahead: landed out of coverage",
+    ),
+    (
         FlightState.NEW,
         FlightState.FLYING,
         "active fix after a landing, ground ≤ 10 min back at its climb: takeoff out of coverage",
@@ -157,7 +166,23 @@ TRANSITIONS: tuple[tuple[FlightState, FlightState, str], ...] = (
         FlightState.NEW,
         "split: callsign change, 30 min-1 h gap slow or not moving",
     ),
+    (
+        FlightState.LANDING,
+        FlightState.NEW,
+        "split: callsign change, 30 min-1 h gap slow or not moving",
+    ),
+    (FlightState.NEW, FlightState.FLYING, "restored after a restart, last fix active"),
+    (FlightState.NEW, FlightState.LANDING, "restored after a restart, last fix inactive"),
 )
+
+
+ALLOWED: frozenset[tuple[FlightState, FlightState]] = frozenset(
+    (source, target) for source, target, _label in TRANSITIONS
+)
+
+
+class IllegalTransition(RuntimeError):
+    """A state change the table does not draw: a bug in the rules, never bad input."""
 
 
 def mermaid_diagram() -> str:
@@ -498,6 +523,15 @@ class FlightStateMachine:
         other._pending = list(self._pending)
         return other
 
+    def enter(self, new: FlightState) -> None:
+        """The only way the state changes: checked against `TRANSITIONS`, so the drawn
+        machine is the machine that runs."""
+        if (self.state, new) not in ALLOWED:
+            raise IllegalTransition(
+                f"aircraft {self.aircraft_id:08x}: {self.state.value} -> {new.value}"
+            )
+        self.state = new
+
     # -- queries
 
     @property
@@ -676,7 +710,7 @@ class FlightStateMachine:
         if ordered:
             machine.last_fix = ordered[-1]
             machine._flight_last_fix = ordered[-1]
-        machine.state = FlightState.LANDING if machine.inactive_run else FlightState.FLYING
+        machine.enter(FlightState.LANDING if machine.inactive_run else FlightState.FLYING)
         machine._last_update_us = row.last_fix_us
         return machine
 
@@ -721,7 +755,7 @@ class FlightStateMachine:
                 timed_out.end_reason = None
                 timed_out.spurious_reason = None
                 self._closed.pop(timed_out.id, None)
-                self.state = FlightState.FLYING
+                self.enter(FlightState.FLYING)
                 events.append(FlightOpened(timed_out.snapshot(), "resumed"))
             else:
                 self.flight = None
@@ -736,7 +770,8 @@ class FlightStateMachine:
         return bool(classify_speed_agl(fix))
 
     def _reset_history(self) -> None:
-        self.state = FlightState.NEW
+        if self.state is not FlightState.NEW:  # history too old of a machine that knew none
+            self.enter(FlightState.NEW)
         self.inactive_run = 0
         self.recent.clear()
 
@@ -747,7 +782,7 @@ class FlightStateMachine:
             self.inactive_since_us = fix.time_us
         self.inactive_run += 1
         self.last_inactive_us = fix.time_us
-        self.state = FlightState.ON_GROUND
+        self.enter(FlightState.ON_GROUND)
 
     def _start(self, fix: Fix, events: list[Event]) -> None:
         needed = TAKEOFF_HISTORY_FIXES_ADSB if self._adsb_air_ground(fix) else TAKEOFF_HISTORY_FIXES
@@ -785,7 +820,7 @@ class FlightStateMachine:
         self._stats = _FlightStats()
         self._flight_last_fix = None
         self.inactive_run = 0
-        self.state = FlightState.FLYING
+        self.enter(FlightState.FLYING)
         self._add_to_flight(row, fix)
         self._last_update_us = fix.time_us
         events.append(FlightOpened(row.snapshot(), how if takeoff_us else "first_seen"))
@@ -800,13 +835,13 @@ class FlightStateMachine:
             return
         if active:
             self.inactive_run = 0
-            self.state = FlightState.FLYING
+            self.enter(FlightState.FLYING)
         else:
             if self.inactive_run == 0:
                 self.inactive_since_us = fix.time_us
             self.inactive_run += 1
             self.last_inactive_us = fix.time_us
-            self.state = FlightState.LANDING
+            self.enter(FlightState.LANDING)
             if self._adsb_air_ground(fix):
                 self._land(row, self.air_ground.since_us, fix, events)
                 return
@@ -861,7 +896,7 @@ class FlightStateMachine:
         row.landing_us = landing_us
         self._pending.append(_Pending("landing", landing_us, fix.lat, fix.lon, row.id))
         self._close(row, "landed", events)
-        self.state = FlightState.ON_GROUND
+        self.enter(FlightState.ON_GROUND)
         self.landed_us = landing_us
 
     def _landed_unseen(self, row: FlightRow, events: list[Event]) -> bool:
@@ -875,7 +910,7 @@ class FlightStateMachine:
         row.landing_us = touchdown.time_us
         row.arrival_airport = touchdown.airport or row.arrival_airport
         self._close(row, "landed_out_of_coverage", events)
-        self.state = FlightState.ON_GROUND
+        self.enter(FlightState.ON_GROUND)
         self.landed_us = touchdown.time_us
         return True
 
@@ -885,7 +920,7 @@ class FlightStateMachine:
         row.timed_out_us = row.last_fix_us + TIMEOUT_US
         row.timeout_phase = phase_of(self.recent, row.id)
         self._close(row, "timed_out", events)
-        self.state = FlightState.TIMED_OUT
+        self.enter(FlightState.TIMED_OUT)
 
     def _close(self, row: FlightRow, reason: str, events: list[Event]) -> None:
         row.end_reason = reason

@@ -8,6 +8,7 @@ from soar.records import FlightPhase, FlightRow, Protocol
 from soar.tracking.airports import Airport, AirportIndex
 from soar.tracking.flight import (
     HOUR,
+    TRANSITIONS,
     EnrichmentDue,
     Event,
     FixAccepted,
@@ -17,6 +18,7 @@ from soar.tracking.flight import (
     FlightOpened,
     FlightState,
     FlightStateMachine,
+    IllegalTransition,
     classify_speed_agl,
     mermaid_diagram,
     runway_designator,
@@ -486,6 +488,37 @@ def test_state_diagram_is_generated_from_the_transitions() -> None:
     diagram = mermaid_diagram()
     for state in FlightState:
         assert f" {state.value} " in diagram or f" {state.value}:" in diagram
+
+
+ILLEGAL = [
+    (old, new)
+    for old in FlightState
+    for new in FlightState
+    if (old, new) not in {(a, b) for a, b, _label in TRANSITIONS}
+]
+
+
+@pytest.mark.parametrize(("old", "new"), ILLEGAL, ids=[f"{a}-{b}" for a, b in ILLEGAL])
+def test_a_transition_the_table_does_not_draw_raises(old: FlightState, new: FlightState) -> None:
+    machine = FlightStateMachine(ADDRESS, ids())
+    machine.state = old
+    with pytest.raises(IllegalTransition, match=f"{old.value} -> {new.value}"):
+        machine.enter(new)
+    assert machine.state is old
+
+
+def test_the_table_forbids_what_cannot_happen() -> None:
+    assert (FlightState.NEW, FlightState.TIMED_OUT) in ILLEGAL  # no flight to time out
+    assert (FlightState.ON_GROUND, FlightState.LANDING) in ILLEGAL  # no flight to land
+    assert (FlightState.TIMED_OUT, FlightState.ON_GROUND) in ILLEGAL  # a fix decides first
+
+
+def test_a_landed_machine_refuses_a_timeout() -> None:
+    run = Run().feed(*ground(0, 3), *[fix(15 + 5 * i, 60.0) for i in range(4)], *ground(40, 5))
+    assert [c.reason for c in run.closed()] == ["landed"]
+    assert run.machine.state is FlightState.ON_GROUND
+    with pytest.raises(IllegalTransition):
+        run.machine.enter(FlightState.TIMED_OUT)
 
 
 def test_docs_diagram_is_current() -> None:
