@@ -28,6 +28,8 @@ A track restarted with the same id resumes its own still-valid keys at once.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import re
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -76,10 +78,17 @@ async def _nothing(_partition: int) -> None:
 class PartitionLeases:
     """This track's share of the partitions, kept in a lease bucket.
 
-    `on_acquired(p)` should start consuming p (e.g. start a task) and return; `on_released(p)`
-    must return only once p is no longer consumed here. Both run inside a round, one at a time.
-    When `run` is cancelled it releases everything (shielded, at most lease_s) and deletes its
-    keys, so a clean stop hands over at the others' next round instead of after the lease.
+    `on_acquired(p)` should start consuming p and may take a while (a track restores that
+    partition's flights from the database first); `on_released(p)` must return only once p is
+    no longer consumed here (and may also take a while: a track waits until what it fed from
+    p is committed). While `run` runs, the callbacks run in a task of their own, one at a time
+    and in order, so that a slow callback never delays the heartbeat and renewals (a track
+    whose rounds stall would lose its leases to the others). A partition being given back
+    keeps its key renewed until its `on_released` has returned, then the key is deleted; only
+    then can another track claim it. When `round` is called without `run` (tests, tools), the
+    callbacks run inside it. When `run` is cancelled it releases everything (shielded, at most
+    lease_s) and deletes its keys, so a clean stop hands over at the others' next round
+    instead of after the lease.
     """
 
     def __init__(
@@ -103,10 +112,13 @@ class PartitionLeases:
         self.on_acquired = on_acquired
         self.on_released = on_released
         self._revisions: dict[int, int] = {}
+        #: given back, key still renewed until on_released has returned: partition -> revision
+        self._releasing: dict[int, int] = {}
         self._valid_until = -float("inf")
         self.live_tracks: frozenset[str] = frozenset()
         self.rounds = 0
         self.changed = trio.Event()  # set (and replaced) whenever `owned` changes
+        self._work: trio.MemorySendChannel[tuple[str, int]] | None = None
 
     @property
     def owned(self) -> frozenset[int]:
@@ -115,16 +127,23 @@ class PartitionLeases:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Rounds for ever, every lease_s / 3; started after the first round (which may have
         found the bucket unreachable: ownership then simply starts later)."""
+        send, receive = trio.open_memory_channel[tuple[str, int]](math.inf)
         try:
-            await self.round()
-            task_status.started()
-            while True:
-                await trio.sleep(self.lease_s * ROUND_FRACTION)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._callbacks, receive)
+                self._work = send
                 await self.round()
+                task_status.started()
+                while True:
+                    await trio.sleep(self.lease_s * ROUND_FRACTION)
+                    await self.round()
         finally:
+            self._work = None
             # a clean stop hands over at once instead of after the lease
             with trio.CancelScope(shield=True), trio.move_on_after(self.lease_s):
                 await self.release_all(delete=True)
+                for partition in sorted(self._releasing):
+                    await self._give_back(partition)
                 try:
                     await self.store.delete(TRACK_PREFIX + self.track_id)
                 except BrokerError as exc:
@@ -141,9 +160,11 @@ class PartitionLeases:
         else:
             self._valid_until = started + self.lease_s * VALID_FRACTION
         self.rounds += 1
-        if self._revisions and trio.current_time() >= self._valid_until:
-            log.error("lease.expired_locally", track=self.track_id, partitions=len(self._revisions))
+        if (self._revisions or self._releasing) and trio.current_time() >= self._valid_until:
+            log.error("lease.expired_locally", track=self.track_id,
+                      partitions=len(self._revisions) + len(self._releasing))
             await self.release_all(delete=False)
+            self._releasing.clear()  # their keys expire on the server: nothing to delete
 
     async def release_all(self, *, delete: bool) -> None:
         """Stop consuming everything; with `delete`, free the keys for others at once."""
@@ -166,13 +187,27 @@ class PartitionLeases:
             except LeaseConflict:
                 log.warning("lease.lost", track=self.track_id, partition=partition)
                 await self._release(partition, delete=False)
-        for partition in sorted(wanted - self.owned):
+        for partition in sorted(self._releasing):  # kept until given back
+            key = PARTITION_PREFIX + str(partition)
+            if partition not in self._releasing:
+                continue  # given back during an earlier await of this loop
+            try:
+                revision = await self.store.update(key, me, self._releasing[partition])
+            except LeaseConflict:
+                self._releasing.pop(partition, None)
+                continue
+            if partition in self._releasing:
+                self._releasing[partition] = revision
+            else:  # given back meanwhile, its delete named the revision before this one
+                with contextlib.suppress(BrokerError):
+                    await self.store.delete(key, revision)
+        for partition in sorted(wanted - self.owned - set(self._releasing)):
             revision = await self._claim(partition, me)
             if revision is not None:
                 self._revisions[partition] = revision
                 self._changed()
                 log.info("lease.acquired", track=self.track_id, partition=partition)
-                await self.on_acquired(partition)
+                await self._call("acquired", partition)
 
     async def _claim(self, partition: int, me: bytes) -> int | None:
         key = PARTITION_PREFIX + str(partition)
@@ -191,13 +226,43 @@ class PartitionLeases:
     async def _release(self, partition: int, *, delete: bool) -> None:
         revision = self._revisions.pop(partition)
         self._changed()
-        await self.on_released(partition)
-        log.info("lease.released", track=self.track_id, partition=partition, freed=delete)
         if delete:
-            try:
-                await self.store.delete(PARTITION_PREFIX + str(partition), revision)
-            except BrokerError as exc:  # taken meanwhile, or unreachable: it expires anyway
-                log.debug("lease.release_not_deleted", partition=partition, error=str(exc))
+            self._releasing[partition] = revision
+            await self._call("give_back", partition)
+        else:
+            await self._call("released", partition)
+
+    async def _call(self, what: str, partition: int) -> None:
+        if self._work is not None:
+            self._work.send_nowait((what, partition))
+        else:
+            await self._run_callback(what, partition)
+
+    async def _callbacks(self, work: trio.MemoryReceiveChannel[tuple[str, int]]) -> None:
+        async for what, partition in work:
+            await self._run_callback(what, partition)
+
+    async def _run_callback(self, what: str, partition: int) -> None:
+        if what == "acquired":
+            if partition in self._revisions:  # not lost again meanwhile
+                await self.on_acquired(partition)
+        elif what == "give_back":
+            if partition in self._releasing:
+                await self._give_back(partition)
+        else:
+            await self.on_released(partition)
+            log.info("lease.released", track=self.track_id, partition=partition, freed=False)
+
+    async def _give_back(self, partition: int) -> None:
+        await self.on_released(partition)
+        revision = self._releasing.pop(partition, None)
+        log.info("lease.released", track=self.track_id, partition=partition, freed=True)
+        if revision is None:
+            return  # lost meanwhile (its key expired or was taken): nothing to delete
+        try:
+            await self.store.delete(PARTITION_PREFIX + str(partition), revision)
+        except BrokerError as exc:  # taken meanwhile, or unreachable: it expires anyway
+            log.debug("lease.release_not_deleted", partition=partition, error=str(exc))
 
     def _changed(self) -> None:
         self.changed.set()

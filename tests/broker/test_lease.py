@@ -162,3 +162,41 @@ def test_bad_arguments_are_refused() -> None:
         PartitionLeases(store, "has.dot", 4, LEASE)
     with pytest.raises(ValueError):
         PartitionLeases(store, "a", 0, LEASE)
+
+
+async def test_slow_callbacks_never_stall_the_heartbeat(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A track restoring flights (on_acquired) or waiting for its commits (on_released) for
+    longer than the lease keeps its leases: the rounds do not wait for the callbacks."""
+    store = MemoryLeaseStore(ttl=LEASE)
+    consumed: set[int] = set()
+
+    async def slow_acquire(p: int) -> None:
+        await trio.sleep(LEASE / 2)
+        consumed.add(p)
+
+    async def slow_release(p: int) -> None:
+        await trio.sleep(LEASE / 2)
+        consumed.discard(p)
+
+    slow = PartitionLeases(store, "a", PARTITIONS, LEASE, on_acquired=slow_acquire,
+                           on_released=slow_release)
+    other = PartitionLeases(store, "b", PARTITIONS, LEASE)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(slow.run)
+        await trio.sleep(PARTITIONS * LEASE / 2 + LEASE)  # every slow acquire has run
+        assert consumed == set(range(PARTITIONS)) and slow.owned == frozenset(range(PARTITIONS))
+        await other.round()
+        assert other.owned == frozenset()  # nothing expired meanwhile
+        # b joins for good: a gives b's share back, one slow release at a time, each key kept
+        # (renewed) until its release has returned
+        await nursery.start(other.run)
+        share = rendezvous.share("b", PARTITIONS, {"a", "b"})
+        for _ in range(200):
+            if other.owned == share:
+                break
+            assert not (other.owned & consumed), "b got a partition a still consumes"
+            await trio.sleep(LEASE / 20)
+        assert other.owned == share and not (share & consumed)
+        nursery.cancel_scope.cancel()
