@@ -285,16 +285,34 @@ def _gauge_connected() -> dict[str, tuple[str, bool]]:
     return found
 
 
+def _source_nodes(node: Any, found: dict[str, Any]) -> bool:
+    """Collect the `source.*` children anywhere in a supervision tree into `found`; True when
+    the tree has a `sources` supervisor at all (however nested: the topology may wrap it)."""
+    if isinstance(node, list):
+        return any([_source_nodes(item, found) for item in node])
+    if not isinstance(node, dict):
+        return False
+    has = node.get("name") == "sources" and isinstance(node.get("children"), dict)
+    children = node.get("children")
+    if isinstance(children, dict):
+        for name, child in children.items():
+            if name.startswith("source."):
+                found[name.removeprefix("source.")] = child
+    for value in node.values():
+        if isinstance(value, dict | list):
+            has = _source_nodes(value, found) or has
+    return has
+
+
 def feed_states(tree: dict[str, Any]) -> dict[str, Any]:
     """Per protocol: its state and its sources. Without a `sources` supervisor in the tree
     (the split `soar web` process reads no feed) every state is `unknown`."""
-    sources = tree.get("sources") if isinstance(tree, dict) else None
-    if not isinstance(sources, dict):
+    nodes: dict[str, Any] = {}
+    if not _source_nodes(tree, nodes):
         return {p: {"state": "unknown", "sources": []} for p in PROTOCOLS}
     gauge = _gauge_connected()
     by_protocol: dict[str, list[dict[str, str]]] = {p: [] for p in PROTOCOLS}
-    for child, node in (sources.get("children") or {}).items():
-        name = child.removeprefix("source.")
+    for name, node in nodes.items():
         protocol, connected = gauge.get(name, (None, False))
         if protocol is None:
             protocol = _SOURCE_PROTOCOL.get(name.split(":", 1)[0])
@@ -348,10 +366,16 @@ def airfields() -> tuple[Airfield, ...]:
     return tuple(out)
 
 
-def airfields_in(box: tuple[float, float, float, float], limit: int) -> list[Airfield]:
+def airfields_in(
+    box: tuple[float, float, float, float], limit: int, major: bool = False
+) -> list[Airfield]:
+    """Airfields in the box; `major`: only those with an IATA code (a zoomed-out map of the
+    US would otherwise be covered by private strips)."""
     west, south, east, north = box
 
     def inside(a: Airfield) -> bool:
+        if major and not a.iata:
+            return False
         within_lon = west <= a.lon <= east if west <= east else (a.lon >= west or a.lon <= east)
         return south <= a.lat <= north and within_lon
 
@@ -498,9 +522,12 @@ def map_blueprint(ctx: WebContext) -> Blueprint:
 
     @bp.get("/map/data/airfields")
     async def airfields_route() -> Response:
-        _only("bbox", "limit")
+        _only("bbox", "limit", "major")
         limit = int(_number("limit", 500, 1, MAX_AIRFIELDS))
-        found = airfields_in(box(), limit)
+        major = request.args.get("major", "false")
+        if major not in ("true", "false"):
+            raise ApiError(400, "major must be true or false")
+        found = airfields_in(box(), limit, major == "true")
         return jsonify({"airfields": [
             {"code": a.code, "iata": a.iata or None, "name": a.name, "lat": a.lat, "lon": a.lon,
              "elevation_ft": a.elevation_ft} for a in found

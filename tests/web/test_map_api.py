@@ -116,12 +116,16 @@ async def test_receivers_and_airfields(client: Any, web_db: Dataset) -> None:
 
 
 def test_feed_states_from_the_tree() -> None:
-    tree = {"sources": {"children": {
+    # the sources supervisor nested as the topology nests it, under a stage of the root
+    sources = {"name": "sources", "children": {
         "source.sbs:127.0.0.1:1": {"state": "backing_off"},
         "source.aprs:aprs.example:14580": {"state": "running"},
-    }}}
+    }}
+    tree = {"name": "soar", "children": {"sources": {"state": "running", "children": {
+        "feed": {"state": "running", "supervisor": sources}}}}}
     states = feed_states(tree)
     assert states["beast"]["state"] == "not_configured"
     assert states["sbs"]["state"] == "reconnecting"
     assert states["ogn"]["state"] == "reconnecting"
     assert feed_states({})["ogn"]["state"] == "unknown"
+    assert feed_states({"name": "sources", "children": {}})["ogn"]["state"] == "not_configured"
