@@ -28,7 +28,7 @@ import trio
 from prometheus_client import Counter
 
 from soar.records import AddressType, aircraft_id
-from soar.tracking.privacy import PrivacyDirectory
+from soar.tracking.privacy import PrivacyDirectory, read_directory
 
 log = structlog.get_logger(__name__)
 
@@ -221,17 +221,9 @@ def import_ddb(
 
 
 def load_privacy(database_url: str) -> PrivacyDirectory:
-    """The privacy snapshot from `aircraft`. Blocking.
-
-    Only rows the DDB wrote (device_type set) say anything about `identified`: the column
-    defaults to false for aircraft the tracker merely saw, which is no one's request.
-    """
+    """The privacy snapshot from `aircraft` (the one query of `soar.tracking.privacy`). Blocking."""
     with psycopg.connect(database_url) as conn:
-        rows = conn.execute(
-            "SELECT id, tracked, identified OR device_type IS NULL FROM aircraft"
-            " WHERE NOT tracked OR (NOT identified AND device_type IS NOT NULL)"
-        ).fetchall()
-    return PrivacyDirectory.from_rows((int(i), bool(t), bool(d)) for i, t, d in rows)
+        return read_directory(conn)
 
 
 def tow_ids_for(database_url: str, registrations: Iterable[str]) -> frozenset[int]:

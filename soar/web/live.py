@@ -57,12 +57,14 @@ from soar.protocols.live_wire import (
     unframe,
     wire_square,
 )
+from soar.tracking.privacy import REFRESH_S, AircraftInfo, PrivacyRegistry
 
 if TYPE_CHECKING:
     from soar.broker.client import JetStreamLink, LiveSubscription
 
 __all__ = [  # the pure parts come from soar.protocols.live_wire, re-exported for callers
-    "MAX_AIRCRAFT_PER_CLIENT", "MAX_SQUARES_PER_CLIENT", "WS_DROPPED", "AircraftInfo",
+    "MAX_AIRCRAFT_PER_CLIENT", "MAX_SQUARES_PER_CLIENT", "WS_DROPPED", "AircraftDirectory",
+    "AircraftInfo",
     "BadRequest", "ClientQueue", "LiveClient", "LiveHub", "Square", "connection_status",
     "handle_client_message", "live_blueprint", "squares_in_bounds",
 ]
@@ -89,63 +91,22 @@ HUB_SUBJECTS = prometheus_client.Gauge(
     "soar_live_hub_subjects", "NATS subjects the live hub is subscribed to (split mode)"
 )
 
-@dataclass(frozen=True, slots=True)
-class AircraftInfo:
-    tracked: bool = True
-    identified: bool = True
-    registration: str | None = None
-    competition_number: str | None = None
-    model: str | None = None
-    category: str | None = None
+class AircraftDirectory(PrivacyRegistry):
+    """The hub's holder of the one privacy authority, refreshed every `refresh_interval` s.
 
-
-class AircraftDirectory:
-    """What the hub knows about aircraft identity, refreshed from the database periodically.
-
-    Only hidden (tracked = false) and identified aircraft are loaded; any other aircraft is
-    shown without registration, which is the safe default for one not yet loaded.
+    Kept for the roles that build a hub of their own; where a process has shards, pass their
+    `PrivacyRegistry.get` to the hub instead and run one refresh.
     """
 
-    def __init__(self, refresh_interval: float = 30.0) -> None:
+    def __init__(self, refresh_interval: float = REFRESH_S) -> None:
+        super().__init__()
         self.refresh_interval = refresh_interval
-        self._infos: dict[int, AircraftInfo] = {}
-
-    def get(self, ident: int) -> AircraftInfo | None:
-        return self._infos.get(ident)
-
-    def load(self, rows: Iterable[dict[str, Any]]) -> None:
-        self._infos = {
-            int(row["id"]): AircraftInfo(
-                tracked=bool(row["tracked"]),
-                identified=bool(row["identified"]),
-                registration=row["registration"],
-                competition_number=row["competition_number"],
-                model=row["model"],
-                category=row["category"],
-            )
-            for row in rows
-        }
 
     async def run(
-        self, pool: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self, pool: Any, *, every_s: float | None = None,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        from soar.web import queries
-
-        def fetch() -> list[dict[str, Any]]:
-            with pool.connection() as conn:
-                return queries.aircraft_directory(conn)
-
-        started = False
-        while True:
-            try:
-                self.load(await trio.to_thread.run_sync(fetch))
-                log.debug("live.directory.loaded", aircraft=len(self._infos))
-            except Exception as exc:  # the database may be down; keep the last good copy
-                log.warning("live.directory.refresh_failed", error=str(exc))
-            if not started:
-                task_status.started()
-                started = True
-            await trio.sleep(self.refresh_interval)
+        await super().run(pool, every_s=every_s or self.refresh_interval, task_status=task_status)
 
 
 class ClientQueue:
