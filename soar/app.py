@@ -1,16 +1,22 @@
-"""The all-in-one process: the supervision tree in one place.
+"""The all-in-one process (`soar run`): one declared topology under one root supervisor.
 
-    run_all_in_one
-    ├── database (embedded PostgreSQL or SOAR_DATABASE_URL; migrations applied first)
-    ├── signals          SIGTERM/SIGINT -> orderly shutdown
-    ├── web              hypercorn (trio worker) serving the quart-trio app
-    └── pipeline         soar.pipeline.Pipeline: its own supervisors
-        ├── sources      per protocol: feed clients -> envelopes (cancelled first on shutdown)
-        └── core         decoders -> shard router -> shard owners -> store writer / live hub
+    run                      (root: soar.topology.Topology)
+    ├── <the data path>      soar.pipeline.Pipeline.stages: sources, spools, decoders, shards,
+    │                        tow, writers, live, archive, maintenance
+    ├── signals              SIGTERM/SIGINT -> orderly shutdown
+    ├── web                  hypercorn (trio worker) serving the quart-trio app
+    ├── hub                  live.hub: pynng SUB -> WebSocket clients
+    ├── directory            aircraft.directory: registrations for the live messages
+    └── runtime              gc.pauses (optional)
 
-Shutdown order: cancel the sources, let the core drain (every stage ends when its input closes,
-the writer flushes last), stop the web server, stop the embedded PostgreSQL; all within
+The database (embedded PostgreSQL or SOAR_DATABASE_URL, migrations applied first) is opened
+before the tree starts and stopped after it. Shutdown order: stop the sources, let the data
+path drain (every stage ends when its input closes, the writers flush last), stop the web
+server, then the rest of the tree, then the embedded PostgreSQL; all within
 `shutdown_deadline` seconds.
+
+`soar run --replay FILE` adds capture sources (beside the live feeds, if any) and keeps running
+after they end, so the live map shows a capture moving on its own clock.
 
 The listening socket is bound before anything else starts: an address already in use is one
 line naming the setting to change, with no database started and nothing to undo.
@@ -18,11 +24,14 @@ line naming the setting to change, with no database started and nothing to undo.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
 import sys
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import structlog
 import trio
@@ -30,6 +39,8 @@ import trio
 from soar.config import Settings
 from soar.database import Database, open_database
 from soar.runtime import log_slow_gc_pauses, settle_runtime
+from soar.supervisor import ChildSpec, RestartPolicy
+from soar.topology import Stage, Topology
 from soar.web.app import WebContext
 from soar.web.server import listen_socket, serve_web
 
@@ -52,62 +63,96 @@ async def _watch_signals(shutdown: trio.Event) -> None:
             shutdown.set()
 
 
-async def run_all_in_one(settings: Settings, shutdown: trio.Event | None = None) -> int:
-    """Run everything until SIGTERM/SIGINT (or `shutdown` is set); return the exit code."""
+async def run_all_in_one(
+    settings: Settings,
+    shutdown: trio.Event | None = None,
+    *,
+    replay: list[Path] | None = None,
+    speed: float | None = None,
+) -> int:
+    """Run everything until SIGTERM/SIGINT (or `shutdown` is set); return the exit code.
+
+    `replay`: capture files fed beside the live feeds, at `speed` (None: as fast as possible).
+    """
     with listen_socket(settings, "http_addr") as listener:
         db: Database = await trio.to_thread.run_sync(open_database, settings)
         try:
-            return await _run(settings, db, shutdown or trio.Event(), listener)
+            return await _run(settings, db, shutdown or trio.Event(), listener,
+                              replay or [], speed)
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(db.stop)
 
 
+def _sources(settings: Settings, replay: list[Path], speed: float | None) -> list[Any] | None:
+    """Live feeds, plus a capture source per `replay` file (None: just the live feeds)."""
+    if not replay:
+        return None
+    from soar.pipeline import SourceSpec, live_sources
+    from soar.replay import CaptureSource
+
+    captures = [CaptureSource(path, speed=speed) for path in replay]
+    return [*live_sources(settings),
+            *(SourceSpec(f"replay:{c.path.name}:{i}", c.protocol, c.run, RestartPolicy.TEMPORARY)
+              for i, c in enumerate(captures))]
+
+
 async def _run(
-    settings: Settings, db: Database, shutdown: trio.Event, listener: socket.socket
+    settings: Settings, db: Database, shutdown: trio.Event, listener: socket.socket,
+    replay: list[Path], speed: float | None,
 ) -> int:
     from soar.pipeline import Pipeline
     from soar.web.live import AircraftDirectory, LiveHub
 
-    pipeline = Pipeline(settings, db.url)
+    # hold_open: a replay's captures end, the process (and its live map) does not
+    pipeline = Pipeline(settings, db.url, _sources(settings, replay, speed), hold_open=True)
     directory = AircraftDirectory()
     hub = LiveHub(settings.live_addr, directory=directory.get)
     ready_checks: dict[str, Callable[[], bool]] = {
         "database": pipeline.database_ready,
         "migrations": lambda: True,  # open_database applied them before anything started
     }
-    ctx = WebContext(tree=pipeline.tree, ready_checks=ready_checks, pool=None, live=hub)
+    tree: list[Topology] = []
+    ctx = WebContext(tree=lambda: tree[0].tree() if tree else {}, ready_checks=ready_checks,
+                     pool=None, live=hub)
     web_stop = trio.Event()
+    web_done = trio.Event()
     exit_code = 0
+    await pipeline.open()
+    ctx.pool = pipeline.pool
+
+    async def web() -> None:
+        try:
+            await serve_web(settings, ctx, web_stop, sock=listener)
+        finally:
+            web_done.set()
+
+    transient = RestartPolicy.TRANSIENT
+    topology = Topology("run", [
+        *pipeline.stages,
+        Stage("signals", [ChildSpec("signals", functools.partial(_watch_signals, shutdown))]),
+        Stage("web", [ChildSpec("web.server", web, transient)]),
+        Stage("hub", [ChildSpec("live.hub", hub.run)]),
+        Stage("directory", [ChildSpec("aircraft.directory",
+                                      functools.partial(directory.run, pipeline.pool))]),
+        Stage("runtime", [ChildSpec("gc.pauses", log_slow_gc_pauses)], essential=False),
+    ])
+    tree.append(topology)
+    settle_runtime()
+    log.info("soar.started", http=settings.http_addr,
+             database="embedded" if db.embedded else "external",
+             replay=[str(path) for path in replay] or None)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_watch_signals, shutdown)
-        await pipeline.open()
-        ctx.pool = pipeline.pool
-        await nursery.start(directory.run, pipeline.pool)
-        await nursery.start(hub.run)
-        web_done = trio.Event()
-
-        async def web(*, task_status: trio.TaskStatus[list[str]]) -> None:
-            try:
-                await serve_web(settings, ctx, web_stop, sock=listener, task_status=task_status)
-            finally:
-                web_done.set()
-
-        bound = await nursery.start(web)
-        settle_runtime()
-        nursery.start_soon(log_slow_gc_pauses)
-        log.info("soar.started", http=bound, database="embedded" if db.embedded else "external")
-
-        async with trio.open_nursery() as core:
-            await core.start(pipeline.run)
-            await shutdown.wait()
-            log.info("shutdown.draining", deadline_s=settings.shutdown_deadline)
-            with trio.move_on_after(settings.shutdown_deadline) as drain:
-                await pipeline.drain()
-            if drain.cancelled_caught:
-                log.error("shutdown.deadline_exceeded", deadline_s=settings.shutdown_deadline)
-                exit_code = 1
-                core.cancel_scope.cancel()
+        await nursery.start(topology.run)
+        await shutdown.wait()
+        log.info("shutdown.draining", deadline_s=settings.shutdown_deadline)
+        with trio.move_on_after(settings.shutdown_deadline) as drain:
+            await pipeline.drain()
+        if drain.cancelled_caught:
+            log.error("shutdown.deadline_exceeded", deadline_s=settings.shutdown_deadline)
+            exit_code = 1
+            for stage in pipeline.stages:
+                stage.stop()
         web_stop.set()
         await pipeline.close()
         with trio.move_on_after(WEB_GRACE_S):
@@ -123,6 +168,6 @@ async def _run(
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(exit_code)
-        nursery.cancel_scope.cancel()  # the signal watcher, the live hub, the GC pause log
+        topology.stop()  # the signal watcher, the live hub, the directory, the GC pause log
     log.info("soar.stopped", exit_code=exit_code)
     return exit_code

@@ -77,7 +77,13 @@ def _parser() -> argparse.ArgumentParser:
     database_url = "PostgreSQL URL (default: SOAR_DATABASE_URL or embedded)"
     speed = _positive("speed")
 
-    sub.add_parser("run", help="run everything in one process (the default)")
+    run = sub.add_parser("run", help="run everything in one process (the default)")
+    run.add_argument("--replay", nargs="+", type=Path, default=[], metavar="FILE",
+                     help="also feed these captures (beside any live feeds), then keep running: "
+                     "the live map shows them on their own clock")
+    run.add_argument("--speed", type=speed, default=None,
+                     help="replay speed factor, a positive number (1 = real time; default: as "
+                     "fast as possible)")
     m = sub.add_parser("migrate", help="apply database migrations")
     m.add_argument("--database-url", help=database_url)
 
@@ -135,6 +141,19 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_captures(files: list[Path]) -> None:
+    """A missing or unrecognisable capture is a one-line error before anything starts."""
+    from soar.replay import capture_kind
+
+    for path in files:
+        if not path.is_file():
+            raise UserError(f"{path}: no such capture file")
+        try:
+            capture_kind(path)
+        except (ValueError, OSError) as exc:
+            raise UserError(str(exc)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = args.command or "run"
@@ -162,9 +181,14 @@ def _dispatch(command: str, args: argparse.Namespace, settings: Settings) -> int
     import trio
 
     if command == "run":
+        import functools
+
         from soar.app import run_all_in_one
 
-        return trio.run(run_all_in_one, settings)
+        replay: list[Path] = list(getattr(args, "replay", None) or [])
+        _check_captures(replay)
+        return trio.run(functools.partial(run_all_in_one, settings, replay=replay,
+                                          speed=getattr(args, "speed", None)))
     if command == "migrate":
         from soar.app import migrate_command
 

@@ -63,7 +63,14 @@ def test_start_ready_metrics_sigterm(tmp_path: Path) -> None:
         assert status == 200
         health = json.loads(body)
         assert health["status"] == "ok"
-        assert health["tree"]["shards"]["children"]
+        tree = health["tree"]
+        # one root: the data path's stages and the process's own tasks side by side
+        assert tree["name"] == "run" and tree["state"] == "running"
+        stages = tree["children"]
+        assert {"sources", "decoders", "shards", "writers", "maintenance", "web", "hub",
+                "signals", "directory"} <= set(stages)
+        assert stages["shards"]["supervisor"]["children"]["shard.0"]["state"] == "running"
+        assert stages["web"]["supervisor"]["children"]["web.server"]["state"] == "running"
         status, body = get(base + "/metrics")
         assert status == 200
         assert b"soar_task_running" in body
@@ -82,3 +89,65 @@ def test_start_ready_metrics_sigterm(tmp_path: Path) -> None:
     names = [e["event"] for e in events]
     assert "shutdown.requested" in names and "soar.stopped" in names
     assert all("task" in e for e in events), "every log line carries the task name"
+
+
+def test_run_with_replay_streams_the_capture_to_a_websocket_client(testdata: Path) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="soar-rr-") as short:  # PostgreSQL's socket path
+        _run_with_replay(Path(short), testdata)
+
+
+def _run_with_replay(tmp_path: Path, testdata: Path) -> None:
+    # `soar run --replay FILE`: the all-in-one process with a capture as its feed, kept open,
+    # so the live map shows the capture moving on its own clock.
+    import trio
+    from trio_websocket import open_websocket_url
+
+    capture = testdata / "ogn" / "soar-flight-descended-out-of-range-then-took-off.txt"
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SOAR_")}
+    env |= {"SOAR_DATA_DIR": str(tmp_path / "var"), "SOAR_HTTP_ADDR": f"127.0.0.1:{port}",
+            "SOAR_LOG_FORMAT": "json", "SOAR_SHUTDOWN_DEADLINE": "20",
+            "SOAR_LIVE_ADDR": f"inproc://soar-run-replay-{port}"}
+    # at twice real time, the capture's first flight takes 5 minutes to play: the client
+    # subscribes long before it is over, however slow the start
+    proc = subprocess.Popen([sys.executable, "-m", "soar", "run", "--replay", str(capture),
+                             "--speed", "2"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+
+    async def first_fix() -> dict[str, object]:
+        async with open_websocket_url(f"ws://127.0.0.1:{port}/api/live") as ws:
+            await ws.get_message()  # connection_status
+            bounds = {"north": 53, "south": 50, "east": 6, "west": 2}  # around 51.6 N 3.9 E
+            await ws.send_message(json.dumps(
+                {"type": "area_bulk", "action": "subscribe", "bounds": bounds}))
+            while True:
+                message = json.loads(await ws.get_message())
+                assert message.get("type") != "error", message
+                if message.get("type") == "fix":
+                    return dict(message)
+                if message.get("type") == "fixes" and message["fixes"]:
+                    return dict(message["fixes"][0])
+
+    try:
+        wait_ready(base, proc)
+        fix = trio.run(lambda: _within(120, first_fix))
+        assert fix["id"], fix
+        # the capture's clock, not the wall clock: the beacons were heard on 2025-12-23
+        assert 1766528000_000000 <= int(str(fix["time_us"])) <= 1766532000_000000, fix
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out.decode()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+async def _within(seconds: float, fn: object) -> dict[str, object]:
+    import trio
+
+    with trio.fail_after(seconds):  # a bound on a hang, not a timing assertion
+        return await fn()  # type: ignore[operator,no-any-return]
