@@ -154,6 +154,18 @@ class FlightPhase(enum.StrEnum):
     UNKNOWN = "unknown"
 
 
+class EndReason(enum.StrEnum):
+    """Why a flight ended; stored as its value in `flights.end_reason`."""
+
+    LANDED = "landed"
+    LANDED_OUT_OF_COVERAGE = "landed_out_of_coverage"
+    TIMED_OUT = "timed_out"
+    SPLIT_CALLSIGN = "split_callsign"
+    SPLIT_GAP = "split_gap"
+    #: a late fix merged before it re-decided the aircraft's fixes without this flight
+    SUPERSEDED = "superseded"
+
+
 @dataclass(slots=True)
 class FlightRow:
     """The current state of one flight; the store upserts it by `id` (last write wins)."""
@@ -186,7 +198,7 @@ class FlightRow:
     release_us: int | None = None
     release_altitude_ft: float | None = None
     release_height_ft: float | None = None  # above the departure airfield
-    end_reason: str | None = None  # landed | landed_out_of_coverage | timed_out | split_callsign | split_gap | shutdown | superseded
+    end_reason: EndReason | None = None
     #: the aircraft's newest fix time when this row was written: the store keeps the row with
     #: the greatest, so a replayed older state never overwrites a newer one, while a flight
     #: that a late fix re-decided (its last fix may move back) still replaces what it was

@@ -20,7 +20,12 @@ import structlog
 import trio
 
 from soar.tracking.airports import AirportIndex
-from soar.tracking.flight import EnrichmentDue, runway_designator, runway_heading
+from soar.tracking.flight import (
+    EnrichmentDue,
+    EnrichmentKind,
+    runway_designator,
+    runway_heading,
+)
 from soar.tracking.metrics import ENRICHMENT
 
 log = structlog.get_logger(__name__)
@@ -32,7 +37,7 @@ AIRPORT_RADIUS_M = 2000.0
 class EnrichmentResult:
     aircraft_id: int
     flight_id: uuid.UUID
-    kind: str  # takeoff | landing
+    kind: EnrichmentKind
     airport: str | None
     runway: str | None
 

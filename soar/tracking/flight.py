@@ -69,7 +69,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from soar.records import Fix, FlightPhase, FlightRow, Protocol, position_time
+from soar.records import EndReason, Fix, FlightPhase, FlightRow, Protocol, position_time
 from soar.tracking.geo import METRES_PER_NM, circular_mean_deg, distance_m
 from soar.tracking.unseen import NearestAirport, project_to_ground
 
@@ -116,6 +116,28 @@ class FlightState(enum.StrEnum):
     FLYING = "flying"  # open flight, last fix active
     LANDING = "landing"  # open flight, counting inactive fixes
     TIMED_OUT = "timed_out"  # flight closed by timeout, may still be resumed
+
+
+class DropReason(enum.StrEnum):
+    """Why a fix adds nothing (see the module doc); a `soar_fixes_rejected_total` reason."""
+
+    DUPLICATE = "duplicate"
+    SAME_TIME_ELSEWHERE = "same_time_elsewhere"
+    THINNED = "thinned"
+
+
+class Opening(enum.StrEnum):
+    """How a flight was opened."""
+
+    TAKEOFF = "takeoff"
+    TAKEOFF_OUT_OF_COVERAGE = "takeoff_out_of_coverage"
+    FIRST_SEEN = "first_seen"  # first seen airborne: no takeoff time
+    RESUMED = "resumed"  # a timed-out flight going on
+
+
+class EnrichmentKind(enum.StrEnum):
+    TAKEOFF = "takeoff"
+    LANDING = "landing"
 
 
 # (from, to, label) — the machine drawn for docs/flight-states.md
@@ -227,13 +249,13 @@ class FixRevised:
 @dataclass(slots=True, frozen=True)
 class FixDropped:
     fix: Fix
-    reason: str  # duplicate | same_time_elsewhere | thinned
+    reason: DropReason
 
 
 @dataclass(slots=True, frozen=True)
 class FlightOpened:
     row: FlightRow  # a snapshot: later changes to the flight are new events
-    how: str  # takeoff | first_seen | resumed
+    how: Opening
 
 
 @dataclass(slots=True, frozen=True)
@@ -244,7 +266,7 @@ class FlightUpdated:
 @dataclass(slots=True, frozen=True)
 class FlightClosed:
     row: FlightRow
-    reason: str  # landed | timed_out | split_callsign | split_gap
+    reason: EndReason
 
 
 @dataclass(slots=True, frozen=True)
@@ -253,7 +275,7 @@ class EnrichmentDue:
 
     aircraft_id: int
     flight_id: uuid.UUID
-    kind: str  # takeoff | landing
+    kind: EnrichmentKind
     time_us: int
     lat: float
     lon: float
@@ -370,18 +392,18 @@ def _progress_ok(last: Fix, fix: Fix) -> bool:
     return moved_m >= MIN_PROGRESS * possible_m
 
 
-def repeat_reason(fix: Fix, other: Fix) -> str | None:
+def repeat_reason(fix: Fix, other: Fix) -> DropReason | None:
     """Why `fix` adds nothing to the accepted `other` (see the module doc), or None."""
     return _repeat_at(fix, other.time_us, other.lat, other.lon)
 
 
-def _repeat_at(fix: Fix, time_us: int, lat: float, lon: float) -> str | None:
+def _repeat_at(fix: Fix, time_us: int, lat: float, lon: float) -> DropReason | None:
     dt = fix.time_us - time_us
     if dt == 0:
         near = distance_m(fix.lat, fix.lon, lat, lon) <= DUPLICATE_DISTANCE_M
-        return "duplicate" if near else "same_time_elsewhere"
+        return DropReason.DUPLICATE if near else DropReason.SAME_TIME_ELSEWHERE
     if fix.protocol in ADSB_PROTOCOLS and -THIN_US < dt < THIN_US:
-        return "thinned"
+        return DropReason.THINNED
     return None
 
 
@@ -414,7 +436,7 @@ class AcceptedHistory:
         if len(times) > ACCEPTED_HISTORY:
             del times[0], self.lats[0], self.lons[0]
 
-    def repeat_of(self, fix: Fix) -> str | None:
+    def repeat_of(self, fix: Fix) -> DropReason | None:
         """`repeat_reason` against the accepted fixes around `fix`'s time, or None."""
         times = self.times
         i = bisect.bisect_left(times, fix.time_us)
@@ -428,7 +450,7 @@ class AcceptedHistory:
 
 @dataclass(slots=True)
 class _Pending:
-    kind: str
+    kind: EnrichmentKind
     time_us: int
     lat: float
     lon: float
@@ -601,7 +623,7 @@ class FlightStateMachine:
     def _remember(self, fix: Fix) -> None:
         self.accepted.add(fix)
 
-    def repeat_of_accepted(self, fix: Fix) -> str | None:
+    def repeat_of_accepted(self, fix: Fix) -> DropReason | None:
         """`repeat_reason` against the accepted fixes around `fix`'s time, or None."""
         position_time(fix)
         return self.accepted.repeat_of(fix)
@@ -645,7 +667,7 @@ class FlightStateMachine:
     def apply_enrichment(
         self,
         flight_id: uuid.UUID,
-        kind: str,
+        kind: EnrichmentKind,
         airport: str | None,
         runway: str | None,
     ) -> list[Event]:
@@ -653,7 +675,7 @@ class FlightStateMachine:
         row = row or self._closed.get(flight_id)
         if row is None:
             return []
-        if kind == "takeoff":
+        if kind == EnrichmentKind.TAKEOFF:
             row.departure_airport = airport or row.departure_airport
             row.takeoff_runway = runway or row.takeoff_runway
         else:
@@ -737,10 +759,10 @@ class FlightStateMachine:
         if flight is not None:
             if gap >= SPLIT_MIN_GAP_US and not _progress_ok(last, fix):
                 if not self._landed_unseen(flight, events):
-                    self._close(flight, "split_gap", events)
+                    self._close(flight, EndReason.SPLIT_GAP, events)
                 self._reset_history()
             elif fix.callsign and flight.callsign and fix.callsign != flight.callsign:
-                self._close(flight, "split_callsign", events)
+                self._close(flight, EndReason.SPLIT_CALLSIGN, events)
                 self._reset_history()
         elif self.state is FlightState.TIMED_OUT and self.flight is not None:
             timed_out = self.flight
@@ -756,7 +778,7 @@ class FlightStateMachine:
                 timed_out.spurious_reason = None
                 self._closed.pop(timed_out.id, None)
                 self.enter(FlightState.FLYING)
-                events.append(FlightOpened(timed_out.snapshot(), "resumed"))
+                events.append(FlightOpened(timed_out.snapshot(), Opening.RESUMED))
             else:
                 self.flight = None
                 self._reset_history()
@@ -790,7 +812,7 @@ class FlightStateMachine:
             self.inactive_run > 0 and fix.time_us - self.last_inactive_us <= HISTORY_WINDOW_US
         )
         takeoff_us: int | None = None
-        how = "takeoff"
+        how = Opening.TAKEOFF
         departure: str | None = None
         if recent_history and self.inactive_run >= needed:
             takeoff_us = self.air_ground.since_us if self._adsb_air_ground(fix) else fix.time_us
@@ -803,9 +825,9 @@ class FlightStateMachine:
                 floor = self.last_fix.time_us if self.last_fix is not None else self.landed_us
                 takeoff_us = max(liftoff.time_us, floor)
                 departure = liftoff.airport
-                how = "takeoff_out_of_coverage"
+                how = Opening.TAKEOFF_OUT_OF_COVERAGE
         self.landed_us = None
-        self.takeoff_observed = takeoff_us is not None and how == "takeoff"
+        self.takeoff_observed = takeoff_us is not None and how is Opening.TAKEOFF
         row = FlightRow(
             id=self._new_id(),
             aircraft_id=self.aircraft_id,
@@ -823,9 +845,11 @@ class FlightStateMachine:
         self.enter(FlightState.FLYING)
         self._add_to_flight(row, fix)
         self._last_update_us = fix.time_us
-        events.append(FlightOpened(row.snapshot(), how if takeoff_us else "first_seen"))
-        if takeoff_us is not None and how == "takeoff":
-            self._pending.append(_Pending("takeoff", takeoff_us, fix.lat, fix.lon, row.id))
+        events.append(FlightOpened(row.snapshot(), how if takeoff_us else Opening.FIRST_SEEN))
+        if takeoff_us is not None and how is Opening.TAKEOFF:
+            self._pending.append(
+                _Pending(EnrichmentKind.TAKEOFF, takeoff_us, fix.lat, fix.lon, row.id)
+            )
 
     def _in_flight(self, fix: Fix, active: bool | None, events: list[Event]) -> None:
         row = self.open_flight
@@ -894,8 +918,8 @@ class FlightStateMachine:
 
     def _land(self, row: FlightRow, landing_us: int, fix: Fix, events: list[Event]) -> None:
         row.landing_us = landing_us
-        self._pending.append(_Pending("landing", landing_us, fix.lat, fix.lon, row.id))
-        self._close(row, "landed", events)
+        self._pending.append(_Pending(EnrichmentKind.LANDING, landing_us, fix.lat, fix.lon, row.id))
+        self._close(row, EndReason.LANDED, events)
         self.enter(FlightState.ON_GROUND)
         self.landed_us = landing_us
 
@@ -909,7 +933,7 @@ class FlightStateMachine:
             return False
         row.landing_us = touchdown.time_us
         row.arrival_airport = touchdown.airport or row.arrival_airport
-        self._close(row, "landed_out_of_coverage", events)
+        self._close(row, EndReason.LANDED_OUT_OF_COVERAGE, events)
         self.enter(FlightState.ON_GROUND)
         self.landed_us = touchdown.time_us
         return True
@@ -919,17 +943,17 @@ class FlightStateMachine:
             return
         row.timed_out_us = row.last_fix_us + TIMEOUT_US
         row.timeout_phase = phase_of(self.recent, row.id)
-        self._close(row, "timed_out", events)
+        self._close(row, EndReason.TIMED_OUT, events)
         self.enter(FlightState.TIMED_OUT)
 
-    def _close(self, row: FlightRow, reason: str, events: list[Event]) -> None:
+    def _close(self, row: FlightRow, reason: EndReason, events: list[Event]) -> None:
         row.end_reason = reason
         row.spurious_reason = spurious_reason(row, self._stats)
         self._closed[row.id] = row
         while len(self._closed) > 4:
             del self._closed[next(iter(self._closed))]
         events.append(FlightClosed(row.snapshot(), reason))
-        if reason != "timed_out":
+        if reason is not EndReason.TIMED_OUT:
             self.flight = None
 
     def _pending_due(self, now_us: int, events: list[Event]) -> None:

@@ -42,10 +42,11 @@ import uuid
 from collections import deque
 from dataclasses import dataclass
 
-from soar.records import Fix, FlightRow, position_time
+from soar.records import EndReason, Fix, FlightRow, position_time
 from soar.tracking.flight import (
     MINUTE,
     EnrichmentDue,
+    EnrichmentKind,
     Event,
     FixAccepted,
     FixDropped,
@@ -55,13 +56,14 @@ from soar.tracking.flight import (
     FlightOpened,
     FlightStateMachine,
     FlightUpdated,
+    Opening,
 )
 
 REORDER_WINDOW_US = 10 * MINUTE
 CHECKPOINT_EVERY = 8
 DENSE_CHECKPOINTS = 8  # the newest ones are kept every `checkpoint_every` fixes
 SPARSE_EVERY = 64  # older ones, one per this many fixes
-SUPERSEDED = "superseded"
+SUPERSEDED = EndReason.SUPERSEDED
 _BEFORE_ANY = -(1 << 62)
 
 
@@ -159,7 +161,11 @@ class OrderedTrack:
         return self._finish(self.machine.flush_pending())
 
     def apply_enrichment(
-        self, flight_id: uuid.UUID, kind: str, airport: str | None, runway: str | None
+        self,
+        flight_id: uuid.UUID,
+        kind: EnrichmentKind,
+        airport: str | None,
+        runway: str | None,
     ) -> list[Event]:
         self._annotations[(flight_id, kind)] = (airport, runway)
         return self._finish(self.machine.apply_enrichment(flight_id, kind, airport, runway))
@@ -273,7 +279,11 @@ class OrderedTrack:
                 airport, runway = args
                 assert airport is None or isinstance(airport, str)
                 assert runway is None or isinstance(runway, str)
-                raw.extend(self.machine.apply_enrichment(flight_id, kind, airport, runway))
+                raw.extend(
+                    self.machine.apply_enrichment(
+                        flight_id, EnrichmentKind(kind), airport, runway
+                    )
+                )
         raw.extend(self.machine.on_clock(self._clock_us))
         unused, self._reuse = list(self._reuse), deque()
         return self._reconcile(raw, fix, before, unused)
@@ -287,7 +297,7 @@ class OrderedTrack:
     ) -> list[Event]:
         """What the second pass changed, as the events the first pass's would be followed by."""
         rows: dict[uuid.UUID, FlightRow] = {}
-        hows: dict[uuid.UUID, str] = {}
+        hows: dict[uuid.UUID, Opening] = {}
         own: list[Event] = []
         revised: list[Event] = []
         requests: list[Event] = []
@@ -327,9 +337,9 @@ class OrderedTrack:
                 out.append(FlightUpdated(gone))
         for row in sorted(rows.values(), key=lambda r: r.is_open):  # closed rows first
             if row.id not in self._opened:
-                out.append(FlightOpened(row, hows.get(row.id, "first_seen")))
+                out.append(FlightOpened(row, hows.get(row.id, Opening.FIRST_SEEN)))
             if not row.is_open and row.id not in self._closed:
-                out.append(FlightClosed(row, row.end_reason or "landed"))
+                out.append(FlightClosed(row, row.end_reason or EndReason.LANDED))
             elif row.id in self._opened:
                 out.append(FlightUpdated(row))
         return [*out, *own, *revised, *requests]

@@ -74,6 +74,7 @@ from soar.tracking.flight import (
     FlightOpened,
     FlightStateMachine,
     FlightUpdated,
+    Opening,
 )
 from soar.tracking.inputs import (
     ClockTick,
@@ -543,7 +544,7 @@ class Shard:
                 FIXES_REJECTED.labels(event.reason).inc()
             elif isinstance(event, FlightOpened):
                 # A resumed flight is the same flight reopened after a coverage gap.
-                (FLIGHTS_RESUMED if event.how == "resumed" else FLIGHTS_OPENED).inc()
+                (FLIGHTS_RESUMED if event.how is Opening.RESUMED else FLIGHTS_OPENED).inc()
                 log.debug(
                     "flight.opened",
                     how=event.how,

@@ -28,6 +28,7 @@ Rules (issue #10, from how clubs launch):
 
 from __future__ import annotations
 
+import enum
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -108,6 +109,12 @@ class _Sample:
     altitude_ft: float | None
 
 
+class PairState(enum.StrEnum):
+    CANDIDATE = "candidate"  # still judged fix by fix
+    DISCARDED = "discarded"  # never was on the rope
+    RELEASED = "released"  # separated: `release` says where
+
+
 @dataclass(slots=True)
 class _Pair:
     tow: _Launch
@@ -115,7 +122,7 @@ class _Pair:
     cursor: int = 0
     samples: list[_Sample] = field(default_factory=list)
     together_since_us: int | None = None
-    state: str = "candidate"  # candidate | discarded | released
+    state: PairState = PairState.CANDIDATE
     release: _Sample | None = None
 
     @property
@@ -219,11 +226,11 @@ class TowDetector:
     def _advance(self, tow: _Launch) -> list[TowRelease]:
         pairs = [p for p in self._pairs if p.tow is tow]
         for pair in pairs:
-            if pair.state == "candidate":
+            if pair.state is PairState.CANDIDATE:
                 self._walk(pair)
         if tow.done:
             return []
-        released = [p for p in pairs if p.state == "released"]
+        released = [p for p in pairs if p.state is PairState.RELEASED]
         if not released:
             return []
         first = min(released, key=lambda p: p.release.time_us if p.release else 0)
@@ -232,9 +239,9 @@ class TowDetector:
         # and the candidate list is open until 60 s after the tow plane's takeoff
         if self.clock_us < tow.first.takeoff_us + TAKEOFF_WINDOW_US:
             return []
-        rivals = [p for p in pairs if p is not first and p.state != "discarded"]
+        rivals = [p for p in pairs if p is not first and p.state is not PairState.DISCARDED]
         lagging = any(
-            p.state == "candidate" and p.evaluated_us < first.release.time_us for p in rivals
+            p.state is PairState.CANDIDATE and p.evaluated_us < first.release.time_us for p in rivals
         )
         if lagging and self.clock_us - first.release.time_us < ALIGN_US * 6:
             return []  # their fixes may still be on the way from another shard
@@ -275,7 +282,7 @@ class TowDetector:
     def _walk(self, pair: _Pair) -> None:
         """Judge the glider's fixes that the tow plane's track now covers."""
         gliders = pair.glider.fixes
-        while pair.cursor < len(gliders) and pair.state == "candidate":
+        while pair.cursor < len(gliders) and pair.state is PairState.CANDIDATE:
             g = gliders[pair.cursor]
             t = _interpolate(pair.tow.fixes, g.time_us)
             if t is None:
@@ -294,9 +301,9 @@ class TowDetector:
             )
             if d > SEPARATED_M and established and self._parting(g, t, pair):
                 pair.release = self._release_sample(pair)
-                pair.state = "released"
+                pair.state = PairState.RELEASED
             elif d > ON_TOW_M:
-                pair.state = "discarded"
+                pair.state = PairState.DISCARDED
             pair.samples.append(sample)
 
     @staticmethod
@@ -388,6 +395,7 @@ class TowService:
 
 __all__ = [
     "LaunchFix",
+    "PairState",
     "TowDetector",
     "TowRelease",
     "TowService",
