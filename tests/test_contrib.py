@@ -67,7 +67,7 @@ def exposed_series(metrics: dict[str, str]) -> dict[str, str]:
 def test_grep_finds_the_metrics_the_code_registers() -> None:
     # The grep is what the other checks trust; make sure it sees known families of each kind.
     metrics = defined_metrics()
-    assert metrics["soar_queue_depth"] == "Gauge"
+    assert metrics["soar_edge_depth"] == "Gauge"
     assert metrics["soar_task_restarts_total"] == "Counter"  # defined without the suffix
     assert metrics["soar_store_rows_committed_total"] == "Counter"
     assert metrics["soar_store_batch_seconds"] == "Histogram"
@@ -140,7 +140,7 @@ def test_alert_rules_are_well_formed_and_use_real_metrics() -> None:
     # The situations the issue asks an operator to be woken for.
     exprs = " ".join(r["expr"] for r in rules)
     for metric in ("soar_source_connected", "soar_store_up", "soar_store_spool_depth",
-                   "soar_task_restarts_total", "soar_queue_depth", "soar_websocket_dropped_total"):
+                   "soar_task_restarts_total", "soar_edge_depth", "soar_websocket_dropped_total"):
         assert metric in exprs, f"no alert on {metric}"
 
 
@@ -179,7 +179,7 @@ def test_dashboard_uses_only_metrics_the_code_defines() -> None:
     for expr in exprs:
         assert_counters_are_rated(expr, series)
     # What the issue asks the dashboard to show.
-    for metric in ("soar_queue_depth", "soar_source_messages_total", "soar_store_rows_committed_total",
+    for metric in ("soar_edge_depth", "soar_source_messages_total", "soar_store_rows_committed_total",
                    "soar_flights_opened_total", "soar_flights_closed_total",
                    "soar_task_restarts_total", "soar_store_spool_depth",
                    "soar_overflow_spool_depth", "soar_store_retries_total",
