@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
+import socket
 import tomllib
 import types
 import typing
@@ -124,12 +126,10 @@ class Settings:
         "inproc://soar-live",
         "pynng address live fixes are published on (tcp://host:port in split mode)",
     )
-    track_endpoints: list[str] = _list_setting(
-        "Split mode shard map: the pynng addresses of the `soar track` processes, in hash order"
-    )
-    track_index: int = _setting(0, "Split mode: which entry of track_endpoints this track is")
-    live_sources: list[str] = _list_setting(
-        "Split mode: pynng addresses `soar web` subscribes to (each track's live_addr)"
+    track_id: str = _setting(
+        socket.gethostname().split(".")[0] or "track",
+        "Split mode: this track's id in the partition leases (letters, digits, - _ =); stable"
+        " across restarts, unique per track: set it when a machine runs more than one track",
     )
     nats_url: str | None = _setting(
         None,
@@ -325,8 +325,8 @@ def _validate(s: Settings) -> None:
         raise ConfigError(
             f"aprs_passcode: expected -1 (receive only) or 0 to 32767, got {s.aprs_passcode}"
         )
-    if s.track_index < 0 or (s.track_endpoints and s.track_index >= len(s.track_endpoints)):
-        raise ConfigError("track_index: must name an entry of track_endpoints")
+    if not re.fullmatch(r"[-_=a-zA-Z0-9]+", s.track_id):
+        raise ConfigError(f"track_id: letters, digits, '-', '_' or '=' only, got {s.track_id!r}")
     if s.http_max_connections < 0:
         raise ConfigError("http_max_connections: must be 0 (from the descriptor limit) or positive")
     if s.http_max_requests <= 0:

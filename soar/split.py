@@ -1,47 +1,117 @@
-"""Split mode: `soar ingest`, `soar track`, `soar web` — the same pipeline code, over pynng.
+"""Split mode: `soar ingest`, `soar track`, `soar web` over NATS JetStream.
 
-    soar ingest ──TrackLink (Pair1, acked batches)──► soar track k ──► PostgreSQL
-      feeds or captures -> route by                     WAL spool -> Pipeline (decoders,
-      hash slice of the aircraft                        shards k*n..k*n+n-1, writers)
-                                                          └─ LivePublisher (PUB) ──► soar web
-                                                                                     (SUB, API)
+    soar ingest ─► JetStream stream SOAR_ENV ─► soar track (any number) ─► PostgreSQL
+      feeds or captures;        subjects            owns a share of the partitions by lease;
+      partition = shard_of(     soar.env.<p>,        one durable pull consumer per partition;
+      aircraft, N); batches     work-queue           acks a message only once all its rows
+      with a message id         retention            are committed (CommitWatermark)
+                                                      │ live fixes: soar.live.area.<lat>.<lon>,
+                                                      ▼            soar.live.aircraft.<id>
+                                                    soar web (subscribes to its clients' squares)
 
-The shard map is the ordered list `track_endpoints`: track k of K owns slice k of the hash
-space, the same `shard_of` the all-in-one process uses with K = 1. The ingest side decodes each
-envelope only to find its aircraft (receiver and server lines go to track 0) and forwards the
-raw envelope; the track decodes it again in its own pipeline. A track appends each batch to a
-write-ahead spool before acknowledging it, and advances that spool only when its pipeline is
-idle (everything taken from it committed), so a track killed at any moment replays from its
-spool what it had not committed; ingest resends what was never acknowledged.
+Partitions, not processes, are the unit of ownership: `nats_partitions` (64) is fixed for the
+life of a stream, and tracks come and go. Each track holds leases in the JetStream key-value
+bucket `soar_leases` (`soar.broker.lease.PartitionLeases`): rendezvous hashing gives every
+live track its share, a track gone longer than `nats_lease_s` loses its share to the others,
+and gets it back when it returns. On acquiring a partition a track restores the open flights
+of that partition's aircraft from PostgreSQL before consuming; on giving one back it stops
+consuming, waits until everything it fed is committed and acknowledged, writes the latest
+state of that partition's flights, and only then frees the lease, so the next holder's
+restore sees it.
+
+The ingest side decodes each envelope only to find its aircraft (receiver and server lines,
+which carry none, go to partition 0) and forwards the raw envelope; the track decodes it again
+in its own pipeline. A publish waits for JetStream's acknowledgement; a retry after a lost
+connection reuses the message id, so JetStream stores it once. Delivery to tracks is at least
+once; repeats are harmless (fixes are keyed by aircraft and receive time, and the flight state
+machine drops repeated beacons).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import fcntl
 import functools
+import itertools
+import json
 import signal
 import socket
-from collections.abc import Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import structlog
 import trio
+from prometheus_client import Counter, Gauge, Histogram
 
+from soar.backoff import Backoff
+from soar.broker import (
+    BrokerError,
+    CodecError,
+    Delivery,
+    EmbeddedNats,
+    JetStreamLink,
+    PartitionConsumer,
+    PartitionedStream,
+    PartitionLeases,
+    StreamFull,
+    StreamSpec,
+    decode_batch,
+    encode_batch,
+    open_link,
+)
 from soar.config import ConfigError, Settings
 from soar.database import open_database
 from soar.decode import Decoder
-from soar.overflow import OverflowSink, decode_envelope
-from soar.pipeline import EnvelopeSink, Pipeline, SourceSpec, live_sources
+from soar.log import RateLimited
+from soar.overflow import OverflowSink
+from soar.pipeline import Pipeline, SourceSpec, live_sources
 from soar.records import Envelope, Protocol
 from soar.runtime import log_slow_gc_pauses, settle_runtime
-from soar.spool import DiskSpool
 from soar.supervisor import ChildSpec, RestartPolicy, Supervisor
 from soar.tracking.router import shard_of
-from soar.transport import EnvelopeReceiver, TrackLink
+from soar.watermark import CommitWatermark, Flow
 
 log = structlog.get_logger(__name__)
+
+LEASE_BUCKET = "soar_leases"
+
+PUBLISHED = Counter("soar_ingest_envelopes_published_total",
+                    "Envelopes stored in the JetStream stream (acknowledged by it)")
+PUBLISH_RETRIES = Counter("soar_ingest_publish_retries_total",
+                          "Publishes to JetStream retried, by reason", ["reason"])
+PUBLISH_BUFFERED = Gauge("soar_ingest_publish_buffered_envelopes",
+                         "Envelopes routed to a partition and not yet stored in JetStream")
+RECEIVED = Counter("soar_track_envelopes_received_total", "Envelopes received from JetStream")
+BAD_BATCHES = Counter("soar_track_bad_batches_total",
+                      "JetStream messages refused whole (not a batch of envelopes) and terminated")
+UNACKED = Gauge("soar_track_unacked_messages",
+                "JetStream messages fed to this track's pipeline and not yet acknowledged")
+ACK_PENDING = Gauge("soar_track_consumer_ack_pending",
+                    "JetStream's count of delivered, unacknowledged messages per owned partition",
+                    ["partition"])
+CONSUMER_PENDING = Gauge("soar_track_consumer_pending",
+                         "Messages waiting in JetStream for an owned partition", ["partition"])
+PARTITIONS_OWNED = Gauge("soar_track_partitions_owned", "Partitions this track consumes")
+COMMIT_DELAY = Histogram(
+    "soar_track_commit_delay_seconds",
+    "From a message's delivery to its acknowledgement (all its rows committed)",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+
+_bad_batch_log = RateLimited(log)
+
+
+def partition_of(ident: int, partitions: int) -> int:
+    """The stream partition of an aircraft (the shard hash, over the partition count)."""
+    return shard_of(ident, partitions)
+
+
+def stream_spec(settings: Settings) -> StreamSpec:
+    return StreamSpec(partitions=settings.nats_partitions)
 
 
 async def _signalled(stop: trio.Event) -> None:
@@ -51,23 +121,265 @@ async def _signalled(stop: trio.Event) -> None:
             stop.set()
 
 
+# -- the broker connection of a split-mode process --------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def connect(settings: Settings, name: str) -> AsyncIterator[tuple[JetStreamLink, Any]]:
+    """The NATS link of this process: `nats_url`, else the embedded server under data_dir/nats
+    (started if none runs; left running while another process uses it). Yields (link, the
+    keeper task to run in a nursery: restarts the embedded server if it dies, else None)."""
+    embedded: EmbeddedNats | None = None
+    url = settings.nats_url
+    token = settings.nats_token
+    if url is None:
+        embedded = EmbeddedNats(Path(settings.data_dir))
+        url = await trio.to_thread.run_sync(embedded.start)
+        token = token or embedded.token
+    creds = str(settings.nats_creds) if settings.nats_creds else None
+    try:
+        async with open_link(url, token=token, creds=creds, name=name) as link:
+            yield link, (functools.partial(_keep_embedded, embedded) if embedded else None)
+    finally:
+        if embedded is not None:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(embedded.stop)
+
+
+async def _keep_embedded(embedded: EmbeddedNats) -> None:
+    """The embedded server is shared and restarted by whichever process finds it gone (its
+    JetStream store is on disk: streams, consumers and leases survive)."""
+    while True:
+        await trio.sleep(2.0)
+        if not await trio.to_thread.run_sync(embedded.answers):
+            log.warning("embedded_nats.gone", data_dir=str(embedded.dir))
+            await trio.to_thread.run_sync(embedded.start)
+
+
 # -- soar ingest ---------------------------------------------------------------------------
 
 
-class IngestRouter:
-    """Decodes just enough to find each envelope's aircraft and hands it to its track."""
+class PartitionRouter:
+    """Decodes just enough to find each envelope's aircraft, hence its partition."""
 
-    def __init__(self, links: list[TrackLink]) -> None:
-        self.links = links
+    def __init__(self, partitions: int) -> None:
+        self.partitions = partitions
         self.decoders = {p: Decoder(p) for p in Protocol}
 
-    def route(self, env: Envelope) -> None:
+    def partition(self, env: Envelope) -> int:
         decoded = self.decoders[env.protocol].decode(env)
-        target = 0
         for ident, _item in decoded.shard_items:
-            target = shard_of(ident, len(self.links))
-            break
-        self.links[target].offer(env)
+            return partition_of(ident, self.partitions)
+        return 0  # receiver and server lines: no aircraft
+
+
+class EnvelopePublisher:
+    """Batches envelopes per partition and stores them in JetStream.
+
+    `offer` buffers (and waits while `max_buffered` are not yet stored: the back-pressure
+    that makes the ingest's overflow spool take the excess); `run` publishes what is buffered
+    every `max_age_s` (or sooner when a partition has `batch_size`), all partitions' batches in
+    flight at once, and waits for JetStream's acknowledgements. A failed publish is retried
+    with the same message ids until it is stored: nothing is dropped, nothing stored twice.
+    """
+
+    def __init__(
+        self,
+        stream: PartitionedStream,
+        *,
+        batch_size: int = 200,
+        max_age_s: float = 0.05,
+        max_buffered: int = 20_000,
+        instance: str | None = None,
+    ) -> None:
+        self.stream = stream
+        self.batch_size = batch_size
+        self.max_age_s = max_age_s
+        self.max_buffered = max_buffered
+        # message ids unique across ingest processes and their restarts
+        self.instance = instance or uuid.uuid4().hex[:12]
+        self._seq = 0
+        self._buffers: dict[int, list[Envelope]] = {}
+        self._buffered = 0
+        self._full_batch = trio.Event()
+        self._space = trio.Event()
+        self.published = 0
+        #: envelopes of each protocol stored in JetStream, in the order offered (a flush is
+        #: all or nothing, so this is always a prefix of what each protocol's router offered)
+        self.stored: dict[Protocol, int] = dict.fromkeys(Protocol, 0)
+        self.on_stored: Callable[[], Awaitable[None]] | None = None
+        self._idle = trio.Event()
+        self._idle.set()
+
+    async def offer(self, partition: int, env: Envelope) -> None:
+        while self._buffered >= self.max_buffered:
+            await self._space.wait()
+        batch = self._buffers.setdefault(partition, [])
+        batch.append(env)
+        self._buffered += 1
+        self._idle = trio.Event() if self._idle.is_set() else self._idle
+        if len(batch) >= self.batch_size:
+            self._full_batch.set()
+
+    async def wait_published(self) -> None:
+        """Until everything offered so far is stored in JetStream."""
+        while self._buffered:
+            await self._idle.wait()
+
+    async def run(self) -> None:
+        backoff = Backoff(0.1, 5.0)
+        while True:
+            with trio.move_on_after(self.max_age_s):
+                await self._full_batch.wait()
+            self._full_batch = trio.Event()
+            if not self._buffered:
+                continue
+            items, by_protocol = self._take()
+            count = sum(n for _, _, _, n in items)
+            while True:
+                try:
+                    await self.stream.publish_batches([(p, mid, body) for p, mid, body, _ in items])
+                except StreamFull:
+                    PUBLISH_RETRIES.labels(reason="stream_full").inc()
+                    log.warning("ingest.stream_full", hint="tracks are not keeping up, or the "
+                                "stream's max_bytes is too small; publishing again")
+                except BrokerError as exc:
+                    PUBLISH_RETRIES.labels(reason="unavailable").inc()
+                    log.warning("ingest.publish_failed", error=str(exc), envelopes=count)
+                else:
+                    backoff.reset()
+                    break
+                await trio.sleep(backoff.next_delay())
+            PUBLISHED.inc(count)
+            self.published += count
+            for protocol, n in by_protocol.items():
+                self.stored[protocol] += n
+            if self.on_stored is not None:
+                await self.on_stored()
+            self._buffered -= count
+            PUBLISH_BUFFERED.set(self._buffered)
+            self._space.set()
+            self._space = trio.Event()
+            if not self._buffered:
+                self._idle.set()
+
+    def _take(self) -> tuple[list[tuple[int, str, bytes, int]], dict[Protocol, int]]:
+        items = []
+        by_protocol: dict[Protocol, int] = {}
+        for partition, envelopes in self._buffers.items():
+            for env in envelopes:
+                by_protocol[env.protocol] = by_protocol.get(env.protocol, 0) + 1
+            for start in range(0, len(envelopes), self.batch_size):
+                chunk = envelopes[start:start + self.batch_size]
+                self._seq += 1
+                items.append((partition, f"{self.instance}-{self._seq}", encode_batch(chunk),
+                              len(chunk)))
+        self._buffers = {}
+        return items, by_protocol
+
+
+class CaptureProgress:
+    """Where each replayed capture got to: envelopes stored in JetStream, per capture file.
+
+    Kept in `<data_dir>/ingest/captures.json` (at most once a second, and at the end), so a
+    `soar ingest --replay` killed mid-way starts again where its stored envelopes end instead
+    of publishing the whole capture again. A capture replayed to its end is forgotten: running
+    it again replays it again. Resuming needs at most one capture per protocol (the stored
+    count is per protocol); with more, they start from the beginning (repeats are harmless).
+    """
+
+    SAVE_EVERY_S = 1.0
+
+    def __init__(self, data_dir: Path, captures: list[Path], publisher: EnvelopePublisher) -> None:
+        self.file = data_dir / "ingest" / "captures.json"
+        self.publisher = publisher
+        self.by_protocol: dict[Protocol, Path] = {}
+        protocols = [(path, _capture_protocol(path)) for path in captures]
+        counts: dict[Protocol, int] = {}
+        for _path, protocol in protocols:
+            counts[protocol] = counts.get(protocol, 0) + 1
+        for path, protocol in protocols:
+            if counts[protocol] == 1:
+                self.by_protocol[protocol] = path
+        self.start: dict[Path, int] = {}
+        saved = self._load()
+        for path in self.by_protocol.values():
+            entry = saved.get(str(path.resolve()), {})
+            if entry.get("size") == path.stat().st_size:
+                self.start[path] = int(entry.get("envelopes", 0))
+        self._saved_at = -float("inf")
+
+    def skip(self, path: Path) -> int:
+        return self.start.get(path, 0)
+
+    async def stored(self) -> None:
+        if trio.current_time() - self._saved_at >= self.SAVE_EVERY_S:
+            self._saved_at = trio.current_time()
+            await trio.to_thread.run_sync(self.save)
+
+    def save(self) -> None:
+        entries = {
+            str(path.resolve()): {"size": path.stat().st_size,
+                                  "envelopes": self.skip(path) + self.publisher.stored[protocol]}
+            for protocol, path in self.by_protocol.items()
+        }
+        self.file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(entries))
+        tmp.replace(self.file)
+
+    def finished(self) -> None:
+        """Every capture was replayed to its end and stored: nothing to resume."""
+        self.file.unlink(missing_ok=True)
+
+    def _load(self) -> dict[str, Any]:
+        try:
+            loaded = json.loads(self.file.read_text())
+        except FileNotFoundError:
+            return {}
+        except ValueError:
+            log.warning("ingest.capture_progress_unreadable", file=str(self.file))
+            return {}
+        return loaded if isinstance(loaded, dict) else {}
+
+
+def _capture_protocol(path: Path) -> Protocol:
+    from soar.replay import capture_kind
+
+    return capture_kind(path)[1]
+
+
+class ResumedCapture:
+    """A capture replayed from its `skip`-th envelope, at `speed` times its recorded pace."""
+
+    def __init__(self, path: Path, skip: int, speed: float | None) -> None:
+        self.path = path
+        self.skip = skip
+        self.speed = speed
+        self.protocol = _capture_protocol(path)
+        self.sent = 0
+
+    async def run(self, sink: Any) -> None:
+        from soar.ingest.capture import iter_capture
+
+        envelopes = iter_capture(self.path)
+        if self.skip:
+            await trio.to_thread.run_sync(
+                lambda: next(itertools.islice(envelopes, self.skip - 1, None), None))
+            log.info("ingest.capture_resumed", file=str(self.path), skipped=self.skip)
+        first_us: int | None = None
+        started = trio.current_time()
+        while batch := await trio.to_thread.run_sync(
+                lambda: list(itertools.islice(envelopes, 2000))):
+            for env in batch:
+                if self.speed is not None:
+                    if first_us is None:
+                        first_us = env.received_us
+                    await trio.sleep_until(started + (env.received_us - first_us) / 1e6 / self.speed)
+                await sink.send(env)
+            self.sent += len(batch)
+            await trio.lowlevel.checkpoint()
+        log.info("replay.file_done", file=str(self.path), messages=self.skip + self.sent)
 
 
 def _metrics_listener(settings: Settings) -> contextlib.AbstractContextManager[socket.socket | None]:
@@ -80,8 +392,6 @@ def _metrics_listener(settings: Settings) -> contextlib.AbstractContextManager[s
 
 
 async def run_ingest(settings: Settings, replay: list[Path], speed: float | None) -> int:
-    if not settings.track_endpoints:
-        raise ConfigError("track_endpoints: soar ingest needs the shard map (SOAR_TRACK_ENDPOINTS)")
     with _metrics_listener(settings) as listener:
         return await _run_ingest(settings, replay, speed, listener)
 
@@ -89,10 +399,6 @@ async def run_ingest(settings: Settings, replay: list[Path], speed: float | None
 async def _run_ingest(
     settings: Settings, replay: list[Path], speed: float | None, listener: socket.socket | None
 ) -> int:
-    from soar.replay import CaptureSource
-
-    links = [TrackLink(address) for address in settings.track_endpoints]
-    router = IngestRouter(links)
     size = settings.channel_size
     channels = {p: trio.open_memory_channel[Envelope](size) for p in Protocol}
     data_dir = Path(settings.data_dir)
@@ -103,70 +409,98 @@ async def _run_ingest(
     }
     for sink in sinks.values():
         await trio.to_thread.run_sync(sink.open)
-    settle_runtime()
-    if replay:
-        captures = [CaptureSource(f, speed=speed) for f in replay]
-        specs = [SourceSpec(f"replay:{c.path.name}", c.protocol, c.run, RestartPolicy.TEMPORARY)
-                 for c in captures]
-    else:
-        specs = live_sources(settings)
     def child(spec: SourceSpec) -> ChildSpec:
         # every ingest source (live feed or capture) carries one protocol
         assert spec.protocol is not None, spec.name
         return ChildSpec(f"source.{spec.name}", functools.partial(spec.run, sinks[spec.protocol]),
                          spec.policy)
 
-    sources = Supervisor("sources", [child(s) for s in specs])
-    links_sup = Supervisor("links", [ChildSpec(f"link.{link.address}", link.run) for link in links])
-
-    async def route(protocol: Protocol) -> None:
-        async for env in channels[protocol][1]:
-            router.route(env)
-
-    routers = Supervisor("routers", [
-        ChildSpec(f"route.{p.value}", functools.partial(route, p), RestartPolicy.TRANSIENT)
-        for p in Protocol
-    ])
     stop = trio.Event()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_signalled, stop)
-        nursery.start_soon(links_sup.run)
-        nursery.start_soon(routers.run)
-        nursery.start_soon(log_slow_gc_pauses)
-        if listener is not None:
-            def tree() -> dict[str, Any]:
-                return {sup.name: sup.tree() for sup in (sources, links_sup, routers)}
+    replay_finished = trio.Event()
+    async with connect(settings, "soar-ingest") as (link, keeper):
+        stream = await _ensure_stream(link, settings)
+        publisher = EnvelopePublisher(stream)
+        router = PartitionRouter(settings.nats_partitions)
+        progress: CaptureProgress | None = None
+        if replay:
+            progress = CaptureProgress(data_dir, replay, publisher)
+            publisher.on_stored = progress.stored
+            captures = [ResumedCapture(f, progress.skip(f), speed) for f in replay]
+            specs = [SourceSpec(f"replay:{c.path.name}", c.protocol, c.run,
+                                RestartPolicy.TEMPORARY) for c in captures]
+        else:
+            specs = live_sources(settings)
 
-            # ready while every track keeps up (a stalled one fills its unacknowledged window)
-            ready = {f"track {link.address}": link.keeping_up for link in links}
-            await nursery.start(_serve_metrics, settings, listener, tree, ready)
+        async def route(protocol: Protocol) -> None:
+            async for env in channels[protocol][1]:
+                await publisher.offer(router.partition(env), env)
 
-        async def sources_then_stop() -> None:
-            await sources.run()
-            if not replay:
-                return
-            stop.set()  # a replay is done when its captures are
+        sources = Supervisor("sources", [child(s) for s in specs])
+        routers = Supervisor("routers", [
+            ChildSpec(f"route.{p.value}", functools.partial(route, p), RestartPolicy.TRANSIENT)
+            for p in Protocol
+        ])
+        broker_children = [ChildSpec("publisher", publisher.run)]
+        if keeper is not None:
+            broker_children.append(ChildSpec("nats.embedded", keeper))
+        broker = Supervisor("broker", broker_children)
+        settle_runtime()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_signalled, stop)
+            nursery.start_soon(broker.run)
+            nursery.start_soon(log_slow_gc_pauses)
+            if listener is not None:
+                def tree() -> dict[str, Any]:
+                    return {sup.name: sup.tree() for sup in (sources, routers, broker)}
 
-        async with trio.open_nursery() as feeding:
-            for sink in sinks.values():
-                feeding.start_soon(sink.drain)
-            feeding.start_soon(sources_then_stop)
-            await stop.wait()
-            sources.stop()
-            feeding.cancel_scope.cancel()
-        for sink in sinks.values():
-            await sink.flush()
-        for send, _ in channels.values():
-            await send.aclose()
-        with trio.move_on_after(settings.shutdown_deadline) as waited:
-            for link in links:
-                await link.wait_acknowledged()
-        if waited.cancelled_caught:
-            log.error("ingest.unacknowledged_at_exit",
-                      envelopes=sum(link.unacked for link in links))
-        nursery.cancel_scope.cancel()
-    log.info("ingest.stopped")
+                ready = {"nats": lambda: link.connected}
+                await nursery.start(_serve_metrics, settings, listener, tree, ready)
+            log.info("ingest.started", partitions=settings.nats_partitions,
+                     sources=[s.name for s in specs])
+
+            async def sources_then_stop() -> None:
+                await sources.run()
+                if replay:
+                    replay_finished.set()
+                    stop.set()  # a replay is done when its captures are
+
+            async with trio.open_nursery() as routing:
+                routing.start_soon(routers.run)
+                async with trio.open_nursery() as feeding:
+                    for sink in sinks.values():
+                        feeding.start_soon(sink.drain)
+                    feeding.start_soon(sources_then_stop)
+                    await stop.wait()
+                    sources.stop()
+                    feeding.cancel_scope.cancel()
+                for sink in sinks.values():
+                    await sink.flush()
+                for send, _ in channels.values():
+                    await send.aclose()  # the routers finish what is queued, then end
+            with trio.move_on_after(settings.shutdown_deadline) as waited:
+                await publisher.wait_published()
+            if waited.cancelled_caught:
+                log.error("ingest.unpublished_at_exit", envelopes=publisher._buffered)
+            elif progress is not None:
+                if all(c.sent or c.skip for c in captures) and replay_finished.is_set():
+                    await trio.to_thread.run_sync(progress.finished)
+                else:
+                    await trio.to_thread.run_sync(progress.save)
+            nursery.cancel_scope.cancel()
+    log.info("ingest.stopped", published=publisher.published)
     return 0
+
+
+async def _ensure_stream(link: JetStreamLink, settings: Settings) -> PartitionedStream:
+    backoff = Backoff(0.5, 5.0)
+    while True:
+        try:
+            return await link.ensure_stream(stream_spec(settings))
+        except BrokerError as exc:
+            if type(exc).__name__ == "PartitionCountMismatch":
+                raise ConfigError(f"nats_partitions: {exc}") from None
+            log.warning("broker.stream_unavailable", error=str(exc))
+            await trio.sleep(backoff.next_delay())
 
 
 async def _serve_metrics(
@@ -177,10 +511,7 @@ async def _serve_metrics(
     *,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """/metrics, /healthz and /readyz on `metrics_addr` (no API) until the process stops.
-
-    Cancelled with the process's nursery: nothing long-lived (no WebSocket) is served here.
-    """
+    """/metrics, /healthz and /readyz on `metrics_addr` (no API) until the process stops."""
     from soar.web.app import WebContext
     from soar.web.server import serve_web
 
@@ -192,97 +523,303 @@ async def _serve_metrics(
 # -- soar track ----------------------------------------------------------------------------
 
 
-class WalSource:
-    """Feeds the pipeline from the write-ahead spool; acknowledges it only when idle."""
+class PartitionFeed:
+    """This track's partitions: consumed into the pipeline, acknowledged once committed.
 
-    def __init__(self, wal: DiskSpool, pipeline_ref: list[Pipeline]) -> None:
-        self.wal = wal
-        self.pipeline_ref = pipeline_ref
-        self.arrived = trio.Event()
-        self._holding = False
+    `PartitionLeases` calls `acquired(p)` / `released(p)`; each owned partition has one task
+    that fetches from its durable consumer and sends every envelope into the pipeline (whose
+    envelope edges block: JetStream is the buffer here, never the track's disk). The
+    `CommitWatermark` acknowledges messages whose rows are committed; at most `max_unacked`
+    messages are in the pipeline at once, which bounds what a crash makes JetStream redeliver.
+    """
 
-    def notify(self) -> None:
-        self.arrived.set()
+    def __init__(
+        self,
+        stream: PartitionedStream,
+        pipeline: Pipeline,
+        nursery: trio.Nursery,
+        *,
+        fetch_batch: int = 16,
+        max_unacked: int = 256,
+    ) -> None:
+        self.stream = stream
+        self.pipeline = pipeline
+        self.nursery = nursery
+        self.partitions = stream.spec.partitions
+        self.fetch_batch = fetch_batch
+        self.max_unacked = max_unacked
+        self.watermark: CommitWatermark[Delivery | trio.Event] = CommitWatermark(
+            commit_levels(pipeline), self._settle)
+        self._consumers: dict[int, PartitionConsumer] = {}
+        self._scopes: dict[int, trio.CancelScope] = {}
+        self._stopped: dict[int, trio.Event] = {}
+        self._fed_at: dict[int, float] = {}
+        self._room = trio.Event()
+        self.received = 0
 
-    async def run(self, sink: EnvelopeSink) -> None:
-        # After a crash, what was read and not acknowledged comes again (duplicates are
-        # harmless downstream; a gap would not be).
-        await trio.to_thread.run_sync(self.wal.rewind)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._checkpoint)
-            while True:
-                records = await trio.to_thread.run_sync(self.wal.read, 1000)
-                if not records:
-                    self.arrived = trio.Event()
-                    with trio.move_on_after(0.2):
-                        await self.arrived.wait()
-                    continue
-                self._holding = True
-                for record in records:
-                    await sink.send(decode_envelope(record))
-                self._holding = False
+    async def run_watermark(self) -> None:
+        await self.watermark.run()
 
-    async def _checkpoint(self) -> None:
-        """Advance the spool past what the pipeline has committed: when nothing read from it is
-        still anywhere in the pipeline, twice in a row half a second apart."""
-        pipeline = self.pipeline_ref[0]
-        previous: tuple[int, ...] | None = None
+    def owns(self, ident: int) -> bool:
+        return partition_of(ident, self.partitions) in self._scopes
+
+    async def acquired(self, partition: int) -> None:
+        restored = await self._restore(partition)
+        scope = trio.CancelScope()
+        stopped = trio.Event()
+        self._scopes[partition] = scope
+        self._stopped[partition] = stopped
+        PARTITIONS_OWNED.set(len(self._scopes))
+        self.nursery.start_soon(self._consume, partition, scope, stopped)
+        log.info("track.partition_acquired", partition=partition, flights=restored)
+
+    async def released(self, partition: int) -> None:
+        scope = self._scopes.pop(partition, None)
+        if scope is None:
+            return
+        scope.cancel()
+        await self._stopped.pop(partition).wait()
+        PARTITIONS_OWNED.set(len(self._scopes))
+        ACK_PENDING.remove(str(partition))
+        CONSUMER_PENDING.remove(str(partition))
+        # The next holder restores this partition's flights from the database: write their
+        # latest state and forget them, then wait until that and every message of ours is
+        # committed and acknowledged.
+        await self._forget(partition)
+        await self.barrier()
+        log.info("track.partition_released", partition=partition)
+
+    async def barrier(self) -> None:
+        """Until everything fed before now is committed and acknowledged."""
+        done = trio.Event()
+        self.watermark.add(done)
+        await done.wait()
+
+    async def _consume(self, partition: int, scope: trio.CancelScope, stopped: trio.Event) -> None:
+        backoff = Backoff(0.5, 5.0)
+        try:
+            with scope:
+                while True:
+                    try:
+                        async with self.stream.consumer(partition) as consumer:
+                            self._consumers[partition] = consumer
+                            backoff.reset()
+                            await self._fetch_forever(consumer)
+                    except BrokerError as exc:
+                        log.warning("track.consumer_failed", partition=partition, error=str(exc))
+                        await trio.sleep(backoff.next_delay())
+        finally:
+            stopped.set()
+
+    async def _fetch_forever(self, consumer: PartitionConsumer) -> None:
+        dispatch = self.pipeline.dispatch
         while True:
-            await trio.sleep(0.5)
-            now = pipeline.activity()
-            idle = not self._holding and pipeline.quiescent_now() and now == previous
-            if idle and self.wal.in_flight:
-                await trio.to_thread.run_sync(self.wal.commit)
-            previous = now
+            while self.watermark.pending >= self.max_unacked:
+                await self._room.wait()
+            deliveries = await consumer.fetch(batch=self.fetch_batch, timeout=1.0)
+            for index, delivery in enumerate(deliveries):
+                try:
+                    envelopes = decode_batch(delivery.data)
+                except CodecError as exc:
+                    BAD_BATCHES.inc()
+                    _bad_batch_log.log("bad_batch", "error", "track.bad_batch",
+                                       partition=consumer.partition, msg_id=delivery.msg_id,
+                                       error=str(exc))
+                    with trio.CancelScope(shield=True):
+                        await delivery.term()
+                    continue
+                try:
+                    for env in envelopes:
+                        await dispatch.send(env)
+                except trio.Cancelled:
+                    # given back mid-message: what was sent is processed, the rest (and this
+                    # message) comes again to the next holder at once instead of after ack_wait
+                    with trio.CancelScope(shield=True), contextlib.suppress(BrokerError):
+                        for rest in deliveries[index:]:
+                            await rest.nak()
+                    raise
+                self.received += len(envelopes)
+                RECEIVED.inc(len(envelopes))
+                self._fed_at[id(delivery)] = trio.current_time()
+                self.watermark.add(delivery)
+                UNACKED.set(self.watermark.pending)
+
+    async def _settle(self, items: list[Delivery | trio.Event]) -> None:
+        deliveries = [item for item in items if isinstance(item, Delivery)]
+        if deliveries:
+            now = trio.current_time()
+            for delivery in deliveries:
+                COMMIT_DELAY.observe(now - self._fed_at.pop(id(delivery), now))
+            # every consumer acknowledges through the same connection
+            consumer = next(iter(self._consumers.values()), None)
+            try:
+                if consumer is not None:
+                    await consumer.ack(deliveries)
+                else:
+                    for delivery in deliveries:
+                        await delivery.ack()
+            except BrokerError as exc:
+                # committed, just not acknowledged: JetStream redelivers, the store ignores it
+                log.warning("track.ack_failed", messages=len(deliveries), error=str(exc))
+        for item in items:
+            if isinstance(item, trio.Event):
+                item.set()
+        UNACKED.set(self.watermark.pending)
+        self._room.set()
+        self._room = trio.Event()
+
+    async def _restore(self, partition: int) -> int:
+        from soar.store.queries import open_flights
+        from soar.tracking.inputs import RestoreFlights
+
+        pipeline = self.pipeline
+
+        def load() -> list[Any]:
+            with pipeline.pool.connection() as conn:
+                return open_flights(conn, shards=[partition],
+                                    shard_of=lambda ident: partition_of(ident, self.partitions),
+                                    last_fixes=600)
+
+        found = await trio.to_thread.run_sync(load)
+        by_shard: dict[int, list[Any]] = {}
+        for item in found:
+            by_shard.setdefault(pipeline.local_shard(item.flight.aircraft_id), []).append(
+                (item.flight, item.fixes))
+        for index, flights in by_shard.items():
+            # judged by the shard's own clock (the fixes' time), not the wall clock: a
+            # replayed capture's flights are hours "old" by the wall clock
+            await pipeline.shard_input(index, RestoreFlights(flights, None))
+        return len(found)
+
+    async def _forget(self, partition: int) -> None:
+        from soar.tracking.inputs import ForgetAircraft
+
+        partitions = self.partitions
+
+        def owned(ident: int) -> bool:
+            return partition_of(ident, partitions) == partition
+
+        for index in range(len(self.pipeline.shards)):
+            await self.pipeline.shard_input(index, ForgetAircraft(owned))
+
+    async def export_consumer_stats(self) -> None:
+        """JetStream's own view of each owned partition, as gauges (every 5 s)."""
+        while True:
+            for partition, consumer in list(self._consumers.items()):
+                if partition not in self._scopes:
+                    continue
+                try:
+                    stats = await consumer.info()
+                except BrokerError:
+                    continue
+                ACK_PENDING.labels(str(partition)).set(stats.num_ack_pending)
+                CONSUMER_PENDING.labels(str(partition)).set(stats.num_pending)
+            await trio.sleep(5.0)
+
+
+def commit_levels(pipeline: Pipeline) -> list[list[Flow]]:
+    """The pipeline's cascade for `CommitWatermark`: envelopes -> shards -> writers."""
+    edges = pipeline.edges
+    envelopes = [Flow(name, edge.sent_count, edge.done_count)
+                 for name, edge in edges.items() if name.startswith("envelopes.")]
+    decoded = [Flow(name, edge.sent_count, edge.done_count)
+               for name, edge in edges.items()
+               if name.startswith("shard.") or name == "writer.receivers"]
+    stored = [Flow(name, edges[f"writer.{name}"].sent_count,
+                   functools.partial(_settled, writer))
+              for name, writer in pipeline.writers.items() if name != "receivers"]
+    return [envelopes, decoded, stored]
+
+
+def _settled(writer: Any) -> int:
+    return int(writer.settled)
+
+
+@contextlib.contextmanager
+def _track_lock(data_dir: Path, track_id: str) -> Iterator[None]:
+    """Two tracks with one id on one machine would both consume the same partitions."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / f"track-{track_id}.lock", "a+b") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                f"track_id: another soar track with id {track_id!r} runs with this data_dir; "
+                "give each track on a machine its own SOAR_TRACK_ID") from None
+        yield
 
 
 async def run_track(settings: Settings) -> int:
-    if not settings.track_endpoints:
-        raise ConfigError("track_endpoints: soar track needs the shard map (SOAR_TRACK_ENDPOINTS)")
-    with _metrics_listener(settings) as listener:
+    with _track_lock(Path(settings.data_dir), settings.track_id), \
+            _metrics_listener(settings) as listener:
         return await _run_track(settings, listener)
 
 
 async def _run_track(settings: Settings, listener: socket.socket | None) -> int:
-    address = settings.track_endpoints[settings.track_index]
     db = await trio.to_thread.run_sync(open_database, settings)
     try:
-        wal_dir = Path(settings.data_dir) / "wal" / f"track-{settings.track_index}"
-        wal = await trio.to_thread.run_sync(
-            functools.partial(DiskSpool, wal_dir, max_bytes=settings.spool_max_bytes)
-        )
-        # Records read but never acknowledged by a previous run are delivered again.
-        ref: list[Pipeline] = []
-        source = WalSource(wal, ref)
-        pipeline = Pipeline(
-            settings, db.url, sources=[SourceSpec("wal", None, source.run)], hold_open=True
-        )
-        ref.append(pipeline)
-        receiver = EnvelopeReceiver(address, wal, source.notify)
-        stop = trio.Event()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_signalled, stop)
-            await pipeline.open()
-            if listener is not None:
-                await nursery.start(_serve_metrics, settings, listener, pipeline.tree,
-                                    {"database": pipeline.database_ready})
-            async with trio.open_nursery() as core:
-                await core.start(pipeline.run)
-                await core.start(receiver.run)
-                settle_runtime()
-                nursery.start_soon(log_slow_gc_pauses)
-                log.info("track.started", address=address, slice=settings.track_index,
-                         slices=len(settings.track_endpoints))
-                await stop.wait()
-                with trio.move_on_after(settings.shutdown_deadline):
-                    await pipeline.drain()
-                core.cancel_scope.cancel()
-            await pipeline.close()
-            nursery.cancel_scope.cancel()
-        wal.close()
+        async with connect(settings, f"soar-track-{settings.track_id}") as (link, keeper):
+            return await _track_on(settings, db.url, link, keeper, listener)
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(db.stop)
+
+
+async def _track_on(
+    settings: Settings, database_url: str, link: JetStreamLink, keeper: Any,
+    listener: socket.socket | None,
+) -> int:
+    from soar.live import NatsLivePublisher
+
+    stream = await _ensure_stream(link, settings)
+    bucket = await link.lease_bucket(LEASE_BUCKET, ttl_s=settings.nats_lease_s)
+    # its own spools: tracks on one machine share data_dir (and so the embedded servers)
+    own = dataclasses.replace(settings, data_dir=Path(settings.data_dir) / "tracks" / settings.track_id)
+    pipeline = Pipeline(own, database_url, sources=[], hold_open=True,
+                        restore_open_flights=False, live=NatsLivePublisher(link),
+                        block_envelopes=True)
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_signalled, stop)
+        await pipeline.open()
+        feed_nursery_ready: list[PartitionFeed] = []
+        async with trio.open_nursery() as core:
+            await core.start(pipeline.run)
+            async with trio.open_nursery() as consuming:
+                feed = PartitionFeed(stream, pipeline, consuming)
+                feed_nursery_ready.append(feed)
+                leases = PartitionLeases(bucket, settings.track_id, settings.nats_partitions,
+                                         settings.nats_lease_s, on_acquired=feed.acquired,
+                                         on_released=feed.released)
+                broker_children = [ChildSpec("watermark", feed.run_watermark),
+                                   ChildSpec("consumer.stats", feed.export_consumer_stats)]
+                if keeper is not None:
+                    broker_children.append(ChildSpec("nats.embedded", keeper))
+                broker = Supervisor("broker", broker_children)
+                consuming.start_soon(broker.run)
+                if listener is not None:
+                    def tree() -> dict[str, Any]:
+                        return {**pipeline.tree(), "broker": broker.tree()}
+
+                    ready = {"database": pipeline.database_ready, "nats": lambda: link.connected}
+                    await nursery.start(_serve_metrics, settings, listener, tree, ready)
+                settle_runtime()
+                nursery.start_soon(log_slow_gc_pauses)
+                log.info("track.started", track=settings.track_id,
+                         partitions=settings.nats_partitions)
+                async with trio.open_nursery() as leasing:
+                    await leasing.start(leases.run)
+                    await stop.wait()
+                    # cancelling `run` gives every partition back (waits for its commits)
+                    leasing.cancel_scope.cancel()
+                await feed.barrier()
+                consuming.cancel_scope.cancel()
+            with trio.move_on_after(settings.shutdown_deadline):
+                await pipeline.drain()
+            core.cancel_scope.cancel()
+        await pipeline.close()
+        nursery.cancel_scope.cancel()
+    log.info("track.stopped", track=settings.track_id)
     return 0
 
 
@@ -306,24 +843,30 @@ async def _run_web(settings: Settings, listener: socket.socket) -> int:
 
     db = await trio.to_thread.run_sync(open_database, settings)
     pool = await trio.to_thread.run_sync(open_pool, db.url)
-    directory = AircraftDirectory()
-    hub = LiveHub(settings.live_sources or [settings.live_addr], directory=directory.get)
-    ctx = WebContext(ready_checks={"database": lambda: True}, pool=pool, live=hub)
     stop = trio.Event()
     web_stop = trio.Event()
     try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_signalled, stop)
-            await nursery.start(directory.run, pool)
-            await nursery.start(hub.run)
-            async with trio.open_nursery() as web:
-                await web.start(functools.partial(serve_web, sock=listener), settings, ctx, web_stop)
-                settle_runtime()
-                nursery.start_soon(log_slow_gc_pauses)
-                log.info("web.started", http=settings.http_addr, live=hub.address)
-                await stop.wait()
-                web_stop.set()  # hypercorn finishes its requests and returns
-            nursery.cancel_scope.cancel()
+        async with connect(settings, "soar-web") as (link, keeper):
+            directory = AircraftDirectory()
+            hub = LiveHub(link=link, directory=directory.get)
+            ctx = WebContext(ready_checks={"database": lambda: True,
+                                           "nats": lambda: link.connected},
+                             pool=pool, live=hub)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_signalled, stop)
+                if keeper is not None:
+                    nursery.start_soon(keeper)
+                await nursery.start(directory.run, pool)
+                await nursery.start(hub.run)
+                async with trio.open_nursery() as web:
+                    await web.start(functools.partial(serve_web, sock=listener), settings, ctx,
+                                    web_stop)
+                    settle_runtime()
+                    nursery.start_soon(log_slow_gc_pauses)
+                    log.info("web.started", http=settings.http_addr)
+                    await stop.wait()
+                    web_stop.set()  # hypercorn finishes its requests and returns
+                nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(pool.close)
@@ -337,3 +880,4 @@ def split_command(command: str, settings: Settings, args: argparse.Namespace) ->
     if command == "track":
         return trio.run(run_track, settings)
     return trio.run(run_web, settings)
+

@@ -58,9 +58,8 @@ def test_run_with_its_http_port_in_use_starts_nothing(taken_port: int, tmp_path:
     ("command", "env", "setting"),
     [
         ("web", {"SOAR_DATABASE_URL": UNREACHABLE_DB}, "http_addr"),
-        ("track", {"SOAR_DATABASE_URL": UNREACHABLE_DB,
-                   "SOAR_TRACK_ENDPOINTS": "tcp://127.0.0.1:1"}, "metrics_addr"),
-        ("ingest", {"SOAR_TRACK_ENDPOINTS": "tcp://127.0.0.1:1"}, "metrics_addr"),
+        ("track", {"SOAR_DATABASE_URL": UNREACHABLE_DB}, "metrics_addr"),
+        ("ingest", {}, "metrics_addr"),
     ],
 )
 def test_split_roles_with_their_port_in_use(

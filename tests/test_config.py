@@ -59,7 +59,7 @@ def test_soar_section_in_toml(tmp_path: Path) -> None:
         ({"SOAR_RECEIVER_LAT": "47"}, "receiver_lon"),  # one without the other is never used
         ({"SOAR_APRS_PASSCODE": "99999"}, "aprs_passcode"),
         ({"SOAR_APRS_PASSCODE": "-2"}, "aprs_passcode"),
-        ({"SOAR_TRACK_INDEX": "-1"}, "track_index"),
+        ({"SOAR_TRACK_ID": "track one"}, "track_id"),  # a lease key part: no spaces
         ({"SOAR_APRS_SERVER": "::1:14580"}, "aprs_server"),  # IPv6 with a port: brackets
         ({"SOAR_BEAST_SERVERS": "radar:0"}, "beast_servers"),
         ({"SOAR_METRICS_ADDR": "127.0.0.1"}, "metrics_addr"),  # a listen address needs a port

@@ -415,11 +415,10 @@ def test_unit_runs_a_real_soar_command(name: str) -> None:
     assert commands is not None and command in commands
 
 
-def test_track_template_takes_its_index_from_the_instance() -> None:
+def test_track_template_takes_its_id_from_the_instance() -> None:
     s = unit_file("soar-track@.service")["Service"]
-    assert "SOAR_TRACK_INDEX=%i" in " ".join(s["Environment"])
+    assert "SOAR_TRACK_ID=%H-%i" in " ".join(s["Environment"])  # unique across machines
     assert "-/etc/soar/track-%i.env" in s["EnvironmentFile"]
-    assert "%i" in one(s, "StateDirectory")  # one write-ahead spool per track
 
 
 def test_env_example_names_only_real_settings() -> None:

@@ -1,11 +1,13 @@
-"""Split mode on loopback: 1 ingest + 2 track + 1 web processes give what the all-in-one does.
+"""Split mode on loopback over NATS JetStream: ingest + tracks + web give what the all-in-one does.
 
-Both runs replay the same real captures with their recorded receive times, so the fixes must be
-the same rows (aircraft, receive time) and the flights the same in number per aircraft.
+Every run replays the same real capture with its recorded receive times, so the fixes must be
+the same rows (aircraft, receive time) and the flights the same in number per aircraft, however
+the work was spread over processes, and whichever of them was killed on the way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -16,7 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +28,19 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from psycopg import sql
 
+from soar.broker import rendezvous
+from soar.broker.embedded import EmbeddedNats
 from soar.config import load_settings
 from soar.replay import run_replay
 
 pytestmark = pytest.mark.slow
 
-OGN_TRACE = "ogn/soar-flight-descended-out-of-range-then-took-off.txt"
 SBS_SAMPLE = "sbs/adsbhub-sbs-sample-20260224.txt.gz"
+#: the lease the tests run with: a killed track's partitions move after this long
+LEASE_S = 6.0
+PARTITIONS = 16
+#: how many partitions each of tracks t0 and t1 owns when both run (rendezvous hashing)
+SHARE = [len(rendezvous.share(f"t{k}", PARTITIONS, {"t0", "t1"})) for k in range(2)]
 _names = itertools.count()
 
 
@@ -56,7 +64,17 @@ def second_db(pg_server: Any) -> Iterator[str]:
 
 def fix_keys(url: str) -> set[tuple[int, Any]]:
     with psycopg.connect(url) as conn:
-        return set(conn.execute("SELECT aircraft_id, received_at FROM fixes").fetchall())
+        rows = conn.execute("SELECT aircraft_id, received_at FROM fixes").fetchall()
+    keys = set(rows)
+    assert len(keys) == len(rows), "a fix stored twice"
+    return keys
+
+
+def fix_count(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT count(*) FROM fixes").fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def flights_per_aircraft(url: str) -> dict[int, int]:
@@ -64,40 +82,67 @@ def flights_per_aircraft(url: str) -> dict[int, int]:
         return dict(conn.execute("SELECT aircraft_id, count(*) FROM flights GROUP BY 1").fetchall())
 
 
+def assert_same_flights(url: str, expected: dict[int, int]) -> None:
+    got = flights_per_aircraft(url)
+    differ = {a: (expected.get(a, 0), got.get(a, 0)) for a in expected.keys() | got.keys()
+              if expected.get(a, 0) != got.get(a, 0)}
+    if differ:
+        with psycopg.connect(url) as conn:
+            detail = {a: conn.execute(
+                "SELECT count(*), count(DISTINCT flight_id), min(received_at), max(received_at)"
+                " FROM fixes WHERE aircraft_id = %s", (a,)).fetchone() for a in list(differ)[:3]}
+    assert not differ, (f"{len(differ)} of {len(expected)} aircraft have other flight counts "
+                        f"(expected, got): {dict(list(differ.items())[:10])}; fixes of the "
+                        f"first ones (count, flights, first, last): {detail}")
+
+
+async def reference_run(testdata: Path, tmp: Path, db_url: str) -> tuple[set[Any], dict[int, int], int]:
+    settings = load_settings(environ={}, overrides={"data_dir": str(tmp / "ref"), "shards": 4})
+    summary = await run_replay(settings, db_url, [testdata / SBS_SAMPLE])
+    return fix_keys(db_url), flights_per_aircraft(db_url), int(summary["messages"])
+
+
 class Cluster:
-    def __init__(self, tmp: Path, db: str) -> None:
-        self.tmp, self.db = tmp, db
-        self.tracks = [f"tcp://127.0.0.1:{free_port()}" for _ in range(2)]
-        self.lives = [f"tcp://127.0.0.1:{free_port()}" for _ in range(2)]
+    """soar processes on loopback sharing one data directory (hence one embedded nats-server,
+    unless `nats` names one the test runs itself)."""
+
+    def __init__(self, tmp: Path, db: str, nats: EmbeddedNats | None = None) -> None:
+        self.tmp, self.db, self.nats = tmp, db, nats
+        self.data = tmp / "data"
         self.http = f"127.0.0.1:{free_port()}"
-        self.metrics = {name: f"127.0.0.1:{free_port()}" for name in ("track0", "track1", "ingest")}
+        self.metrics: dict[str, str] = {}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def env(self, **extra: str) -> dict[str, str]:
+    def env(self, name: str, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SOAR_")}
-        env.update(SOAR_DATABASE_URL=self.db, SOAR_TRACK_ENDPOINTS=",".join(self.tracks),
-                   SOAR_LOG_FORMAT="json", SOAR_SHARDS="2", **extra)
+        self.metrics.setdefault(name, f"127.0.0.1:{free_port()}")
+        env.update(SOAR_DATABASE_URL=self.db, SOAR_LOG_FORMAT="json", SOAR_SHARDS="2",
+                   SOAR_DATA_DIR=str(self.data), SOAR_NATS_LEASE_S=str(LEASE_S),
+                   SOAR_NATS_PARTITIONS=str(PARTITIONS), SOAR_METRICS_ADDR=self.metrics[name], **extra)
+        if self.nats is not None:
+            env.update(SOAR_NATS_URL=self.nats.url, SOAR_NATS_TOKEN=self.nats.token or "")
         return env
 
     def start(self, name: str, args: list[str], **extra: str) -> None:
         log = (self.tmp / f"{name}.log").open("ab")
         self.procs[name] = subprocess.Popen([sys.executable, "-m", "soar", *args],
-                                            env=self.env(**extra), stdout=log, stderr=log)
+                                            env=self.env(name, **extra), stdout=log, stderr=log)
 
     def start_track(self, k: int) -> None:
-        self.start(f"track{k}", ["track"], SOAR_TRACK_INDEX=str(k), SOAR_LIVE_ADDR=self.lives[k],
-                   SOAR_DATA_DIR=str(self.tmp / f"track{k}"),
-                   SOAR_METRICS_ADDR=self.metrics[f"track{k}"])
+        self.start(f"track{k}", ["track"], SOAR_TRACK_ID=f"t{k}")
 
-    def start_all(self, replay: list[Path], speed: float | None = None) -> None:
-        for k in range(2):
-            self.start_track(k)
-        self.start("web", ["web"], SOAR_HTTP_ADDR=self.http, SOAR_LIVE_SOURCES=",".join(self.lives),
-                   SOAR_DATA_DIR=str(self.tmp / "web"))
+    def start_web(self) -> None:
+        self.start("web", ["web"], SOAR_HTTP_ADDR=self.http)
+
+    def start_ingest(self, replay: list[Path], speed: float | None = None) -> None:
         args = ["ingest", "--replay", *map(str, replay)]
         if speed:
             args += ["--speed", str(speed)]
-        self.start("ingest", args, SOAR_DATA_DIR=str(self.tmp / "ingest"))
+        self.start("ingest", args)
+
+    def kill(self, name: str) -> None:
+        self.procs[name].kill()  # no goodbye: SIGKILL
+        self.procs[name].wait()
 
     def wait_ingest(self, timeout: float) -> None:
         assert self.procs["ingest"].wait(timeout=timeout) == 0, self.logs("ingest")
@@ -106,18 +151,29 @@ class Cluster:
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
+        failed = []
         for name, proc in self.procs.items():
             try:
-                assert proc.wait(timeout=40) == 0, self.logs(name)
+                if proc.wait(timeout=60) != 0:
+                    failed.append(name)
+            except subprocess.TimeoutExpired:
+                failed.append(name)
             finally:
                 if proc.poll() is None:
                     proc.kill()
+                    proc.wait()
+        assert not failed, "\n".join(f"{n}: {self.logs(n)}" for n in failed)
 
     def logs(self, name: str) -> str:
         return (self.tmp / f"{name}.log").read_text()[-4000:]
 
-    def get(self, path: str, addr: str | None = None) -> int:
-        return fetch(addr or self.http, path)[0]
+    def metric(self, name: str, metric: str) -> float:
+        status, text = fetch(self.metrics[name], "/metrics")
+        return sample(text, metric) if status == 200 else -1.0
+
+    def metric_samples(self, name: str, metric: str) -> list[Sample]:
+        status, text = fetch(self.metrics[name], "/metrics")
+        return samples(text, metric) if status == 200 else []
 
 
 def fetch(addr: str, path: str) -> tuple[int, str]:
@@ -141,35 +197,42 @@ def sample(metrics_text: str, name: str) -> float:
     return sum(s.value for s in samples(metrics_text, name))
 
 
-def wait_for(predicate: Any, timeout: float, what: str) -> None:
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str,
+             during: Callable[[], None] | None = None) -> None:
+    """Poll `predicate` (a state, never a duration) until it holds; `timeout` only bounds a
+    stuck run so that it fails with a message."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if during is not None:
+            during()
         if predicate():
             return
         time.sleep(0.25)
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.time_limit(400)
 async def test_split_mode_matches_all_in_one(
     testdata: Path, tmp_path: Path, db_url: str, second_db: str
 ) -> None:
     # One capture: captures recorded on different days, replayed together, race each other's
-    # fix clocks (a shard's clock is the newest fix it has seen), so their flights would depend
-    # on scheduling in either mode. The SBS sample's ~6,800 aircraft spread over both tracks.
-    files = [testdata / SBS_SAMPLE]
-    settings = load_settings(environ={}, overrides={"data_dir": str(tmp_path / "ref"), "shards": 4})
-    reference = await run_replay(settings, db_url, files)
-    expected = fix_keys(db_url)
-    expected_flights = flights_per_aircraft(db_url)
+    # fix clocks, so their flights would depend on scheduling in either mode. The SBS sample's
+    # ~6,800 aircraft spread over both tracks. No SOAR_NATS_URL: the processes share the
+    # embedded nats-server under their data directory, and the last one out stops it.
+    expected, expected_flights, messages = await reference_run(testdata, tmp_path, db_url)
     assert len(expected_flights) > 1000
 
     cluster = Cluster(tmp_path, second_db)
     try:
-        cluster.start_all(files)
-        cluster.wait_ingest(120)
-        wait_for(lambda: len(fix_keys(second_db)) >= len(expected), 60, "the tracks to commit")
-        wait_for(lambda: cluster.get("/healthz") == 200, 30, "soar web")
-        # each track process serves its own metrics on metrics_addr (no API there)
+        cluster.start_track(0)
+        cluster.start_track(1)
+        cluster.start_web()
+        wait_for(lambda: all(cluster.metric(f"track{k}", "soar_track_partitions_owned")
+                             == SHARE[k] for k in range(2)), 120, "both tracks to own their share")
+        cluster.start_ingest([testdata / SBS_SAMPLE])
+        cluster.wait_ingest(180)
+        wait_for(lambda: fix_count(second_db) >= len(expected), 120, "the tracks to commit")
+        wait_for(lambda: fetch(cluster.http, "/healthz")[0] == 200, 60, "soar web")
         received = 0.0
         for k in range(2):
             addr = cluster.metrics[f"track{k}"]
@@ -179,57 +242,167 @@ async def test_split_mode_matches_all_in_one(
             assert sample(text, "soar_fixes_processed_total") > 0
             assert fetch(addr, "/readyz")[0] == 200
             assert fetch(addr, "/api/aircraft")[0] == 404
-        assert received == reference["messages"]  # every envelope reached one track
+            tree = json.loads(fetch(addr, "/healthz")[1])["tree"]
+            assert "broker" in json.dumps(tree)
+        assert received == messages  # every envelope reached one track, once
+        pid = EmbeddedNats(cluster.data).pid
+        assert pid is not None
     finally:
         cluster.stop()
     assert fix_keys(second_db) == expected
-    assert flights_per_aircraft(second_db) == expected_flights
+    assert_same_flights(second_db, expected_flights)
+    # the last process out stopped the shared server
+    assert pid is not None
+    with pytest.raises(ProcessLookupError):
+        for _ in range(100):
+            os.kill(pid, 0)
+            time.sleep(0.1)
 
 
 def test_ingest_serves_metrics_health_and_readiness(tmp_path: Path, second_db: str) -> None:
     cluster = Cluster(tmp_path, second_db)
     try:
-        # no feed configured and no capture: it waits for tracks and signals
-        cluster.start("ingest", ["ingest"], SOAR_DATA_DIR=str(tmp_path / "ingest"),
-                      SOAR_METRICS_ADDR=cluster.metrics["ingest"])
+        # no feed configured and no capture: it waits for feeds and signals
+        cluster.start("ingest", ["ingest"])
         addr = cluster.metrics["ingest"]
-        wait_for(lambda: fetch(addr, "/healthz")[0] == 200, 30, "soar ingest's /healthz")
+        wait_for(lambda: fetch(addr, "/readyz")[0] == 200, 60, "soar ingest's /readyz")
         status, body = fetch(addr, "/healthz")
-        assert set(json.loads(body)["tree"]) == {"sources", "links", "routers"}
+        assert status == 200
+        assert "publisher" in json.dumps(json.loads(body)["tree"])
         status, text = fetch(addr, "/metrics")
         assert status == 200
         running = {s.labels["task"] for s in samples(text, "soar_task_running") if s.value == 1}
-        assert {f"link.{track}" for track in cluster.tracks} <= running
-        assert fetch(addr, "/readyz")[0] == 200  # nothing unacknowledged yet
+        assert "publisher" in running
     finally:
         cluster.stop()
 
 
-async def test_killed_track_loses_no_fix(
-    testdata: Path, tmp_path: Path, db_url: str, second_db: str
-) -> None:
-    files = [testdata / SBS_SAMPLE]
-    settings = load_settings(environ={}, overrides={"data_dir": str(tmp_path / "ref"), "shards": 4})
-    await run_replay(settings, db_url, files)
-    expected = fix_keys(db_url)
-
-    cluster = Cluster(tmp_path, second_db)
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
+    """A nats-server the test owns (so that it can SIGKILL and restart it)."""
+    server = EmbeddedNats(tmp_path / "broker")
+    server.start()
     try:
-        cluster.start_all(files, speed=3.0)  # the 38 s capture in ~13 s
-        wait_for(lambda: len(fix_keys(second_db)) > len(expected) // 4, 60, "a quarter of the fixes")
-        cluster.procs["track1"].kill()  # no goodbye: SIGKILL
-        cluster.procs["track1"].wait()
-        time.sleep(2.0)
+        yield server
+    finally:
+        pid = server.pid
+        server.stop()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.time_limit(600)
+async def test_continuous_load_with_every_role_killed_once(
+    testdata: Path, tmp_path: Path, db_url: str, second_db: str, nats_server: EmbeddedNats
+) -> None:
+    """The capture streamed without pause for over 60 s; a track, the ingest, the web and the
+    nats-server itself are each SIGKILLed and restarted on the way. At the end: the fixes and
+    flights of the all-in-one run, every fix once, and the unacknowledged messages bounded."""
+    expected, expected_flights, _messages = await reference_run(testdata, tmp_path, db_url)
+    cluster = Cluster(tmp_path, second_db, nats=nats_server)
+    capture = testdata / SBS_SAMPLE
+    unacked_seen: list[float] = []
+
+    def watch() -> None:
+        for k in range(2):
+            value = cluster.metric(f"track{k}", "soar_track_unacked_messages")
+            if value >= 0:
+                unacked_seen.append(value)
+            for s in cluster.metric_samples(f"track{k}", "soar_track_consumer_ack_pending"):
+                unacked_seen.append(s.value)
+
+    def committed_more(than: int) -> Callable[[], bool]:
+        return lambda: fix_count(second_db) > than
+
+    try:
+        cluster.start_track(0)
         cluster.start_track(1)
-        cluster.wait_ingest(120)
-        try:
-            wait_for(lambda: len(fix_keys(second_db)) >= len(expected), 60, "every fix")
-        except AssertionError:
-            got = fix_keys(second_db)
-            missing = sorted(expected - got)
-            raise AssertionError(f"{len(missing)} of {len(expected)} fixes missing, "
-                                 f"{len(got - expected)} extra; first missing {missing[:5]}; "
-                                 f"track1 log: {cluster.logs('track1')[-1500:]}") from None
+        cluster.start_web()
+        wait_for(lambda: all(cluster.metric(f"track{k}", "soar_track_partitions_owned")
+                             == SHARE[k] for k in range(2)), 120, "both tracks to own their share")
+        # the 38 s capture at half speed: 76 s of continuous traffic
+        cluster.start_ingest([capture], speed=0.5)
+
+        wait_for(committed_more(len(expected) // 10), 120, "a tenth of the fixes", watch)
+        cluster.kill("track1")
+        cluster.start_track(1)
+        wait_for(lambda: cluster.metric("track1", "soar_track_partitions_owned") == SHARE[1], 120,
+                 "the restarted track to get its partitions back", watch)
+
+        now = fix_count(second_db)
+        wait_for(committed_more(now + 1000), 120, "traffic after the track's restart", watch)
+        cluster.kill("ingest")
+        cluster.start_ingest([capture], speed=0.5)  # resumes where its stored envelopes end
+
+        now = fix_count(second_db)
+        wait_for(committed_more(now + 1000), 120, "traffic after the ingest's restart", watch)
+        cluster.kill("web")
+        cluster.start_web()
+        wait_for(lambda: fetch(cluster.http, "/healthz")[0] == 200, 60, "the web back", watch)
+
+        now = fix_count(second_db)
+        wait_for(committed_more(now + 1000), 120, "traffic before the broker's kill", watch)
+        pid = nats_server.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        for _ in range(300):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        nats_server.start()  # same port and store: the clients reconnect by themselves
+
+        now = fix_count(second_db)
+        wait_for(committed_more(now + 1000), 180, "traffic after the broker's restart", watch)
+        cluster.wait_ingest(300)
+        wait_for(lambda: fix_count(second_db) >= len(expected), 180, "every fix", watch)
+        wait_for(lambda: all(cluster.metric(f"track{k}", "soar_track_unacked_messages") == 0
+                             for k in range(2)), 120, "every message acknowledged", watch)
+    except AssertionError:
+        raise AssertionError(
+            f"\n--- track0\n{cluster.logs('track0')[-1500:]}\n--- track1\n"
+            f"{cluster.logs('track1')[-1500:]}\n--- ingest\n{cluster.logs('ingest')[-1500:]}"
+        ) from None
+    finally:
+        cluster.stop()
+    got = fix_keys(second_db)
+    missing, extra = expected - got, got - expected
+    assert not missing and not extra, (
+        f"{len(missing)} missing, {len(extra)} extra of {len(expected)}; "
+        f"first missing {sorted(missing)[:3]}")
+    assert_same_flights(second_db, expected_flights)
+    assert unacked_seen, "the unacknowledged-message metrics were never read"
+    assert max(unacked_seen) <= 256  # PartitionFeed.max_unacked, and each consumer's share
+
+
+@pytest.mark.time_limit(400)
+async def test_a_dead_tracks_partitions_are_taken_over_and_given_back(
+    testdata: Path, tmp_path: Path, db_url: str, second_db: str, nats_server: EmbeddedNats
+) -> None:
+    expected, expected_flights, _messages = await reference_run(testdata, tmp_path, db_url)
+    cluster = Cluster(tmp_path, second_db, nats=nats_server)
+    try:
+        cluster.start_track(0)
+        cluster.start_track(1)
+        wait_for(lambda: all(cluster.metric(f"track{k}", "soar_track_partitions_owned")
+                             == SHARE[k] for k in range(2)), 120, "both tracks to own their share")
+        cluster.start_ingest([testdata / SBS_SAMPLE], speed=1.0)
+        wait_for(lambda: fix_count(second_db) > len(expected) // 5, 120, "a fifth of the fixes")
+        cluster.kill("track1")
+        # gone longer than the lease: track 0 takes every partition over
+        wait_for(lambda: cluster.metric("track0", "soar_track_partitions_owned") == PARTITIONS, 60,
+                 "track 0 to take track 1's partitions over")
+        now = fix_count(second_db)
+        wait_for(lambda: fix_count(second_db) > now + 1000, 120, "track 0 to commit for both")
+        cluster.start_track(1)
+        wait_for(lambda: cluster.metric("track1", "soar_track_partitions_owned") == SHARE[1]
+                 and cluster.metric("track0", "soar_track_partitions_owned") == SHARE[0], 120,
+                 "the partitions to be given back")
+        cluster.wait_ingest(300)
+        wait_for(lambda: fix_count(second_db) >= len(expected), 180, "every fix")
     finally:
         cluster.stop()
     assert fix_keys(second_db) == expected
+    assert_same_flights(second_db, expected_flights)

@@ -202,9 +202,9 @@ class PartitionLeases:
                 with contextlib.suppress(BrokerError):
                     await self.store.delete(key, revision)
         for partition in sorted(wanted - self.owned - set(self._releasing)):
-            revision = await self._claim(partition, me)
-            if revision is not None:
-                self._revisions[partition] = revision
+            claimed = await self._claim(partition, me)
+            if claimed is not None:
+                self._revisions[partition] = claimed
                 self._changed()
                 log.info("lease.acquired", track=self.track_id, partition=partition)
                 await self._call("acquired", partition)
