@@ -40,7 +40,7 @@ from soar.config import Settings
 from soar.database import Database, open_database
 from soar.runtime import log_slow_gc_pauses, settle_runtime
 from soar.supervisor import ChildSpec, RestartPolicy
-from soar.topology import Stage, Topology
+from soar.topology import Stage
 from soar.web.app import WebContext
 from soar.web.server import listen_socket, serve_web
 
@@ -112,9 +112,7 @@ async def _run(
         "database": pipeline.database_ready,
         "migrations": lambda: True,  # open_database applied them before anything started
     }
-    tree: list[Topology] = []
-    ctx = WebContext(tree=lambda: tree[0].tree() if tree else {}, ready_checks=ready_checks,
-                     pool=None, live=hub)
+    ctx = WebContext(tree=pipeline.tree, ready_checks=ready_checks, pool=None, live=hub)
     web_stop = trio.Event()
     web_done = trio.Event()
     exit_code = 0
@@ -128,8 +126,7 @@ async def _run(
             web_done.set()
 
     transient = RestartPolicy.TRANSIENT
-    topology = Topology("run", [
-        *pipeline.stages,
+    topology = pipeline.declare("run", [
         Stage("signals", [ChildSpec("signals", functools.partial(_watch_signals, shutdown))]),
         Stage("web", [ChildSpec("web.server", web, transient)]),
         Stage("hub", [ChildSpec("live.hub", hub.run)]),
@@ -137,7 +134,6 @@ async def _run(
                                       functools.partial(directory.run, pipeline.pool))]),
         Stage("runtime", [ChildSpec("gc.pauses", log_slow_gc_pauses)], essential=False),
     ])
-    tree.append(topology)
     settle_runtime()
     log.info("soar.started", http=settings.http_addr,
              database="embedded" if db.embedded else "external",

@@ -291,8 +291,8 @@ class Pipeline:
             # Optional: an archive that keeps failing (a full or read-only disk) is stopped and
             # reported; the live data path does not depend on it.
             stages.append(Stage("archive", [ChildSpec(
-                "archive", functools.partial(archive.run, self.archive_edge.receiver().as_channel()),
-                transient)], essential=False))
+                "archive", functools.partial(self._archive, archive), transient)],
+                essential=False))
         maintenance = [ChildSpec("partitions", self._maintain_partitions),
                        ChildSpec("database.probe", self._probe_database)]
         if self.settings.ddb_url:
@@ -389,13 +389,19 @@ class Pipeline:
             await trio.to_thread.run_sync(self.pool.close)
             self.pool = None
 
+    def declare(self, role: str, extra: Sequence[Stage] = ()) -> Topology:
+        """The process of `role`: this data path's stages and `extra` under one root (the
+        tree `tree()` shows from now on)."""
+        self.topology = Topology(role, [*self.stages, *extra])
+        return self.topology
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The data path alone under a root of its own, until it has drained (a library
-        caller's or a test's; a role runs `stages` beside its own under one root)."""
+        caller's or a test's; a role declares its own stages beside these: `declare`)."""
         assert self.writers, "open() first"
-        self.topology = Topology("pipeline", self.stages)
+        topology = self.declare("pipeline")
         task_status.started()
-        await self.topology.run()
+        await topology.run()
 
     async def _feed(self) -> None:
         await self.sources_sup.run()
@@ -484,6 +490,14 @@ class Pipeline:
         receive = self.writer_edges[name].receiver()
         try:
             await self.writers[name].run(receive.as_channel())
+        finally:
+            receive.close()
+
+    async def _archive(self, archive: Any) -> None:
+        assert self.archive_edge is not None
+        receive = self.archive_edge.receiver()
+        try:
+            await archive.run(receive.as_channel())
         finally:
             receive.close()
 

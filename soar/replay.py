@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import itertools
 import json
 import math
@@ -43,7 +44,8 @@ from soar.log import lines_above
 from soar.pipeline import EnvelopeSink, Pipeline, SourceSpec
 from soar.records import Envelope, Protocol
 from soar.runtime import settle_runtime
-from soar.supervisor import RestartPolicy
+from soar.supervisor import ChildSpec, RestartPolicy
+from soar.topology import Stage
 
 log = structlog.get_logger(__name__)
 
@@ -110,7 +112,7 @@ class CaptureSource:
         log.info("replay.file_done", file=str(self.path), messages=self.sent)
 
 
-async def _stop_on_signal(pipeline: Pipeline) -> None:
+async def _stop_on_signal(pipeline: Pipeline) -> None:  # a task of the replay's tree
     """SIGTERM/SIGINT stop reading the captures; what was read is still committed (a replay
     run again later stores the rest, and nothing twice)."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -144,11 +146,15 @@ async def run_replay(
         pipeline_hook(pipeline)
     await pipeline.open()
     try:
-        async with trio.open_nursery() as nursery:
-            if stop_on_signal:  # the command only: a library caller keeps its own signals
-                nursery.start_soon(_stop_on_signal, pipeline)
+        if stop_on_signal:  # the command only: a library caller keeps its own signals
+            topology = pipeline.declare("replay", [Stage("signals", [
+                ChildSpec("signals", functools.partial(_stop_on_signal, pipeline))])])
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(topology.run)
+                await pipeline.wait_finished()
+                topology.stop()  # the signal watcher: the data path has ended
+        else:
             await pipeline.run()
-            nursery.cancel_scope.cancel()
     finally:
         await pipeline.close()
     summary = pipeline.summary()

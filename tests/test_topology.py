@@ -237,3 +237,66 @@ async def test_an_essential_stage_that_keeps_crashing_fails_the_process() -> Non
     assert raised.value.child == "t.ess.shards"
     assert topology.tree()["state"] == "failed"
     assert topology.tree()["children"]["t.ess.shards"]["supervisor"]["state"] == "failed"
+
+
+# -- the data path's optional stage, for real --------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_raw_archive_on_an_unwritable_disk_is_stopped_and_the_fixes_still_committed(
+    testdata: Path, tmp_path: Path, db_url: str
+) -> None:
+    import shutil
+
+    from structlog.testing import capture_logs
+
+    from soar.config import load_settings
+    from soar.pipeline import EnvelopeSink, Pipeline, SourceSpec
+
+    if shutil.which("chattr") is None:
+        pytest.skip("chattr not installed")
+    settings = load_settings(environ={}, overrides={
+        "data_dir": str(tmp_path / "var"), "shards": 2, "archive_raw": True, "channel_size": 64})
+    archive_dir = tmp_path / "var" / "archive"
+    archive_dir.mkdir(parents=True)
+    items = envelopes(testdata, 1183)
+    holder: list[Pipeline] = []
+
+    def archive_state() -> dict[str, object]:
+        tree = holder[0].tree()
+        node: dict[str, object] = tree["children"]["archive"]["supervisor"]["children"]["archive"]
+        return node
+
+    async def feed(sink: EnvelopeSink) -> None:
+        # keep feeding until the archive has given up: each of its restarts crashes on the
+        # next batch it tries to write (chmod would not do: tests run as root)
+        sent = 0
+        while archive_state()["state"] != "stopped":
+            assert sent < len(items), "the archive never stopped"
+            await sink.send(items[sent])
+            sent += 1
+            await trio.sleep(0.01)
+        for env in items[sent:]:
+            await sink.send(env)
+
+    pipeline = Pipeline(settings, db_url, sources=[
+        SourceSpec("ogn", Protocol.OGN, feed, RestartPolicy.TEMPORARY)])
+    holder.append(pipeline)
+    await pipeline.open()
+    await trio.run_process(["chattr", "+i", str(archive_dir)], capture_stdout=True)
+    try:
+        with capture_logs() as logs, trio.fail_after(180):
+            await pipeline.run()  # ends normally: the process was not taken down
+    finally:
+        await trio.run_process(["chattr", "-i", str(archive_dir)], capture_stdout=True)
+        await pipeline.close()
+    node = archive_state()
+    assert node["state"] == "stopped" and node["essential"] is False
+    assert "Operation not permitted" in str(node["last_error"])
+    assert sample("soar_stage_stopped", stage="archive") == 1
+    assert [e for e in logs if e["event"] == "task.stopped" and e["task"] == "archive"]
+    assert pipeline.tree()["state"] == "finished"
+    summary = pipeline.summary()
+    assert summary["messages"] == 1183 and summary["fixes"] > 1000
+    # what the archive could not take was counted, not lost silently
+    assert sample("soar_edge_dropped_total", edge="archive", reason="full") > 0
