@@ -266,6 +266,16 @@ def decode_flight_cursor(text: str, kind: str) -> queries.FlightKey:
         raise ApiError(400, "cursor is not valid for this request") from None
 
 
+def _page(kind: str, rows: list[dict[str, Any]], limit: int
+          ) -> tuple[list[dict[str, Any]], str | None]:
+    """The page of `limit + 1` rows fetched: its first `limit`, and a cursor only when there is
+    a row after them."""
+    if len(rows) <= limit:
+        return rows, None
+    rows = rows[:limit]
+    return rows, encode_flight_cursor(kind, rows[-1]["started_at"], rows[-1]["id"])
+
+
 def day_bounds(day: dt.date, zone: dt.tzinfo) -> tuple[dt.datetime, dt.datetime]:
     """[midnight, next midnight) of `day` in `zone` (23 or 25 h on a DST change)."""
     start = dt.datetime.combine(day, dt.time(), tzinfo=zone)
@@ -742,9 +752,9 @@ def api_blueprint(ctx: WebContext) -> Blueprint:
         before = None if cursor is None else decode_flight_cursor(cursor, kind)
         if await _db(ctx, queries.aircraft_is_hidden, ident):
             raise ApiError(404, "aircraft not found")
-        rows, total = await _db(ctx, queries.aircraft_flights_page, ident, before, limit)
-        next_cursor = (encode_flight_cursor(kind, rows[-1]["started_at"], rows[-1]["id"])
-                       if len(rows) == limit else None)
+        # one more than asked: the last page says it is the last
+        rows, total = await _db(ctx, queries.aircraft_flights_page, ident, before, limit + 1)
+        rows, next_cursor = _page(kind, rows, limit)
         return jsonify({"aircraft_id": ident, "flights": [flight_json(r) for r in rows],
                         "count": len(rows), "total": total, "next_cursor": next_cursor})
 
@@ -775,9 +785,8 @@ def api_blueprint(ctx: WebContext) -> Blueprint:
                             headers={"Content-Disposition": f'attachment; filename="{name}"'})
         limit = parse_limit("flights", 500)
         rows, total = await _db(ctx, queries.flights_on_day, start, end, airport, spurious,
-                                after, limit)
-        next_cursor = (encode_flight_cursor(kind, rows[-1]["started_at"], rows[-1]["id"])
-                       if len(rows) == limit else None)
+                                after, limit + 1)
+        rows, next_cursor = _page(kind, rows, limit)
         body: dict[str, Any] = {
             "date": day.isoformat(), "tz": str(zone), "airport": airport,
             "flights": [flight_json(r) for r in rows], "count": len(rows), "total": total,

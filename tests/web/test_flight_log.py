@@ -107,7 +107,7 @@ async def test_paging_with_cursor_and_total(soar: RunningSoar) -> None:
         path = (f"/api/flights?date=2024-03-29&include_spurious=true&limit=1&cursor={cursor}"
                 if cursor else "")
     assert seen == [f["id"] for f in whole["flights"]]
-    assert pages in (whole["total"], whole["total"] + 1)
+    assert pages == whole["total"]
     # the default hides flights marked spurious: its total counts what it lists
     plain = await get_json(soar, "/api/flights?date=2024-03-29")
     assert plain["total"] == len(plain["flights"]) < whole["total"]
@@ -123,10 +123,7 @@ async def test_paging_with_cursor_and_total(soar: RunningSoar) -> None:
     rest = await get_json(soar, f"/api/aircraft/{TRACE_ID}/flights?limit=1"
                                 f"&cursor={mine['next_cursor']}")
     assert rest["flights"][0]["first_fix"] < mine["flights"][0]["first_fix"]
-    assert rest["total"] == 2 and rest["next_cursor"]
-    last = await get_json(soar, f"/api/aircraft/{TRACE_ID}/flights?limit=1"
-                                f"&cursor={rest['next_cursor']}")
-    assert last["flights"] == [] and last["next_cursor"] is None
+    assert rest["total"] == 2 and rest["next_cursor"] is None  # the last page says so
     other = await get_json(soar, f"/api/aircraft/{flarm_id(FLOOD_WINCH)}/flights"
                                  f"?cursor={mine['next_cursor']}", 400)
     assert "cursor" in other["error"]
