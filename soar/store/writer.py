@@ -20,6 +20,12 @@ Failures:
   every other row commits.
 
 A row is acknowledged (counted committed, reported to `on_commit`) only after its commit.
+
+Progress for an upstream that acknowledges its own input (JetStream) only once it is safe:
+`taken` counts items taken from the input channel, `settled` the items whose batch is committed
+or durably spooled. Batches settle in the order they were taken, so the first `settled` items
+taken are all safe; an item that stores no row (coalesced away, skipped, refused) settles with
+its batch.
 """
 
 from __future__ import annotations
@@ -72,6 +78,11 @@ BATCH_SECONDS = Histogram(
 )
 RETRIES = Counter("soar_store_retries_total", "Commit attempts retried after an outage", ["family"])
 SPOOL_DEPTH = Gauge("soar_store_spool_depth", "Batches waiting in the outage spool", ["family"])
+STALLED = Gauge(
+    "soar_store_stalled",
+    "1 while the writer holds input that neither the database nor its spool takes",
+    ["family"],
+)
 STORE_UP = Gauge("soar_store_up", "1 when the writer's last database attempt worked", ["family"])
 COMMIT_LAG = Histogram(
     "soar_store_commit_lag_seconds",
@@ -116,6 +127,21 @@ class CommitReport:
 
 
 @dataclass(slots=True)
+class _Batch(Generic[T]):
+    records: list[T]
+    items: int
+    """Input items the records came from (a list item holds several; an empty one none)."""
+
+
+@dataclass(slots=True)
+class _Held(Generic[T]):
+    """A batch taken from the batcher and not yet settled."""
+
+    batch: _Batch[T]
+    prepared: list[TableBatch] | None = None
+
+
+@dataclass(slots=True)
 class _Result:
     reports: list[CommitReport] = field(default_factory=list)
 
@@ -148,11 +174,18 @@ class StoreWriter(Generic[T]):
         self.on_commit = on_commit
         self.pending_batches = pending_batches
         self._up = True
-        self._holding = 0
+        self.taken = 0
+        """Input items (records or lists) taken from the channel, total."""
+        self.settled = 0
+        """Of `taken`, the first ones whose batch is committed or durably spooled."""
+        self.stalled = False
+        """Holding input that neither the database nor the spool takes (backpressure)."""
+        self._held: _Held[T] | None = None
         self._batches_sent = 0
         self._batches_settled = 0
         self._staged: WeakSet[psycopg.Connection[Any]] = WeakSet()
         STORE_UP.labels(self.name).set(1)
+        STALLED.labels(self.name).set(0)
         SPOOL_DEPTH.labels(self.name).set(self.spool.depth)
 
     @property
@@ -163,7 +196,7 @@ class StoreWriter(Generic[T]):
     @property
     def idle(self) -> bool:
         """Nothing taken from the input is waiting: all committed or spooled to disk."""
-        return self._holding == 0 and self._batches_sent == self._batches_settled
+        return self.settled == self.taken
 
     @property
     def spool_depth(self) -> int:
@@ -177,7 +210,7 @@ class StoreWriter(Generic[T]):
 
         Anything left in the spool from a previous run is replayed first, in order.
         """
-        send_batch, receive_batch = trio.open_memory_channel[list[T]](self.pending_batches)
+        send_batch, receive_batch = trio.open_memory_channel[_Batch[T]](self.pending_batches)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._commit_loop, receive_batch)
             async with send_batch:
@@ -186,15 +219,19 @@ class StoreWriter(Generic[T]):
     async def _batch_loop(
         self,
         receive: trio.MemoryReceiveChannel[T | list[T]],
-        send_batch: trio.MemorySendChannel[list[T]],
+        send_batch: trio.MemorySendChannel[_Batch[T]],
     ) -> None:
         # Records are converted to rows in the commit thread, not here: a second busy thread
         # would contend for the GIL with the one running COPY (measured: ~10 % slower).
         max_rows = self.max_rows
         pending: list[T] = []
+        items = 0  # input items in `pending`; an empty list is one item and no record
         deadline = math.inf
 
         def take(item: T | list[T]) -> None:
+            nonlocal items
+            items += 1
+            self.taken += 1
             if isinstance(item, list):
                 pending.extend(item)
             else:
@@ -202,7 +239,7 @@ class StoreWriter(Generic[T]):
 
         async with receive:
             while True:
-                if pending:
+                if items:
                     with trio.move_on_at(deadline):
                         try:
                             take(await receive.receive())
@@ -220,37 +257,61 @@ class StoreWriter(Generic[T]):
                         take(receive.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
-                self._holding = len(pending)
                 if len(pending) >= max_rows or trio.current_time() >= deadline:
                     self._batches_sent += 1
-                    await send_batch.send(pending)
+                    await send_batch.send(_Batch(pending, items))
                     pending = []
-                    self._holding = 0
+                    items = 0
                     deadline = math.inf
-        if pending:
+        if items:
             self._batches_sent += 1
-            await send_batch.send(pending)
-            self._holding = 0
+            await send_batch.send(_Batch(pending, items))
 
-    async def _commit_loop(self, batches: trio.MemoryReceiveChannel[list[T]]) -> None:
+    def _settle(self, batch: _Batch[T]) -> None:
+        """The batch is committed or safe in the on-disk spool."""
+        self._batches_settled += 1
+        self.settled += batch.items
+        self._unstall()
+
+    def _stall(self) -> None:
+        """Neither the database nor the spool takes the next batch: the input waits."""
+        if not self.stalled:
+            self.stalled = True
+            STALLED.labels(self.name).set(1)
+            log.warning("store.stalled", family=self.name, reason="spool_full",
+                        spool_bytes=self.spool.bytes_used, spooled_batches=self.spool.depth)
+
+    def _unstall(self) -> None:
+        if self.stalled:
+            self.stalled = False
+            STALLED.labels(self.name).set(0)
+            log.info("store.unstalled", family=self.name)
+
+    async def _commit_loop(self, batches: trio.MemoryReceiveChannel[_Batch[T]]) -> None:
         input_open = True
         async with batches:
             while True:
                 if self.spool.depth:
                     input_open = await self._drain_spool(batches, input_open)
                     continue
-                if not input_open:
+                if self._held is not None:
+                    batch, self._held = self._held.batch, None
+                elif not input_open:
                     return
-                try:
-                    items = await batches.receive()
-                except trio.EndOfChannel:
-                    return
+                else:
+                    try:
+                        batch = await batches.receive()
+                    except trio.EndOfChannel:
+                        return
+                if not batch.records:
+                    self._settle(batch)
+                    continue
                 # Convert and COPY in one trip to the worker thread: a second hand-off per
                 # batch cost more than the conversion it moved off the event loop.
                 prepared_box: list[list[TableBatch]] = []
 
                 def prepare_and_commit(
-                    items: list[T] = items, box: list[list[TableBatch]] = prepared_box
+                    items: list[T] = batch.records, box: list[list[TableBatch]] = prepared_box
                 ) -> _Result:
                     box.append(self._prepare(items))
                     return self._commit_sync(box[0], True)
@@ -259,13 +320,13 @@ class StoreWriter(Generic[T]):
                     await self._commit([], call=prepare_and_commit)
                 except Outage:
                     prepared = prepared_box[0] if prepared_box else await trio.to_thread.run_sync(
-                        self._prepare, items
+                        self._prepare, batch.records
                     )
                     await self._spool_append(prepared)
-                self._batches_settled += 1  # committed, or safe in the on-disk spool
+                self._settle(batch)
 
     async def _drain_spool(
-        self, batches: trio.MemoryReceiveChannel[list[T]], input_open: bool
+        self, batches: trio.MemoryReceiveChannel[_Batch[T]], input_open: bool
     ) -> bool:
         """Replay the spool oldest first until it is empty, spooling new input meanwhile."""
         while self.spool.depth:
@@ -289,46 +350,60 @@ class StoreWriter(Generic[T]):
                 continue
             await trio.to_thread.run_sync(self.spool.pop)
             SPOOL_DEPTH.labels(self.name).set(self.spool.depth)
+            self._unstall()
         self.backoff.reset()
         log.info("store.spool_drained", family=self.name)
         return input_open
 
     async def _spool_input(
-        self, batches: trio.MemoryReceiveChannel[list[T]], input_open: bool
+        self, batches: trio.MemoryReceiveChannel[_Batch[T]], input_open: bool
     ) -> bool:
-        """While waiting to retry: move new batches to the spool, so the input keeps flowing."""
-        while input_open and self.spool.has_room():
-            try:
-                items = await batches.receive()
-            except trio.EndOfChannel:
-                return False
-            # Received means ours: finish spooling it even if the retry timer fires now.
-            with trio.CancelScope(shield=True):
-                prepared = await trio.to_thread.run_sync(self._prepare, items)
-                await self._spool_append(prepared)
-            self._batches_settled += 1  # safe in the on-disk spool
-        if input_open:
-            log.warning("store.spool_full", family=self.name, bytes=self.spool.bytes_used)
+        """While waiting to retry: move new batches to the spool, so the input keeps flowing.
+
+        A batch received is held in `_held` until it is spooled: the retry timer cancels this
+        at any point, and a held batch is spooled or committed before any later one."""
+        while True:
+            if self._held is None:
+                if not input_open or not self.spool.has_room():
+                    break
+                try:
+                    self._held = _Held(await batches.receive())
+                except trio.EndOfChannel:
+                    input_open = False
+                    break
+            held = self._held
+            if held.prepared is None:
+                held.prepared = await trio.to_thread.run_sync(self._prepare, held.batch.records)
+            if not await self._spool_write(held.prepared):
+                break
+            self._held = None
+            self._settle(held.batch)
+        if input_open or self._held is not None:
+            self._stall()
         await trio.sleep_forever()
         return input_open  # pragma: no cover - left by the caller's cancel scope
 
-    async def _spool_append(self, prepared: list[TableBatch]) -> None:
+    async def _spool_write(self, prepared: list[TableBatch]) -> bool:
+        """Append to the spool; False when it is full."""
         if not any(batch.rows for batch in prepared):
-            return
+            return True
         payload = pickle.dumps(
             [(b.table, b.rows, b.stamps_us) for b in prepared], protocol=pickle.HIGHEST_PROTOCOL
         )
-        while True:
-            try:
-                await trio.to_thread.run_sync(self.spool.append, payload)
-                break
-            except SpoolFull:
-                # Only reached when a direct commit fails with a full spool: hold the batch
-                # (and, by not returning, the input) until the oldest spooled batch commits.
-                await trio.sleep(self.backoff.next_delay())
-                if await self._try_replay_head():
-                    continue
+        try:
+            await trio.to_thread.run_sync(self.spool.append, payload)
+        except SpoolFull:
+            return False
         SPOOL_DEPTH.labels(self.name).set(self.spool.depth)
+        return True
+
+    async def _spool_append(self, prepared: list[TableBatch]) -> None:
+        # Only waits when a direct commit fails with a full spool: hold the batch (and, by not
+        # returning, the input) until the oldest spooled batch commits.
+        while not await self._spool_write(prepared):
+            self._stall()
+            await trio.sleep(self.backoff.next_delay())
+            await self._try_replay_head()
 
     async def _try_replay_head(self) -> bool:
         payload = await trio.to_thread.run_sync(self.spool.peek)
