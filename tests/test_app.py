@@ -151,3 +151,22 @@ async def _within(seconds: float, fn: object) -> dict[str, object]:
 
     with trio.fail_after(seconds):  # a bound on a hang, not a timing assertion
         return await fn()  # type: ignore[operator,no-any-return]
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--replay", "/nonexistent/capture.txt"], "no such capture file"),
+    (["--replay", "README.md"], "not a capture format"),
+    (["--replay", "README.md", "--speed", "0"], "must be a positive number"),
+])
+def test_run_replay_refuses_bad_captures_in_one_line_before_starting(
+    tmp_path: Path, args: list[str], says: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SOAR_")}
+    env["SOAR_DATA_DIR"] = str(tmp_path / "var")
+    result = subprocess.run([sys.executable, "-m", "soar", "run", *args], env=env,
+                            capture_output=True, text=True, timeout=60,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0], result.stderr
+    assert not (tmp_path / "var" / "postgres").exists(), "nothing was started"
