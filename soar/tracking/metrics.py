@@ -32,6 +32,12 @@ SINK_BACKPRESSURE = Counter(
     "soar_shard_sink_backpressure_total", "Times a shard waited on a full store sink", ["sink"]
 )
 ENRICHMENT = Counter("soar_enrichment_total", "Flight enrichment requests by outcome", ["result"])
+CLOCK_STEPS = Counter(
+    "soar_shard_clock_steps_total",
+    "Jumps of the receive clock a shard held back: followed (the clock had moved) or ignored"
+    " (it came back; the fixes received meanwhile are rejected as clock_step)",
+    ["outcome"],
+)
 LATE_FIXES = Counter(
     "soar_fixes_late_total",
     "Fixes older than their aircraft's newest, stored without changing its state",

@@ -26,6 +26,15 @@ aircraft: timeouts of aircraft silent for an hour, due enrichment, expiry of idl
 Per-fix work is O(1) for fixes in order; the O(aircraft) sweep runs once a minute.
 `soar_fix_delay_seconds{protocol}` is the receive time minus the own time of each accepted fix.
 
+The receive clock is the host's wall clock, which can step. An input received more than
+`CLOCK_STEP_US` (5 min) after the shard's clock is held until the next receive times tell: go
+on from there for `CLOCK_CONFIRM_US` (10 s) and the clock really moved (the held inputs are
+processed, `soar_shard_clock_steps_total{outcome="followed"}`); come back and the host clock
+stepped (the held fixes are rejected as `clock_step`, `outcome="ignored"`). So a +10 y step of
+a few seconds, or one line of a replay stamped in 2036, times out and opens no flight and does
+not leave the fixes after it late. A fix whose own time is more than `AHEAD_US` (10 s) after
+its receive time is rejected as `time_ahead`.
+
 When the input ends (a drained pipeline), enrichment still waiting for its ±20 s window is
 requested at once and its results are applied before the last rows are written: the last
 landing of a replay gets its airport.
@@ -47,6 +56,7 @@ import trio
 from prometheus_client import Histogram
 
 from soar.channels import receive_buffered
+from soar.log import RateLimited
 from soar.records import (
     AddressType,
     AircraftSeen,
@@ -62,6 +72,7 @@ from soar.tracking.agl import AglCalculator
 from soar.tracking.enrichment import Enricher, EnrichFn, EnrichmentResult, airport_enrich
 from soar.tracking.flight import (
     HOUR,
+    MINUTE,
     SECOND,
     SPLIT_MAX_GAP_US,
     EnrichmentDue,
@@ -88,6 +99,7 @@ from soar.tracking.inputs import (
     TowRelease,
 )
 from soar.tracking.metrics import (
+    CLOCK_STEPS,
     ENRICHMENT,
     FIXES_PROCESSED,
     FIXES_REJECTED,
@@ -111,6 +123,16 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 _CHECKPOINT_EVERY = 256
+#: a receive time this far past the shard's clock is a jump: held until the next ones confirm
+#: it (below the 1 h timeout and the 30 min split, so a step that gets through cannot do harm
+#: and one that could is held)
+CLOCK_STEP_US = 5 * MINUTE
+CLOCK_CONFIRM_US = 10 * SECOND
+#: a fix whose own time is this far after its receive time is rejected (`time_ahead`): no
+#: aircraft reports from the future, and one such fix would split its flight. The OGN and SBS
+#: decoders allow the same (`FUTURE_TOLERANCE_US`) for clocks that disagree by a second or
+#: two; here it also bounds what Beast counters and fixes from other processes may claim
+AHEAD_US = 10 * SECOND
 LANDED_MEMORY_US = 48 * HOUR
 
 FIX_DELAY = Histogram(
@@ -199,6 +221,7 @@ class Shard:
         self.modes_reference = modes_reference
         self.privacy = privacy or PrivacyRegistry()
         self.quarantined = 0
+        self._ahead_log = RateLimited(log)
         self.runs = 0  # how many times `run` has started: > 0 before a restart
         self._requests: trio.MemorySendChannel[EnrichmentDue] | None = None
         self._processed = 0
@@ -211,6 +234,8 @@ class Shard:
         shard's open flights read back from the database, then `run()` again.
         """
         self.clock_us = 0
+        self._held: list[ShardInput] = []  # inputs after a jump of the receive clock
+        self._held_from_us = 0
         self.aircraft: dict[int, _Aircraft] = {}
         self._next_sweep_us = 0
         self._backlog: list[Event] = []
@@ -307,7 +332,95 @@ class Shard:
     # ------------------------------------------------------------------------- processing
 
     def process(self, item: ShardInput) -> list[Event]:
-        """All the state changes one input causes; synchronous, no I/O."""
+        """All the state changes one input causes; synchronous, no I/O.
+
+        An input received more than `CLOCK_STEP_US` after the shard's clock is held back
+        until the receive times that follow say whether the clock really moved (they go on
+        from there for `CLOCK_CONFIRM_US`: all held inputs are processed) or the host clock
+        stepped and came back (they return: the held fixes and messages are rejected as
+        `clock_step`, counted; held control inputs are still processed). One wrong time must
+        not time out or split every flight, and the fixes after it must not all be late.
+        """
+        received = _receive_time(item)
+        if self._held:
+            return self._while_held(item, received)
+        if received is not None and self.clock_us and received > self.clock_us + CLOCK_STEP_US:
+            self._held.append(item)
+            self._held_from_us = received
+            return []
+        return self._process(item)
+
+    def _while_held(self, item: ShardInput, received: int | None) -> list[Event]:
+        if received is None:  # a control input keeps its place among the held ones
+            self._held.append(item)
+            return []
+        if received <= self.clock_us + CLOCK_STEP_US or received < self._held_from_us - CLOCK_STEP_US:
+            events = self._drop_held(received)
+            events.extend(self.process(item))
+            return events
+        self._held.append(item)
+        if received - self._held_from_us >= CLOCK_CONFIRM_US:
+            return self.release_held()
+        return []
+
+    def release_held(self) -> list[Event]:
+        """Process the inputs held back at a jump of the receive clock: it was real (or the
+        input ended without contradicting it)."""
+        held, self._held = self._held, []
+        if not held:
+            return []
+        CLOCK_STEPS.labels("followed").inc()
+        log.warning(
+            "shard.clock_jump_followed",
+            shard=self.index,
+            from_us=self.clock_us,
+            to_us=self._held_from_us,
+            inputs=len(held),
+        )
+        return self._process_all(held)
+
+    def _drop_held(self, back_us: int) -> list[Event]:
+        held, self._held = self._held, []
+        rejected = 0
+        controls: list[ShardInput] = []
+        for item in held:
+            if isinstance(item, ClockTick):
+                continue
+            if _receive_time(item) is None:
+                controls.append(item)
+            else:
+                rejected += 1
+        if rejected:
+            FIXES_REJECTED.labels("clock_step").inc(rejected)
+        CLOCK_STEPS.labels("ignored").inc()
+        log.warning(
+            "shard.clock_step_ignored",
+            shard=self.index,
+            clock_us=self.clock_us,
+            step_to_us=self._held_from_us,
+            back_us=back_us,
+            rejected=rejected,
+        )
+        return self._process_all(controls)
+
+    def _process_all(self, items: list[ShardInput]) -> list[Event]:
+        """Inputs processed inside another's turn: each one quarantined on its own."""
+        events: list[Event] = []
+        for item in items:
+            try:
+                events.extend(self._process(item))
+            except Exception as exc:
+                self._quarantine(item, exc)
+        return events
+
+    def _quarantine(self, item: ShardInput, exc: Exception) -> None:
+        self.quarantined += 1
+        SHARD_QUARANTINED.labels(self.label).inc()
+        log.error(
+            "shard.quarantined", shard=self.index, error=repr(exc), raw=_raw(item), exc_info=True
+        )
+
+    def _process(self, item: ShardInput) -> list[Event]:
         if isinstance(item, Fix):
             return self._fix(item)
         if isinstance(item, ModeSInput):
@@ -382,7 +495,20 @@ class Shard:
         )
 
     def _fix(self, fix: Fix) -> list[Event]:
-        position_time(fix)
+        if position_time(fix) - fix.received_us > AHEAD_US:
+            FIXES_REJECTED.labels("time_ahead").inc()
+            # one line a minute per protocol (a receiver with a wrong clock repeats it); no
+            # aircraft named: it may be one that must not be identified
+            self._ahead_log.log(
+                fix.protocol,
+                "warning",
+                "shard.fix_time_ahead",
+                shard=self.index,
+                protocol=fix.protocol.value,
+                source=fix.source,
+                ahead_s=(fix.time_us - fix.received_us) / 1e6,
+            )
+            return self._advance(fix.received_us)
         ident = fix.aircraft_id
         directory = self.privacy.directory
         if fix.no_track or not directory.tracked(ident):
@@ -472,8 +598,10 @@ class Shard:
                     await trio.lowlevel.checkpoint()
                 elif result_receive.statistics().current_buffer_used:
                     await self._apply_results(result_receive, sinks)
-            # the input has ended: enrichment still waiting for fixes that will not come is
-            # asked for now, so its results are applied (and written) before the end
+            # the input has ended: nothing contradicts a jump of its clock any more
+            await self._emit(self.release_held(), sinks)
+            # enrichment still waiting for fixes that will not come is asked for now, so its
+            # results are applied (and written) before the end
             for state in list(self.aircraft.values()):
                 await self._emit(state.track.flush_pending(), sinks)
             await request_send.aclose()
@@ -486,15 +614,7 @@ class Shard:
         try:
             events = self.process(item)
         except Exception as exc:
-            self.quarantined += 1
-            SHARD_QUARANTINED.labels(self.label).inc()
-            log.error(
-                "shard.quarantined",
-                shard=self.index,
-                error=repr(exc),
-                raw=_raw(item),
-                exc_info=True,
-            )
+            self._quarantine(item, exc)
             return
         if events or self._seen_outbox:
             await self._emit(events, sinks)
@@ -625,6 +745,15 @@ async def _store(channel: trio.MemorySendChannel[Any], item: object, sink: str) 
     except trio.WouldBlock:
         SINK_BACKPRESSURE.labels(sink).inc()
         await channel.send(item)
+
+
+def _receive_time(item: ShardInput) -> int | None:
+    """When an input was received (the receive clock's reading); None for control inputs."""
+    if isinstance(item, Fix | ModeSInput | SbsInput):
+        return item.received_us
+    if isinstance(item, ClockTick):
+        return item.now_us
+    return None
 
 
 def _raw(item: object) -> str:

@@ -30,7 +30,7 @@ from soar.tracking.flight import (
 from soar.tracking.inputs import ClockTick, SbsInput, ShardInput
 from soar.tracking.metrics import ENRICHMENT, SHARD_QUARANTINED, SINK_DROPPED
 from soar.tracking.router import ShardRouter, hash_of, shard_of
-from soar.tracking.shard import Shard, ShardSinks
+from soar.tracking.shard import CLOCK_CONFIRM_US, Shard, ShardSinks
 
 from .helpers import fix, ids, us
 
@@ -168,9 +168,13 @@ def test_shard_remembers_a_landing_after_forgetting_the_aircraft() -> None:
     other = fix(5 * 3600, 0.0)
     other.address = 0x00ABCD  # another aircraft moves the fix clock: the first one expires
     shard.process(other)
+    # a jump of 5 h: the shard holds it until the receive clock goes on from there
+    assert landed[0].aircraft_id in shard.aircraft
+    shard.process(ClockTick(other.received_us + CLOCK_CONFIRM_US))
     assert landed[0].aircraft_id not in shard.aircraft
     # the next morning, first seen climbing through 1,200 ft at 800 fpm
-    morning = [*shard.process(fix(20 * 3600, 80.0, alt=1200.0, climb=800.0))]
+    first = fix(20 * 3600, 80.0, alt=1200.0, climb=800.0)
+    morning = [*shard.process(first), *shard.process(ClockTick(first.received_us + CLOCK_CONFIRM_US))]
     (opened,) = [e for e in morning if isinstance(e, FlightOpened)]
     assert (opened.how, opened.row.takeoff_us) == ("takeoff_out_of_coverage", us(20 * 3600 - 90))
 
