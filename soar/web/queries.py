@@ -100,6 +100,11 @@ _FLIGHT_FROM = f"""
         WHERE fx.aircraft_id = fl.aircraft_id
           AND {FIX_TIME} >= fl.takeoff_at
           AND {FIX_TIME} <= fl.takeoff_at + interval '{WINCH_WINDOW_S:g} seconds'
+          -- bounds on the partition key, so only a day or two of partitions is searched: a
+          -- fix is never received more than 10 s before its own time (it is rejected), and
+          -- one delivered a day late does not decide a launch
+          AND fx.received_at >= fl.takeoff_at - interval '10 seconds'
+          AND fx.received_at < fl.takeoff_at + interval '1 day'
     ) lc ON fl.takeoff_at IS NOT NULL
 """
 
