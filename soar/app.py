@@ -40,7 +40,7 @@ from soar.config import Settings
 from soar.database import Database, open_database
 from soar.runtime import log_slow_gc_pauses, settle_runtime
 from soar.supervisor import ChildSpec, RestartPolicy
-from soar.topology import Stage
+from soar.topology import Stage, when_started
 from soar.web.app import WebContext
 from soar.web.server import listen_socket, serve_web
 
@@ -119,7 +119,12 @@ async def _run(
     await pipeline.open()
     ctx.pool = pipeline.pool
 
+    hub_ready, directory_ready = trio.Event(), trio.Event()
+
     async def web() -> None:
+        # the live hub and the directory first, as the clients' messages need them
+        await hub_ready.wait()
+        await directory_ready.wait()
         try:
             await serve_web(settings, ctx, web_stop, sock=listener)
         finally:
@@ -129,9 +134,9 @@ async def _run(
     topology = pipeline.declare("run", [
         Stage("signals", [ChildSpec("signals", functools.partial(_watch_signals, shutdown))]),
         Stage("web", [ChildSpec("web.server", web, transient)]),
-        Stage("hub", [ChildSpec("live.hub", hub.run)]),
-        Stage("directory", [ChildSpec("aircraft.directory",
-                                      functools.partial(directory.run, pipeline.pool))]),
+        Stage("hub", [ChildSpec("live.hub", when_started(hub.run, hub_ready))]),
+        Stage("directory", [ChildSpec("aircraft.directory", when_started(
+            directory.run, directory_ready, pipeline.pool))]),
         Stage("runtime", [ChildSpec("gc.pauses", log_slow_gc_pauses)], essential=False),
     ])
     settle_runtime()

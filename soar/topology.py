@@ -304,6 +304,30 @@ def _optional(spec: ChildSpec) -> ChildSpec:
                      essential=False)
 
 
+class _Started:
+    """A `trio.TaskStatus` stand-in for a task run by a supervisor: `started()` sets an event."""
+
+    def __init__(self, event: trio.Event) -> None:
+        self.event = event
+        self.value: Any = None
+
+    def started(self, value: Any = None) -> None:
+        self.value = value
+        self.event.set()
+
+
+def when_started(
+    fn: Callable[..., Awaitable[None]], ready: trio.Event, *args: Any
+) -> Callable[[], Awaitable[None]]:
+    """`fn(*args, task_status=...)` as a supervised task that sets `ready` once it reports
+    started (what `nursery.start` waited for), so another task can wait for it."""
+
+    async def run() -> None:
+        await fn(*args, task_status=_Started(ready))
+
+    return run
+
+
 def task(name: str, fn: Callable[[], Awaitable[None]],
          policy: RestartPolicy = RestartPolicy.PERMANENT) -> ChildSpec:
     """One supervised task (a shorthand for the declarations)."""

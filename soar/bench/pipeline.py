@@ -398,7 +398,8 @@ async def _soar_main(job: _Job, events: Any, clients_ready: Any, devnull: Any) -
     from soar.records import Protocol
     from soar.runtime import settle_runtime
     from soar.store.writer import CommitReport
-    from soar.supervisor import RestartPolicy
+    from soar.supervisor import ChildSpec, RestartPolicy
+    from soar.topology import Stage, when_started
     from soar.web.app import WebContext
     from soar.web.live import LiveHub
     from soar.web.server import serve_web
@@ -417,9 +418,11 @@ async def _soar_main(job: _Job, events: Any, clients_ready: Any, devnull: Any) -
         client = SbsSource(address, source="bench")
     holder: list[Pipeline] = []
 
+    go = trio.Event()
+
     async def source(sink: EnvelopeSink) -> None:
-        del sink  # push back through TCP instead of spooling (see the module doc)
-        await client.run(holder[0].sinks[protocol])
+        await go.wait()  # the clock starts once the WebSocket clients follow their squares
+        await client.run(sink)  # a BLOCK edge: push back through TCP (see the module doc)
 
     commit = LatencyHistogram()
 
@@ -445,36 +448,51 @@ async def _soar_main(job: _Job, events: Any, clients_ready: Any, devnull: Any) -
         ctx = WebContext(tree=pipeline.tree, pool=pipeline.pool, live=hub,
                          ready_checks={"database": pipeline.database_ready})
         web_stop = trio.Event()
+        hub_ready = trio.Event()
+        http = socket.socket()
+        http.bind(("127.0.0.1", 0))
+        http.listen(128)
+        http_port = int(http.getsockname()[1])
+
+        async def web() -> None:
+            await hub_ready.wait()
+            await serve_web(settings, ctx, web_stop, sock=http)
+
+        # the bench role: the data path, the live hub and the web server under one root
+        topology = pipeline.declare("bench", [
+            Stage("hub", [ChildSpec("live.hub", when_started(hub.run, hub_ready))]),
+            Stage("web", [ChildSpec("web.server", web, RestartPolicy.TRANSIENT)]),
+        ])
         spooled_before = counter_total(SPOOLED)
         try:
             async with trio.open_nursery() as nursery:
-                await nursery.start(hub.run)
-                bound = await nursery.start(serve_web, settings, ctx, web_stop)
+                nursery.start_soon(topology.run)
+                await hub_ready.wait()
                 settle_runtime()  # as `soar run` does once it is up
                 gc.callbacks.append(
                     functools.partial(_note_gc_pause, gc_pauses, depths, job.timeline))
-                events.put(("http", int(str(bound[0]).rsplit(":", 1)[1])))
+                events.put(("http", http_port))
                 if not await trio.to_thread.run_sync(clients_ready.wait, 120.0):
                     raise RuntimeError("the WebSocket clients did not subscribe in 120 s")
                 cpu0, t0 = time.process_time(), time.perf_counter()
-                async with trio.open_nursery() as core:
-                    await core.start(pipeline.run)
-                    sampler = trio.CancelScope()
-                    if job.timeline:
-                        core.start_soon(_sample_depths, pipeline, depths, sampler)
-                    await trio.sleep(job.seconds)
-                    tracked = sum(len(shard.aircraft) for shard in pipeline.shards)
-                    window_messages = sum(d.messages for d in pipeline.decoders.values())
-                    await pipeline.drain()
-                    sampler.cancel()
+                go.set()
+                sampler = trio.CancelScope()
+                if job.timeline:
+                    nursery.start_soon(_sample_depths, pipeline, depths, sampler)
+                await trio.sleep(job.seconds)
+                tracked = sum(len(shard.aircraft) for shard in pipeline.shards)
+                window_messages = sum(d.messages for d in pipeline.decoders.values())
+                await pipeline.drain()
+                sampler.cancel()
                 elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
                 # Cyclic garbage the tuned collector had not reached yet (it runs full
                 # collections rarely): a leak would show here, not as a slowly growing RSS.
                 pauses_in_run = {g: list(seen) for g, seen in gc_pauses.items()}
                 garbage = gc.collect()
                 await trio.sleep(0.5)  # the last live flush reaches the clients
-                nursery.cancel_scope.cancel()
+                topology.stop()
         finally:
+            http.close()
             await pipeline.close()
         summary = pipeline.summary()
     return {
