@@ -435,3 +435,37 @@ async def test_stop_before_run_returns_at_once(autojump_clock: trio.testing.Mock
     assert sup.state == "stopped"
     assert child.starts == []
     assert ChildState.FINISHED.value == "finished"
+
+
+def test_states_are_enums_whose_values_are_what_healthz_shows() -> None:
+    from soar.supervisor import SupervisorState
+
+    assert [s.value for s in ChildState] == [
+        "starting", "running", "backing_off", "finished", "failed", "stopped"]
+    assert [s.value for s in SupervisorState] == [
+        "idle", "running", "stopped", "finished", "failed"]
+    sup = Supervisor("t14", [ChildSpec("t14.child", trio.sleep_forever)])
+    tree = json.loads(json.dumps(sup.tree()))  # plain strings on the wire
+    assert tree["state"] == "idle" and tree["children"]["t14.child"]["state"] == "starting"
+
+
+async def test_an_optional_child_that_keeps_crashing_is_stopped_and_its_siblings_run_on(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    flaky = Script(crashes=100)
+    steady = Script(crashes=0, then="sleep")
+    sup = Supervisor("t15", [ChildSpec("t15.flaky", flaky, essential=False),
+                             ChildSpec("t15.steady", steady)], max_restarts=3, period=60.0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sup.run)
+        await trio.sleep(50)  # mock clock: backoffs 0.5 + 1 + 2 s, then given up
+        tree = sup.tree()
+        assert tree["state"] == "running"
+        assert tree["children"]["t15.flaky"]["state"] == "stopped"
+        assert tree["children"]["t15.flaky"]["essential"] is False
+        assert tree["children"]["t15.steady"]["state"] == "running"
+        assert len(flaky.starts) == 4  # the first run and three restarts
+        assert REGISTRY.get_sample_value("soar_stage_stopped", {"stage": "t15.flaky"}) == 1
+        assert tree["recent_restarts"] == 0, "its restarts do not eat its siblings' budget"
+        sup.stop()
+    assert sup.state == "stopped"
