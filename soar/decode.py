@@ -126,7 +126,7 @@ class Decoder:
             TEXT_CLEANED.labels(protocol=protocol, field=field_name, kind=kind).inc()
             self._text_log.log(
                 (field_name, kind), "warning", "message.text_cleaned", protocol=protocol,
-                field=field_name, kind=kind, line=repr(line)[:200],
+                field=field_name, kind=kind, line=_private(record) or repr(line)[:200],
             )
         return line, record
 
@@ -135,7 +135,7 @@ class Decoder:
         if isinstance(parsed, ogn.AircraftBeacon):
             time_us = ogn.beacon_time_us(parsed, env.received_us)
             if time_us is None:
-                self.reject(ogn.REASON_FUTURE, line)
+                self.reject(ogn.REASON_FUTURE, _private(parsed) or line)
                 return
             fix = ogn.to_fix(parsed, env.received_us, env.source, time_us)
             if fix.receiver:
@@ -193,3 +193,11 @@ class Decoder:
             out.shard_items.append((aircraft_id(AddressType.ICAO, parsed.icao), item))
         else:
             self.reject(parsed.reason, line)
+
+
+def _private(record: object) -> str | None:
+    """What a log line shows instead of a beacon that must not identify its aircraft (stealth
+    or no-track bit); None for any other record."""
+    if isinstance(record, ogn.AircraftBeacon) and (record.stealth or record.no_track):
+        return "(a stealth or no-track beacon: not logged)"
+    return None

@@ -242,6 +242,8 @@ class Shard:
         self._modes: ModeSAccumulator | None = None
         self._sbs: SbsAccumulator | None = None
         self._seen_outbox: list[AircraftSeen] = []  # last positions of expired aircraft
+        #: aircraft shown without identity: never named in a log line either
+        self._anonymous: set[int] = set()
         # aircraft expired from memory after a landing: known to be on the ground, so their
         # next flight may start with a takeoff out of coverage (see flight.py)
         self._landed: dict[int, int] = {}
@@ -313,6 +315,7 @@ class Shard:
         """Give aircraft back: their latest rows first, so the next owner restores them."""
         events: list[Event] = []
         for ident in [ident for ident in self.aircraft if owned(ident)]:
+            self._anonymous.discard(ident)
             state = self.aircraft.pop(ident)
             events.extend(state.track.handover())
             if state.unsent is not None:
@@ -416,9 +419,17 @@ class Shard:
     def _quarantine(self, item: ShardInput, exc: Exception) -> None:
         self.quarantined += 1
         SHARD_QUARANTINED.labels(self.label).inc()
-        log.error(
-            "shard.quarantined", shard=self.index, error=repr(exc), raw=_raw(item), exc_info=True
-        )
+        raw = _raw(item)
+        if isinstance(item, Fix) and (
+            item.stealth or item.no_track or item.anonymous or item.aircraft_id in self._anonymous
+        ):
+            raw = f"a {item.protocol.value} fix of an aircraft that must not be identified"
+        log.error("shard.quarantined", shard=self.index, error=repr(exc), raw=raw, exc_info=True)
+
+    def _named(self, ident: int) -> dict[str, str]:
+        """The aircraft for a log line, unless it must not be identified (stealth, DDB): then
+        the line names only its flight, an id that says nothing about who flew."""
+        return {} if ident in self._anonymous else {"aircraft": f"{ident:08x}"}
 
     def _process(self, item: ShardInput) -> list[Event]:
         if isinstance(item, Fix):
@@ -484,7 +495,7 @@ class Shard:
     def _tow(self, release: TowRelease) -> list[Event]:
         state = self.aircraft.get(release.glider_aircraft_id)
         if state is None:
-            log.warning("shard.tow_for_unknown_aircraft", glider=release.glider_aircraft_id)
+            log.warning("shard.tow_for_unknown_aircraft", flight=str(release.flight_id))
             return []
         return state.track.apply_tow(
             release.flight_id,
@@ -520,6 +531,7 @@ class Shard:
             # (the flight row, the aircraft row); callsign splits are the price
             fix.anonymous = True
             fix.callsign = None
+            self._anonymous.add(ident)
         state = self.aircraft.get(ident)
         if state is None:
             machine = FlightStateMachine(ident, self.new_id, airports=self.agl.airports)
@@ -548,6 +560,7 @@ class Shard:
             if state.machine.idle(now, self.expire_us):
                 expired.append(ident)
         for ident in expired:
+            self._anonymous.discard(ident)
             state = self.aircraft.pop(ident)
             if state.unsent is not None:
                 self._seen_outbox.append(_seen(state.unsent))
@@ -668,7 +681,7 @@ class Shard:
                 log.debug(
                     "flight.opened",
                     how=event.how,
-                    aircraft=f"{event.row.aircraft_id:08x}",
+                    **self._named(event.row.aircraft_id),
                     flight=str(event.row.id),
                     takeoff_us=event.row.takeoff_us,
                 )
@@ -680,7 +693,7 @@ class Shard:
                 log.debug(
                     "flight.closed",
                     reason=event.reason,
-                    aircraft=f"{event.row.aircraft_id:08x}",
+                    **self._named(event.row.aircraft_id),
                     flight=str(event.row.id),
                     landing_us=event.row.landing_us,
                     timed_out_us=event.row.timed_out_us,

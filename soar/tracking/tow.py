@@ -74,6 +74,7 @@ class LaunchFix:
     track_deg: float | None
     climb_fpm: float | None
     aircraft_type: AircraftType | None
+    anonymous: bool = False  # not to be identified: logs name its flight, not the aircraft
 
     @classmethod
     def of(cls, fix: Fix, takeoff_us: int) -> LaunchFix:
@@ -89,7 +90,14 @@ class LaunchFix:
             fix.track_deg,
             fix.climb_fpm,
             fix.aircraft_type,
+            fix.anonymous or fix.stealth,
         )
+
+    @property
+    def name(self) -> str:
+        """How logs call the aircraft: its id, or for one that must not be identified its
+        flight's."""
+        return f"flight {self.flight_id}" if self.anonymous else f"{self.aircraft_id:08x}"
 
 
 @dataclass(slots=True)
@@ -163,6 +171,7 @@ def _interpolate(fixes: list[LaunchFix], time_us: int) -> LaunchFix | None:
         after.track_deg,
         after.climb_fpm,
         after.aircraft_type,
+        after.anonymous,
     )
 
 
@@ -250,8 +259,8 @@ class TowDetector:
             TOWS.labels("ambiguous").inc()
             log.debug(
                 "tow.ambiguous",
-                tow=f"{tow.first.aircraft_id:08x}",
-                gliders=[f"{p.glider.first.aircraft_id:08x}" for p in [first, *rivals]],
+                tow=tow.first.name,
+                gliders=[p.glider.first.name for p in [first, *rivals]],
             )
             return []
         glider = first.glider
@@ -272,8 +281,8 @@ class TowDetector:
         )
         log.debug(
             "tow.released",
-            glider=f"{release.glider_aircraft_id:08x}",
-            tow=f"{release.tow_aircraft_id:08x}",
+            glider=glider.first.name,
+            tow=tow.first.name,
             release_us=release.release_us,
             height_ft=height,
         )
@@ -390,7 +399,7 @@ class TowService:
                     await channel.send(release)
                 except (trio.ClosedResourceError, trio.BrokenResourceError):
                     TOWS.labels("release_dropped").inc()
-                    log.warning("tow.release_dropped", glider=release.glider_aircraft_id)
+                    log.warning("tow.release_dropped", flight=str(release.flight_id))
 
 
 __all__ = [
