@@ -7,8 +7,12 @@ envelope (and every later one, to keep the order) is appended to the protocol's 
 switches back to the direct path once the spool is empty. The spool survives a restart, so what
 was spooled when the process stopped is replayed when it starts again.
 
-If the spool itself fails (disk full, directory read-only), the error is logged and counted once
-per failure and the source falls back to waiting on the channel: slower, never lossy.
+The spool never drops: when it refuses an envelope (past `spool_max_bytes`, its free-space
+reserve on the disk, ENOSPC) or fails (directory read-only), the refusal is counted (the spool's
+`soar_spool_full_total`, or `soar_overflow_spool_errors_total`) and logged once per episode, and
+`send` *blocks the source*, keeping the order: with envelopes already spooled it waits for the
+drain to make room and appends again; with none it waits on the channel. A TCP source that is
+not read applies back-pressure to its server; nothing read is lost. It resumes by itself.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import trio
 from prometheus_client import Counter, Gauge
 
 from soar.records import Envelope, Protocol
-from soar.spool import DiskSpool, SpoolError
+from soar.spool import DiskSpool, SpoolError, SpoolFull
 
 log = structlog.get_logger(__name__)
 
@@ -32,12 +36,6 @@ SPOOL_ERRORS = Counter(
     "soar_overflow_spool_errors_total", "Failures writing or reading the overflow spool", ["protocol"]
 )
 SPOOL_DEPTH = Gauge("soar_overflow_spool_depth", "Envelopes waiting in the overflow spool", ["protocol"])
-SPOOL_DROPPED = Gauge(
-    "soar_overflow_spool_dropped", "Envelopes dropped because the overflow spool was full", ["protocol"]
-)
-SPOOL_CORRUPT = Gauge(
-    "soar_overflow_spool_corrupt", "Corrupt overflow spool records skipped", ["protocol"]
-)
 
 _HEADER = struct.Struct(">BqH")  # protocol code, received_us, source length
 #: The protocol's code in spooled records: written on disk and sent between processes, so it is
@@ -93,6 +91,7 @@ class OverflowSink:
         self._spool: DiskSpool | None = None
         self._spooling = False
         self._wake = trio.Event()
+        self._progress = trio.Event()
         self._in_flight: deque[bytes] = deque()
         self._spool_failing = False
         self._labels = {"protocol": protocol.value}
@@ -102,7 +101,8 @@ class OverflowSink:
         if self._spool_dir is None:
             return
         try:
-            self._spool = DiskSpool(self._spool_dir, max_bytes=self._spool_max_bytes)
+            self._spool = DiskSpool(self._spool_dir, max_bytes=self._spool_max_bytes,
+                                    name=f"ingest.{self.protocol.value}")
         except (SpoolError, OSError) as exc:
             SPOOL_ERRORS.labels(**self._labels).inc()
             log.error("overflow.spool_unavailable", protocol=self.protocol.value, error=str(exc))
@@ -123,24 +123,40 @@ class OverflowSink:
             except trio.WouldBlock:
                 pass
         if self._spool is not None:
-            try:
-                self._spool.append(encode_envelope(env))
-            except (SpoolError, OSError) as exc:
-                SPOOL_ERRORS.labels(**self._labels).inc()
-                if not self._spool_failing:  # every failure counted, logged once per episode
-                    self._spool_failing = True
-                    log.error("overflow.spool_write_failed", protocol=self.protocol.value,
-                              error=str(exc), fallback="waiting on the channel")
-            else:
-                if self._spool_failing:
-                    self._spool_failing = False
-                    log.info("overflow.spool_writable_again", protocol=self.protocol.value)
-                SPOOLED.labels(**self._labels).inc()
-                self._spooling = True
-                self._wake.set()
-                return
+            record = encode_envelope(env)
+            while True:
+                try:
+                    self._spool.append(record)
+                except SpoolFull as exc:
+                    self._refused(exc, "spool full")
+                except SpoolError as exc:
+                    SPOOL_ERRORS.labels(**self._labels).inc()
+                    self._refused(exc, "spool failed")
+                else:
+                    if self._spool_failing:
+                        self._spool_failing = False
+                        log.info("overflow.spool_writable_again", protocol=self.protocol.value)
+                    SPOOLED.labels(**self._labels).inc()
+                    self._spooling = True
+                    self._wake.set()
+                    return
+                if not self._spooling:
+                    break  # nothing spooled before it: the channel keeps the order
+                # Behind spooled envelopes: only the spool keeps the order. Wait for the drain
+                # to acknowledge some (room) or empty it, holding the source meanwhile.
+                await self._progress.wait()
         # No usable spool: wait for room rather than lose the envelope.
         await self._send.send(env)
+
+    def _refused(self, exc: SpoolError, what: str) -> None:
+        if not self._spool_failing:  # every refusal counted, logged once per episode
+            self._spool_failing = True
+            log.error("overflow.spool_write_failed", protocol=self.protocol.value,
+                      error=str(exc), reason=what, fallback="blocking the source")
+
+    def _progressed(self) -> None:
+        self._progress.set()
+        self._progress = trio.Event()
 
     async def drain(self) -> None:
         """Feed spooled envelopes back into the channel, oldest first. Runs for ever."""
@@ -159,6 +175,7 @@ class OverflowSink:
             if not records:
                 self._spooling = False  # checked and flipped with no await between: no race
                 self._update_gauges()
+                self._progressed()
                 continue
             self._in_flight.extend(records)
             await self._send_in_flight()
@@ -180,6 +197,7 @@ class OverflowSink:
             self._in_flight.popleft()
         self._spool.commit()
         self._update_gauges()
+        self._progressed()
 
     async def flush(self) -> None:
         """On shutdown: put everything spooled into the channel before it closes."""
@@ -198,8 +216,6 @@ class OverflowSink:
         if self._spool is None:
             return
         SPOOL_DEPTH.labels(**self._labels).set(self._spool.depth_records)
-        SPOOL_DROPPED.labels(**self._labels).set(self._spool.dropped_records)
-        SPOOL_CORRUPT.labels(**self._labels).set(self._spool.corrupt_records)
 
     @property
     def depth(self) -> int:

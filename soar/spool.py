@@ -1,10 +1,10 @@
 """A bounded on-disk FIFO spool: append-only segment files of length + CRC32 framed records.
 
-Used where data must outlive a full channel or a database outage: the store writer spools its
-batches while PostgreSQL is down and replays them in order; sources spill raw input to it when
-their channels are full.
+The one disk FIFO of soar: the store writer spools its batches to it while PostgreSQL is down
+and replays them in order (`soar.store.writer`); the ingest overflow spills envelopes to it when
+their edge is full (`soar.overflow`).
 
-    spool = DiskSpool(Path("var/spool/writer"), max_bytes=1 << 30)
+    spool = DiskSpool(Path("var/spool/store/fixes"), max_bytes=1 << 30)
     spool.append(batch_bytes)                  # or append_many([...]) for one flush
     records = spool.read(100)                  # oldest unacknowledged first, in order
     ... write them somewhere ...
@@ -22,12 +22,13 @@ On disk, in `directory`:
 Delivery is at-least-once: a crash between `read()` and `commit()` delivers those records again
 after the restart, never loses them.
 
-Bounded: when an append would take the segment files past `max_bytes`, the oldest segment is
-deleted and its unacknowledged records are counted in `dropped_records` (and
-`soar_spool_dropped_records_total{spool}`), so keep `segment_bytes` well below `max_bytes`: a
-segment is what a drop costs. Records already handed out by `read()` and lost this way are
-counted when they cannot be acknowledged any more (at `rewind()` or `close()`); if they are
-committed, they were delivered and are not counted.
+Bounded, never lossy: an append that would take the segment files past `max_bytes`, or leave
+less than `min_free_bytes` free on the filesystem (checked with `statvfs`: a spool shares its
+disk with PostgreSQL, which must not be starved of the space it needs to come back), or that the
+disk refuses (ENOSPC, EDQUOT), raises `SpoolFull` and leaves nothing of the record behind (a
+partly written record is truncated away). The caller holds the record and applies
+back-pressure; it is counted in `soar_spool_full_total{spool,reason}`. An empty spool takes one
+record past `max_bytes`, so a record larger than the bound still makes progress.
 
 Corruption: every record's CRC is checked on read (and on the scan at open); a bad one is skipped
 and counted in `corrupt_records`, never returned. A length field that runs past the end of its
@@ -38,8 +39,12 @@ truncated on disk.
 
 Depth: `depth_records` and `depth_bytes` count unacknowledged records (in-flight ones
 included). They are exact after the scan at open, which reads every segment once (about as fast
-as the disk reads), and stay exact under appends, reads, commits and drops; only on-disk
-corruption that appears while the spool is open is counted when a read reaches it.
+as the disk reads), and stay exact under appends, reads and commits; only on-disk corruption
+that appears while the spool is open is counted when a read reaches it.
+
+A commit deletes fully consumed segments before it writes the cursor, so it frees space first;
+a cursor that cannot be written (disk full) is counted and logged and written at the next
+commit: a restart then delivers some acknowledged records again, never loses any.
 
 All I/O is synchronous and guarded by a lock, so a trio program calls it through
 `trio.to_thread.run_sync` from any number of tasks. Write durability is `sync`: NONE leaves
@@ -48,16 +53,22 @@ append to the OS (survives the process dying, not the machine); FSYNC also fsync
 and the cursor.
 
 An unusable directory (cannot create, read or write) raises `SpoolError` naming the path.
+
+Metrics, one family for every spool, labelled by the spool's name: `soar_spool_depth_records`,
+`soar_spool_depth_bytes`, `soar_spool_full_total`, `soar_spool_corrupt_records_total`,
+`soar_spool_errors_total`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import json
 import os
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -74,9 +85,14 @@ SEGMENT_SUFFIX = ".seg"
 CURSOR_NAME = "cursor.json"
 MAX_RECORD = 2**32 - 1
 
-spool_dropped = Counter(
-    "soar_spool_dropped_records",
-    "Records dropped unacknowledged from a full on-disk spool (oldest segment first)",
+spool_full = Counter(
+    "soar_spool_full",
+    "Appends refused, the caller holding the record (max_bytes, disk_reserve, no_space)",
+    ["spool", "reason"],
+)
+spool_errors = Counter(
+    "soar_spool_errors",
+    "Spool I/O failures other than a full disk (cursor writes included)",
     ["spool"],
 )
 spool_corrupt = Counter(
@@ -96,6 +112,23 @@ class SpoolError(Exception):
     def __init__(self, message: str, path: Path) -> None:
         super().__init__(f"{message}: {path}")
         self.path = path
+
+
+class SpoolFull(SpoolError):
+    """No room for the record (`reason`: max_bytes, disk_reserve, no_space); nothing of it was
+    kept. Hold it and try again later."""
+
+    def __init__(self, message: str, path: Path, reason: str) -> None:
+        super().__init__(message, path)
+        self.reason = reason
+
+
+#: Free space a spool leaves on its filesystem by default: room for PostgreSQL to checkpoint and
+#: come back on a disk it shares with the spools.
+DEFAULT_MIN_FREE_BYTES = 16 * 1024 * 1024
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+#: How stale a statvfs answer may be: another process (PostgreSQL) fills the same disk.
+_STATVFS_MAX_AGE_S = 0.05
 
 
 class SyncPolicy(enum.Enum):
@@ -133,6 +166,7 @@ class DiskSpool:
         *,
         sync: SyncPolicy = SyncPolicy.FLUSH,
         name: str | None = None,
+        min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
     ) -> None:
         if max_bytes <= HEADER.size:
             raise ValueError(f"spool max_bytes must exceed {HEADER.size}, got {max_bytes}")
@@ -141,8 +175,13 @@ class DiskSpool:
         self.segment_bytes = max(1, min(segment_bytes, max_bytes))
         self.sync = sync
         self.name = name if name is not None else self.directory.name
-        self.dropped_records = 0
+        self.min_free_bytes = min_free_bytes
         self.corrupt_records = 0
+        self.full_refusals = 0
+        self._full_reason: str | None = None
+        self._free_checked = -1.0
+        self._free_bytes = 0
+        self._cursor_dirty = False
         self._lock = threading.Lock()
         self._segments: list[_Segment] = []
         self._disk_bytes = 0
@@ -152,7 +191,6 @@ class DiskSpool:
         self._reader_seq = -1
         self._reader_offset = -1
         self._in_flight = 0
-        self._in_flight_dropped = 0
         self._closed = False
         self._committed = self._read_pos = _Position(0, 0, 0)
         self._open()
@@ -165,32 +203,106 @@ class DiskSpool:
         self.append_many((record,))
 
     def append_many(self, records: Iterable[bytes]) -> None:
+        """Append all of `records` or, raising `SpoolFull` or `SpoolError`, none of them."""
+        batch = list(records)
         with self._lock:
             self._check_open()
-            written: list[int] = []  # sizes of the records this call put in the newest segment
-            for record in records:
-                seq = self._segments[-1].seq if self._segments else None
-                before = self._segments[-1].records if self._segments else 0
-                self._append(record)
-                if self._segments and self._segments[-1].seq != seq:
-                    written.clear()  # rolled: earlier ones were flushed with the old segment
-                if self._segments and self._segments[-1].records > before:
-                    written.append(HEADER.size + len(record))
+            for record in batch:
+                if len(record) > MAX_RECORD:
+                    raise ValueError(f"spool record of {len(record)} bytes is too large")
+            need = sum(HEADER.size + len(record) for record in batch)
+            self._check_room(need)
+            first = len(self._segments) - 1
+            marks = [(seg.size, seg.end, seg.records) for seg in self._segments[first:]]
+            disk_bytes = self._disk_bytes
             try:
+                for record in batch:
+                    self._append(record)
                 self._sync_writer()
-            except SpoolError:
-                # Never reached the file: they are not in the spool (no phantom depth, no
-                # "corrupt" tail to find later). The caller counts the failure.
-                self._forget_unflushed(written)
+            except (OSError, SpoolError) as exc:
+                # Never (wholly) reached the file: not in the spool. Cut off any partial bytes
+                # so no "corrupt" tail is found later and the space is given back.
+                path = self._segments[-1].path
+                self._abandon_writer()
+                for seg in self._segments[first + 1 :]:
+                    self._disk_bytes -= seg.size
+                    with contextlib.suppress(OSError):
+                        seg.path.unlink()
+                del self._segments[first + 1 :]
+                seg = self._segments[first]
+                seg.size, seg.end, seg.records = marks[0]
+                self._disk_bytes = disk_bytes
+                with contextlib.suppress(OSError):
+                    os.truncate(seg.path, seg.size)
+                cause = exc if isinstance(exc, OSError) else exc.__cause__
+                if isinstance(cause, OSError):
+                    raise self._write_error(cause, path) from exc
                 raise
+        self._accepting()
 
-    def _forget_unflushed(self, sizes: list[int]) -> None:
-        seg = self._segments[-1]
-        for need in sizes:
-            seg.size -= need
-            seg.end -= need
-            seg.records -= 1
-            self._disk_bytes -= need
+    def _check_room(self, need: int) -> None:
+        if self._disk_bytes + need > self.max_bytes:
+            self._reclaim()
+        if self._disk_bytes + need > self.max_bytes and self.depth_records:
+            self._refuse(
+                "max_bytes", f"spool full ({self._disk_bytes} of {self.max_bytes} bytes)"
+            )
+        if self.min_free_bytes > 0:
+            now = time.monotonic()
+            if now - self._free_checked > _STATVFS_MAX_AGE_S or self._full_reason:
+                try:
+                    stat = os.statvfs(self.directory)
+                except OSError as exc:
+                    raise self._write_error(exc, self.directory) from exc
+                self._free_bytes = stat.f_bavail * stat.f_frsize
+                self._free_checked = now
+            if self._free_bytes - need < self.min_free_bytes:
+                self._refuse(
+                    "disk_reserve",
+                    f"{self._free_bytes} bytes free on the spool's disk, keeping "
+                    f"{self.min_free_bytes}",
+                )
+            self._free_bytes -= need
+
+    def _reclaim(self) -> None:
+        """Everything written was acknowledged: start a new segment and delete the old ones."""
+        if self.depth_records or not self._segments[-1].size:
+            return
+        self._flush_writer(fsync=False)
+        self._abandon_writer()
+        seq = self._segments[-1].seq + 1
+        self._segments.append(self._new_segment(seq))
+        self._committed = self._read_pos = _Position(seq, 0, 0)
+        while self._segments[0].seq < seq:
+            self._delete(self._segments.pop(0))
+
+    def _refuse(self, reason: str, message: str) -> None:
+        self.full_refusals += 1
+        spool_full.labels(self.name, reason).inc()
+        if self._full_reason != reason:
+            self._full_reason = reason
+            log.warning("spool.full", spool=self.name, reason=reason, detail=message,
+                        depth_records=self.depth_records, disk_bytes=self._disk_bytes)
+        raise SpoolFull(message, self.directory, reason)
+
+    def _accepting(self) -> None:
+        if self._full_reason is not None:
+            log.info("spool.accepting_again", spool=self.name, after=self._full_reason)
+            self._full_reason = None
+
+    def _write_error(self, exc: OSError, path: Path) -> SpoolError:
+        if exc.errno in _NO_SPACE:
+            try:
+                self._refuse("no_space", f"no space left on the spool's disk ({exc.strerror})")
+            except SpoolFull as full:
+                return full
+        spool_errors.labels(self.name).inc()
+        return SpoolError(f"cannot write spool segment ({exc.strerror or exc})", path)
+
+    @property
+    def full(self) -> str | None:
+        """Why the last append was refused, until one is accepted again; None when accepting."""
+        return self._full_reason
 
     def read(self, max_records: int) -> list[bytes]:
         """Up to `max_records` of the oldest records not yet read since the last commit/rewind."""
@@ -201,19 +313,26 @@ class DiskSpool:
             return out
 
     def commit(self) -> int:
-        """Acknowledge everything read since the last commit/rewind; returns how many records.
-
-        Records read and then dropped from a full spool still count as acknowledged here: the
-        caller has them."""
+        """Acknowledge everything read since the last commit/rewind; returns how many records."""
         with self._lock:
             self._check_open()
             acked = self._in_flight
-            self._in_flight = self._in_flight_dropped = 0
-            if self._read_pos != self._committed:
+            self._in_flight = 0
+            if self._read_pos != self._committed or self._cursor_dirty:
                 self._committed = self._read_pos
-                self._write_cursor()
+                # Deleting first frees space, so the cursor can be written on a full disk.
                 while self._segments[0].seq < self._committed.seq:
                     self._delete(self._segments.pop(0))
+                try:
+                    self._write_cursor()
+                except SpoolError as exc:
+                    # The old cursor is behind this one: a restart delivers again, loses nothing.
+                    spool_errors.labels(self.name).inc()
+                    if not self._cursor_dirty:
+                        log.warning("spool.cursor_write_failed", spool=self.name, error=str(exc))
+                    self._cursor_dirty = True
+                else:
+                    self._cursor_dirty = False
             return acked
 
     def rewind(self) -> None:
@@ -366,24 +485,15 @@ class DiskSpool:
     # -- append ---------------------------------------------------------------------------------
 
     def _append(self, record: bytes) -> None:
+        """Write one record (room already checked); OSError is left to `append_many`."""
         need = HEADER.size + len(record)
-        if need > self.max_bytes or len(record) > MAX_RECORD:
-            self._count_dropped(1, reason="record_too_large", bytes=len(record))
-            return
         active = self._segments[-1]
         if self._writer is None or (active.size and active.size + need > self.segment_bytes):
             self._roll()
-        while self._disk_bytes + need > self.max_bytes:
-            self._drop_oldest()
         active = self._segments[-1]
         assert self._writer is not None
-        try:
-            self._writer.write(HEADER.pack(len(record), zlib.crc32(record)))
-            self._writer.write(record)
-        except OSError as exc:
-            # The file may now end in a partial record: never append after it again.
-            self._abandon_writer()
-            raise SpoolError(f"cannot write spool segment ({exc.strerror})", active.path) from exc
+        self._writer.write(HEADER.pack(len(record), zlib.crc32(record)))
+        self._writer.write(record)
         active.size += need
         active.end += need
         active.records += 1
@@ -430,30 +540,6 @@ class DiskSpool:
             with contextlib.suppress(OSError):
                 self._writer.close()
             self._writer = None
-
-    def _drop_oldest(self) -> None:
-        if len(self._segments) == 1:
-            self._roll()
-        seg = self._segments.pop(0)
-        committed, read = self._committed, self._read_pos
-        unacked = seg.records - committed.index
-        in_flight = (read.index if read.seq == seg.seq else seg.records) - committed.index
-        head = self._segments[0]
-        self._committed = _Position(head.seq, 0, 0)
-        if read.seq == seg.seq:
-            self._read_pos = self._committed
-        self._in_flight_dropped += in_flight
-        self._delete(seg)
-        if unacked:
-            log.warning(
-                "spool.full_dropped_oldest",
-                spool=self.name,
-                segment=seg.seq,
-                records=unacked,
-                in_flight=in_flight,
-                bytes=seg.size,
-            )
-        self._count_dropped(unacked - in_flight)
 
     # -- read -----------------------------------------------------------------------------------
 
@@ -532,10 +618,7 @@ class DiskSpool:
         raise AssertionError(f"spool position in missing segment {seq}")  # pragma: no cover
 
     def _rewind(self) -> None:
-        if self._in_flight_dropped:
-            # Delivered once, dropped from disk since, and now not acknowledged: lost.
-            self._count_dropped(self._in_flight_dropped, reason="dropped_while_in_flight")
-        self._in_flight = self._in_flight_dropped = 0
+        self._in_flight = 0
         self._read_pos = self._committed
 
     # -- files ----------------------------------------------------------------------------------
@@ -591,14 +674,6 @@ class DiskSpool:
             raise SpoolError("spool is closed", self.directory)
 
     # -- accounting -----------------------------------------------------------------------------
-
-    def _count_dropped(self, n: int, **fields: object) -> None:
-        if n <= 0:
-            return
-        self.dropped_records += n
-        spool_dropped.labels(self.name).inc(n)
-        if fields:
-            log.warning("spool.record_dropped", spool=self.name, records=n, **fields)
 
     def _count_corrupt(self, n: int, seq: int, offset: int, kind: str, **fields: object) -> None:
         self.corrupt_records += n

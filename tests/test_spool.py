@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
-from soar.spool import HEADER, DiskSpool, SpoolError, SyncPolicy
+from soar.spool import HEADER, DiskSpool, SpoolError, SpoolFull, SyncPolicy
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_round_trip_in_order_across_segments(tmp_path: Path, sbs_lines: list[byt
         assert spool.depth_records == 0 and spool.depth_bytes == 0
         # Consumed segments are deleted; only the one still being appended to is left.
         assert len(segments(tmp_path / "s")) == 1
-        assert spool.dropped_records == spool.corrupt_records == 0
+        assert spool.full_refusals == spool.corrupt_records == 0
 
 
 def test_reads_interleaved_with_appends(tmp_path: Path, ogn_lines: list[bytes]) -> None:
@@ -225,53 +225,62 @@ def test_length_corruption_found_while_open(tmp_path: Path) -> None:
         assert spool.depth_records == 0
 
 
-def test_full_spool_drops_oldest_segment_and_counts(tmp_path: Path) -> None:
+def test_full_spool_refuses_and_keeps_everything(tmp_path: Path) -> None:
     records = [i.to_bytes(4, "big") + b"." * 38 for i in range(200)]  # 50 bytes framed
     spool = DiskSpool(tmp_path, max_bytes=1000, segment_bytes=250, name="test-full")
-    before = REGISTRY.get_sample_value("soar_spool_dropped_records_total", {"spool": "test-full"})
-    for record in records:
-        spool.append(record)
-        assert spool.disk_bytes <= 1000
-    assert spool.depth_records == 200 - spool.dropped_records
-    assert spool.dropped_records > 0 and spool.dropped_records % 5 == 0  # whole segments
-    got = drain(spool)
-    assert got == records[spool.dropped_records :], "the newest survive, in order"
-    after = REGISTRY.get_sample_value("soar_spool_dropped_records_total", {"spool": "test-full"})
-    assert (after or 0.0) - (before or 0.0) == spool.dropped_records
+    before = REGISTRY.get_sample_value(
+        "soar_spool_full_total", {"spool": "test-full", "reason": "max_bytes"}
+    )
+    accepted = 0
+    with pytest.raises(SpoolFull) as info:
+        for record in records:
+            spool.append(record)
+            accepted += 1
+    assert info.value.reason == "max_bytes" and spool.full == "max_bytes"
+    assert accepted == 20 and spool.disk_bytes == 1000
+    assert spool.depth_records == accepted
+    after = REGISTRY.get_sample_value(
+        "soar_spool_full_total", {"spool": "test-full", "reason": "max_bytes"}
+    )
+    assert (after or 0.0) - (before or 0.0) == 1
+    # Reading and acknowledging makes room again, down to the last segment.
+    assert drain(spool) == records[:accepted]
+    spool.append_many(records[accepted : accepted + 20])
+    assert spool.full is None
+    assert drain(spool) == records[accepted : accepted + 20]
     spool.close()
 
 
-def test_dropped_in_flight_records_count_only_if_not_acknowledged(tmp_path: Path) -> None:
-    records = [i.to_bytes(4, "big") + b"." * 38 for i in range(40)]  # 5 per segment
-
-    def fill() -> DiskSpool:
-        shutil.rmtree(tmp_path / "s", ignore_errors=True)
-        spool = DiskSpool(tmp_path / "s", max_bytes=500, segment_bytes=250)
-        spool.append_many(records[:10])
-        assert spool.read(3) == records[:3]
-        spool.append_many(records[10:11])  # the first segment (3 in flight, 2 unread) goes
-        assert spool.dropped_records == 2
-        return spool
-
-    spool = fill()
-    assert spool.commit() == 3  # the caller has them: delivered, not lost
-    assert spool.dropped_records == 2
-    assert drain(spool) == records[5:11]
-    spool.close()
-
-    spool = fill()
-    spool.rewind()  # not acknowledged, and no longer on disk: lost
-    assert spool.dropped_records == 5
-    assert drain(spool) == records[5:11]
-    spool.close()
+def test_append_many_is_all_or_nothing(tmp_path: Path) -> None:
+    records = [i.to_bytes(4, "big") + b"." * 38 for i in range(30)]
+    with DiskSpool(tmp_path, max_bytes=1000, segment_bytes=250) as spool:
+        spool.append_many(records[:15])
+        with pytest.raises(SpoolFull):
+            spool.append_many(records[15:])  # 15 more would not fit
+        assert spool.depth_records == 15
+        assert drain(spool) == records[:15]
 
 
-def test_record_larger_than_the_spool_is_dropped_and_counted(tmp_path: Path) -> None:
+def test_record_larger_than_the_spool_goes_alone_into_an_empty_one(tmp_path: Path) -> None:
     with DiskSpool(tmp_path, max_bytes=100, segment_bytes=100) as spool:
         spool.append(b"x" * 200)
+        with pytest.raises(SpoolFull):
+            spool.append(b"ok")
+        assert drain(spool) == [b"x" * 200]
         spool.append(b"ok")
-        assert spool.dropped_records == 1
         assert drain(spool) == [b"ok"]
+
+
+def test_the_disk_reserve_is_kept(tmp_path: Path) -> None:
+    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    with DiskSpool(tmp_path / "a", max_bytes=1 << 20, min_free_bytes=free * 2) as spool:
+        with pytest.raises(SpoolFull) as info:
+            spool.append(b"record")
+        assert info.value.reason == "disk_reserve"
+        assert spool.depth_records == 0 and spool.disk_bytes == 0
+    with DiskSpool(tmp_path / "b", max_bytes=1 << 20, min_free_bytes=0) as spool:
+        spool.append(b"record")
+        assert drain(spool) == [b"record"]
 
 
 def test_directory_that_is_a_file_raises_spool_error(tmp_path: Path) -> None:
@@ -368,18 +377,20 @@ def test_fifo_no_duplicates_no_silent_loss(ops: list[tuple[str, int, int]], max_
         appended = 0
         acked: list[int] = []
         in_flight: list[int] = []
-        dropped_before = 0  # by earlier incarnations of the spool
 
         def check_accounting() -> None:
-            dropped = dropped_before + spool.dropped_records
-            assert appended == len(acked) + dropped + spool.depth_records
+            assert appended == len(acked) + spool.depth_records
 
         for op, n, size in ops:
             if op == "append":
                 for _ in range(n):
-                    spool.append(appended.to_bytes(4, "big") + b"p" * size)
+                    try:
+                        spool.append(appended.to_bytes(4, "big") + b"p" * size)
+                    except SpoolFull:
+                        assert spool.depth_records > 0, "an empty spool takes a record"
+                        break
                     appended += 1
-                    assert spool.disk_bytes <= max_bytes
+                    assert spool.disk_bytes <= max(max_bytes, HEADER.size + 4 + size)
             elif op == "read":
                 got = [int.from_bytes(r[:4], "big") for r in spool.read(n)]
                 in_flight += got
@@ -396,7 +407,6 @@ def test_fifo_no_duplicates_no_silent_loss(ops: list[tuple[str, int, int]], max_
                 check_accounting()
             else:
                 spool.close()
-                dropped_before += spool.dropped_records
                 spool = open_spool()
                 in_flight = []
                 check_accounting()
@@ -408,7 +418,5 @@ def test_fifo_no_duplicates_no_silent_loss(ops: list[tuple[str, int, int]], max_
         assert acked == sorted(set(acked))
         assert spool.depth_records == 0
         assert spool.corrupt_records == 0
-        assert appended == len(acked) + dropped_before + spool.dropped_records
-        if max_bytes == 1 << 20:
-            assert acked == list(range(appended)), "nothing dropped when it fits"
+        assert acked == list(range(appended)), "nothing lost, nothing twice"
         spool.close()

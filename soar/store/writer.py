@@ -1,6 +1,6 @@
 """The store writer: one trio task per table family, batching rows into binary COPY commits.
 
-    writer = StoreWriter(pool, FixFamily(), spool_dir=data_dir / "spool" / "fixes")
+    writer = StoreWriter(pool, FixFamily(), spool_dir=data_dir / "spool" / "store" / "fixes")
     nursery.start_soon(writer.run, receive_fixes)   # returns once the channel closes and all is flushed
 
 Batches close at `max_rows` rows or `max_age` seconds after their first row (trio's clock).
@@ -14,7 +14,11 @@ Failures:
   the oldest spooled batch with exponential backoff; once one commits it replays the spool in
   order and then resumes direct commits. Every replay is idempotent in the database
   (see `soar.store.tables`), so a batch whose commit outcome was lost is simply written again.
-  When the spool is full the writer stops reading its input (backpressure), it does not drop.
+  The spool is `soar.spool.DiskSpool`, fsynced per batch. When it refuses a batch (past
+  `spool_max_bytes`, less than its reserve free on the disk, or ENOSPC: on a shared disk PostgreSQL's
+  `DiskFull` usually means the spool is full too) the writer holds the batch and stops reading its
+  input (backpressure: `stalled`, `soar_store_stalled`), never drops, and tries the database and
+  the spool again with backoff until one takes it.
 - A row the database refuses (constraint, bad value): the batch is bisected until the row is
   alone; it is logged with its content and counted in `soar_store_rows_rejected_total`, and
   every other row commits.
@@ -48,7 +52,8 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from soar.backoff import Backoff
 from soar.log import RateLimited
-from soar.store.spill import BatchSpool, SpoolFull
+from soar.spool import DiskSpool, SpoolError, SpoolFull, SyncPolicy, spool_corrupt
+from soar.store.spill import import_legacy_batches
 from soar.store.tables import SPECS, Family, TableBatch, spooled_batch
 
 log = structlog.get_logger(__name__)
@@ -168,7 +173,11 @@ class StoreWriter(Generic[T]):
         self.name = family.name
         self.max_rows = max_rows
         self.max_age = max_age
-        self.spool = BatchSpool(spool_dir, spool_max_bytes)
+        # FSYNC: a spooled batch is settled, and an upstream acknowledges on that.
+        self.spool = DiskSpool(
+            spool_dir, spool_max_bytes, sync=SyncPolicy.FSYNC, name=f"store.{family.name}"
+        )
+        import_legacy_batches(Path(spool_dir), self.spool)
         self.backoff = backoff or Backoff(base=0.2, cap=10.0, healthy_after=0.0)
         self.connection_timeout = connection_timeout
         self.on_commit = on_commit
@@ -186,7 +195,7 @@ class StoreWriter(Generic[T]):
         self._staged: WeakSet[psycopg.Connection[Any]] = WeakSet()
         STORE_UP.labels(self.name).set(1)
         STALLED.labels(self.name).set(0)
-        SPOOL_DEPTH.labels(self.name).set(self.spool.depth)
+        SPOOL_DEPTH.labels(self.name).set(self.spool.depth_records)
 
     @property
     def healthy(self) -> bool:
@@ -200,7 +209,7 @@ class StoreWriter(Generic[T]):
 
     @property
     def spool_depth(self) -> int:
-        return self.spool.depth
+        return self.spool.depth_records
 
     async def run(self, receive: trio.MemoryReceiveChannel[T | list[T]]) -> None:
         """Batch and commit until `receive` closes, then flush everything and return.
@@ -278,8 +287,9 @@ class StoreWriter(Generic[T]):
         if not self.stalled:
             self.stalled = True
             STALLED.labels(self.name).set(1)
-            log.warning("store.stalled", family=self.name, reason="spool_full",
-                        spool_bytes=self.spool.bytes_used, spooled_batches=self.spool.depth)
+            log.warning("store.stalled", family=self.name, spool=self.spool.full,
+                        database_up=self._up, spool_bytes=self.spool.disk_bytes,
+                        spooled_batches=self.spool.depth_records)
 
     def _unstall(self) -> None:
         if self.stalled:
@@ -291,7 +301,7 @@ class StoreWriter(Generic[T]):
         input_open = True
         async with batches:
             while True:
-                if self.spool.depth:
+                if self.spool.depth_records:
                     input_open = await self._drain_spool(batches, input_open)
                     continue
                 if self._held is not None:
@@ -329,11 +339,10 @@ class StoreWriter(Generic[T]):
         self, batches: trio.MemoryReceiveChannel[_Batch[T]], input_open: bool
     ) -> bool:
         """Replay the spool oldest first until it is empty, spooling new input meanwhile."""
-        while self.spool.depth:
-            payload = await trio.to_thread.run_sync(self.spool.peek)
-            if payload is None:
+        while self.spool.depth_records:
+            prepared = await self._peek()
+            if prepared is None:
                 break
-            prepared: list[TableBatch] = [spooled_batch(*parts) for parts in pickle.loads(payload)]
             try:
                 await self._commit(prepared)
             except Outage:
@@ -343,17 +352,41 @@ class StoreWriter(Generic[T]):
                     "store.retry_later",
                     family=self.name,
                     delay_s=round(delay, 3),
-                    spooled_batches=self.spool.depth,
+                    spooled_batches=self.spool.depth_records,
                 )
                 with trio.move_on_after(delay):
                     input_open = await self._spool_input(batches, input_open)
                 continue
-            await trio.to_thread.run_sync(self.spool.pop)
-            SPOOL_DEPTH.labels(self.name).set(self.spool.depth)
+            await self._pop()
             self._unstall()
         self.backoff.reset()
         log.info("store.spool_drained", family=self.name)
         return input_open
+
+    async def _peek(self) -> list[TableBatch] | None:
+        """The oldest spooled batch; a record that does not decode is counted, logged and
+        skipped like a torn one."""
+        while True:
+            payload = await trio.to_thread.run_sync(self._read_head)
+            if payload is None:
+                return None
+            try:
+                return [spooled_batch(*parts) for parts in pickle.loads(payload)]
+            except Exception as exc:  # whatever does not decode is skipped, never a crash
+                spool_corrupt.labels(self.spool.name).inc()
+                self.spool.corrupt_records += 1
+                log.error("spool.undecodable_record", spool=self.spool.name,
+                          error=repr(exc)[:300], size=len(payload))
+                await self._pop()
+
+    def _read_head(self) -> bytes | None:
+        self.spool.rewind()
+        records = self.spool.read(1)
+        return records[0] if records else None
+
+    async def _pop(self) -> None:
+        await trio.to_thread.run_sync(self.spool.commit)
+        SPOOL_DEPTH.labels(self.name).set(self.spool.depth_records)
 
     async def _spool_input(
         self, batches: trio.MemoryReceiveChannel[_Batch[T]], input_open: bool
@@ -364,7 +397,7 @@ class StoreWriter(Generic[T]):
         at any point, and a held batch is spooled or committed before any later one."""
         while True:
             if self._held is None:
-                if not input_open or not self.spool.has_room():
+                if not input_open:
                     break
                 try:
                     self._held = _Held(await batches.receive())
@@ -378,13 +411,14 @@ class StoreWriter(Generic[T]):
                 break
             self._held = None
             self._settle(held.batch)
-        if input_open or self._held is not None:
+        if self._held is not None:
             self._stall()
         await trio.sleep_forever()
         return input_open  # pragma: no cover - left by the caller's cancel scope
 
     async def _spool_write(self, prepared: list[TableBatch]) -> bool:
-        """Append to the spool; False when it is full."""
+        """Append to the spool; False when it cannot take the batch now (counted and logged by
+        the spool; the caller holds the batch and tries again later)."""
         if not any(batch.rows for batch in prepared):
             return True
         payload = pickle.dumps(
@@ -394,26 +428,41 @@ class StoreWriter(Generic[T]):
             await trio.to_thread.run_sync(self.spool.append, payload)
         except SpoolFull:
             return False
-        SPOOL_DEPTH.labels(self.name).set(self.spool.depth)
+        except SpoolError as exc:
+            # Not a full disk (read-only, I/O error): the same remedy, held and retried.
+            log.error("store.spool_write_failed", family=self.name, error=str(exc))
+            return False
+        SPOOL_DEPTH.labels(self.name).set(self.spool.depth_records)
         return True
 
     async def _spool_append(self, prepared: list[TableBatch]) -> None:
-        # Only waits when a direct commit fails with a full spool: hold the batch (and, by not
-        # returning, the input) until the oldest spooled batch commits.
+        """A direct commit failed: spool the batch, or hold it (and, by not returning, the
+        input) trying the database and the spool by turns until one takes it."""
         while not await self._spool_write(prepared):
             self._stall()
             await trio.sleep(self.backoff.next_delay())
-            await self._try_replay_head()
+            if self.spool.depth_records:
+                if not await self._try_replay_head():
+                    continue
+                if self.spool.depth_records:
+                    continue  # room now, maybe: the spool first, to keep the order
+            try:
+                await self._commit(prepared)  # nothing spooled before it: order is kept
+            except Outage:
+                RETRIES.labels(self.name).inc()
+                continue
+            return
 
     async def _try_replay_head(self) -> bool:
-        payload = await trio.to_thread.run_sync(self.spool.peek)
-        if payload is None:
+        prepared = await self._peek()
+        if prepared is None:
             return True
         try:
-            await self._commit([spooled_batch(*parts) for parts in pickle.loads(payload)])
+            await self._commit(prepared)
         except Outage:
+            RETRIES.labels(self.name).inc()
             return False
-        await trio.to_thread.run_sync(self.spool.pop)
+        await self._pop()
         return True
 
     def _prepare(self, items: list[T]) -> list[TableBatch]:

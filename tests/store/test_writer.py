@@ -226,27 +226,66 @@ async def test_receivers_statuses_and_server_messages(db_url: str, spool_dir: Pa
     ]
 
 
+def write_legacy_batch(directory: Path, seq: int, payload: bytes) -> Path:
+    """A batch file as the writer's spool before the one disk FIFO wrote it."""
+    import struct
+    import zlib
+
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{seq:020d}.batch"
+    path.write_bytes(struct.pack(">II", len(payload), zlib.crc32(payload)) + payload)
+    return path
+
+
 async def test_batches_spooled_by_an_older_version_are_completed_not_refused(
     capture_fixes: list[Fix], db_url: str, spool_dir: Path
 ) -> None:
     """The database was down across an upgrade: the outage spool holds rows with the columns
-    of the version before (no own time for fixes, no as_of for flights). They are stored."""
+    of the version before (no own time for fixes, no as_of for flights), in the spool file
+    format before the one disk FIFO. They are stored; a torn file is set aside and counted."""
     import pickle
 
-    from soar.store.spill import BatchSpool
+    from prometheus_client import REGISTRY
 
     fixes = capture_fixes[:500]
     prepared = FixFamily().prepare(fixes)
     old = [(b.table, [row[:-1] for row in b.rows], b.stamps_us) for b in prepared]  # no `time`
-    spool = BatchSpool(spool_dir, 1 << 30)
-    spool.append(pickle.dumps(old))
-    del spool
+    write_legacy_batch(spool_dir, 7, pickle.dumps(old))
+    torn = write_legacy_batch(spool_dir, 8, pickle.dumps(old))
+    torn.write_bytes(torn.read_bytes()[:-10])
+    (spool_dir / "00000000000000000009.tmp").write_bytes(b"never finished")
+    labels = {"spool": "store.fixes"}
+    corrupt_before = REGISTRY.get_sample_value("soar_spool_corrupt_records_total", labels) or 0
+
     writer = await write_all(db_url, FixFamily(), [], spool_dir)
-    assert writer.spool.depth == 0
+    assert writer.spool_depth == 0
+    left = sorted(p.name for p in await trio.to_thread.run_sync(lambda: list(spool_dir.iterdir())))
+    assert [name for name in left if ".batch" in name] == [torn.name + ".corrupt"]
+    assert not [name for name in left if name.startswith("0") and name.endswith(".tmp")]
+    corrupt = REGISTRY.get_sample_value("soar_spool_corrupt_records_total", labels) or 0
+    assert corrupt - corrupt_before == 1
     with psycopg.connect(db_url) as conn:
         rows = conn.execute("SELECT count(*), count(*) FILTER (WHERE time = received_at)"
                             " FROM fixes").fetchone()
     assert rows == (len(keys(fixes)), len(keys(fixes)))
+
+
+async def test_an_undecodable_spooled_batch_is_counted_and_skipped(
+    capture_fixes: list[Fix], db_url: str, spool_dir: Path
+) -> None:
+    import pickle
+
+    from soar.spool import DiskSpool
+
+    fixes = capture_fixes[:300]
+    good = [(b.table, b.rows, b.stamps_us) for b in FixFamily().prepare(fixes)]
+    with DiskSpool(spool_dir, 1 << 20) as spool:
+        spool.append(b"\x80\x05not a pickle")  # intact frame, payload from nowhere
+        spool.append(pickle.dumps(good))
+    writer = await write_all(db_url, FixFamily(), [], spool_dir)
+    assert writer.spool_depth == 0 and writer.spool.corrupt_records == 1
+    with psycopg.connect(db_url) as conn:
+        assert fix_keys(conn) == keys(fixes)
 
 
 async def test_a_feed_of_bad_rows_logs_once_a_minute_not_once_a_row(
