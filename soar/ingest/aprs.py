@@ -8,7 +8,7 @@ without a byte from the server mean a dead link.
 
 from __future__ import annotations
 
-from typing import Literal, NoReturn
+from typing import ClassVar, Literal
 
 import aprslib
 import structlog
@@ -16,12 +16,12 @@ import trio
 
 import soar
 from soar.backoff import Backoff
-from soar.hostport import APRS_IS_PORT, parse_host_port
+from soar.hostport import APRS_IS_PORT
 from soar.ingest.tcp import (
     Connection,
     EnvelopeSink,
     NowUs,
-    ReconnectingClient,
+    TcpSource,
     pump_lines,
     wall_clock_us,
 )
@@ -53,7 +53,11 @@ def resolve_passcode(callsign: str, passcode: int | Literal["auto"]) -> int:
     return passcode
 
 
-class AprsIsSource:
+class AprsIsSource(TcpSource):
+    protocol: ClassVar[Protocol] = Protocol.OGN
+    scheme: ClassVar[str] = "aprs"
+    default_port: ClassVar[int] = DEFAULT_PORT
+
     def __init__(
         self,
         server: str,
@@ -69,41 +73,34 @@ class AprsIsSource:
         backoff: Backoff | None = None,
         now_us: NowUs = wall_clock_us,
     ) -> None:
-        host, port = parse_host_port(server, DEFAULT_PORT)
         if not callsign or any(c.isspace() for c in callsign):
             raise ValueError(f"bad APRS-IS callsign: {callsign!r}")
         if server_filter is not None and ("\r" in server_filter or "\n" in server_filter):
             raise ValueError(f"bad APRS-IS filter: {server_filter!r}")
-        self.source = source or f"aprs:{host}:{port}"
-        self.login = login_line(callsign, resolve_passcode(callsign, passcode), server_filter)
-        self.keepalive_interval = keepalive_interval
-        self.max_line = max_line
-        self.client = ReconnectingClient(
-            host,
-            port,
-            source=self.source,
-            protocol=Protocol.OGN,
+        super().__init__(
+            server,
+            source=source,
             idle_timeout=idle_timeout,
             connect_timeout=connect_timeout,
             backoff=backoff,
             now_us=now_us,
         )
+        self.login = login_line(callsign, resolve_passcode(callsign, passcode), server_filter)
+        self.keepalive_interval = keepalive_interval
+        self.max_line = max_line
 
-    async def run(self, send: EnvelopeSink) -> NoReturn:
-        async def session(conn: Connection) -> None:
-            await conn.send_all(self.login)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._keepalive, conn)
-                await pump_lines(
-                    conn,
-                    send,
-                    source=self.source,
-                    protocol=Protocol.OGN,
-                    max_line=self.max_line,
-                    on_line=self._on_line,
-                )
-
-        await self.client.run(session)
+    async def session(self, conn: Connection, send: EnvelopeSink) -> None:
+        await conn.send_all(self.login)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._keepalive, conn)
+            await pump_lines(
+                conn,
+                send,
+                source=self.source,
+                protocol=self.protocol,
+                max_line=self.max_line,
+                on_line=self._on_line,
+            )
 
     async def _keepalive(self, conn: Connection) -> None:
         while True:

@@ -14,20 +14,13 @@ a restarted receiver's counter jumps and re-anchors).
 
 from __future__ import annotations
 
-from typing import NoReturn
+from typing import ClassVar
 
 import structlog
 
-from soar.backoff import Backoff
-from soar.hostport import BEAST_PORT, parse_host_port
+from soar.hostport import BEAST_PORT
 from soar.ingest import metrics
-from soar.ingest.tcp import (
-    Connection,
-    EnvelopeSink,
-    NowUs,
-    ReconnectingClient,
-    wall_clock_us,
-)
+from soar.ingest.tcp import Connection, EnvelopeSink, TcpSource
 from soar.protocols.beast import BeastDeframer
 from soar.records import Envelope, Protocol
 
@@ -36,34 +29,12 @@ log = structlog.get_logger(__name__)
 DEFAULT_PORT = BEAST_PORT
 
 
-class BeastSource:
-    def __init__(
-        self,
-        server: str,
-        *,
-        source: str | None = None,
-        idle_timeout: float = 300.0,
-        connect_timeout: float = 30.0,
-        backoff: Backoff | None = None,
-        now_us: NowUs = wall_clock_us,
-    ) -> None:
-        host, port = parse_host_port(server, DEFAULT_PORT)
-        self.source = source or f"beast:{host}:{port}"
-        self.client = ReconnectingClient(
-            host,
-            port,
-            source=self.source,
-            protocol=Protocol.BEAST,
-            idle_timeout=idle_timeout,
-            connect_timeout=connect_timeout,
-            backoff=backoff,
-            now_us=now_us,
-        )
+class BeastSource(TcpSource):
+    protocol: ClassVar[Protocol] = Protocol.BEAST
+    scheme: ClassVar[str] = "beast"
+    default_port: ClassVar[int] = DEFAULT_PORT
 
-    async def run(self, send: EnvelopeSink) -> NoReturn:
-        await self.client.run(lambda conn: self._session(conn, send))
-
-    async def _session(self, conn: Connection, send: EnvelopeSink) -> None:
+    async def session(self, conn: Connection, send: EnvelopeSink) -> None:
         labels = (self.source, Protocol.BEAST.value)
         messages = metrics.SOURCE_MESSAGES.labels(*labels)
         garbage = metrics.SOURCE_GARBAGE_BYTES.labels(*labels)

@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-from typing import NoReturn
+from typing import ClassVar
 
 from soar.backoff import Backoff
-from soar.hostport import SBS_PORT, parse_host_port
-from soar.ingest.tcp import (
-    Connection,
-    EnvelopeSink,
-    NowUs,
-    ReconnectingClient,
-    pump_lines,
-    wall_clock_us,
-)
+from soar.hostport import SBS_PORT
+from soar.ingest.tcp import Connection, EnvelopeSink, NowUs, TcpSource, pump_lines, wall_clock_us
 from soar.records import Protocol
 
 DEFAULT_PORT = SBS_PORT
 MAX_LINE = 1024
 
 
-class SbsSource:
+class SbsSource(TcpSource):
+    protocol: ClassVar[Protocol] = Protocol.SBS
+    scheme: ClassVar[str] = "sbs"
+    default_port: ClassVar[int] = DEFAULT_PORT
+
     def __init__(
         self,
         server: str,
@@ -32,24 +29,17 @@ class SbsSource:
         backoff: Backoff | None = None,
         now_us: NowUs = wall_clock_us,
     ) -> None:
-        host, port = parse_host_port(server, DEFAULT_PORT)
-        self.source = source or f"sbs:{host}:{port}"
-        self.max_line = max_line
-        self.client = ReconnectingClient(
-            host,
-            port,
-            source=self.source,
-            protocol=Protocol.SBS,
+        super().__init__(
+            server,
+            source=source,
             idle_timeout=idle_timeout,
             connect_timeout=connect_timeout,
             backoff=backoff,
             now_us=now_us,
         )
+        self.max_line = max_line
 
-    async def run(self, send: EnvelopeSink) -> NoReturn:
-        async def session(conn: Connection) -> None:
-            await pump_lines(
-                conn, send, source=self.source, protocol=Protocol.SBS, max_line=self.max_line
-            )
-
-        await self.client.run(session)
+    async def session(self, conn: Connection, send: EnvelopeSink) -> None:
+        await pump_lines(
+            conn, send, source=self.source, protocol=self.protocol, max_line=self.max_line
+        )

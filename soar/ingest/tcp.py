@@ -1,5 +1,10 @@
 """The reconnecting TCP client every live source runs on (APRS-IS, Beast, SBS): one implementation.
 
+`TcpSource` is the template of a feed client: it reads its `host[:port]` setting with the feed's
+standard port (`soar.hostport`), names itself, and runs its `session` on every connection
+`ReconnectingClient` makes. A feed is a subclass with its protocol, name, default port and
+session: what it sends (the APRS-IS login and keepalives) and how it cuts bytes into messages.
+
 `ReconnectingClient.run(session)` resolves the feed's host, connects to one of its addresses
 (a failed address moves on to the next; each new connection starts after the address used last,
 so a pool of servers is rounded through), hands the connection to `session`, and when the
@@ -23,13 +28,14 @@ import errno
 import socket as _stdlib_socket
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn
+from typing import Any, ClassVar, NoReturn
 from typing import Protocol as TypingProtocol
 
 import structlog
 import trio
 
 from soar.backoff import Backoff
+from soar.hostport import parse_host_port
 from soar.ingest import metrics
 from soar.records import Envelope, Protocol
 
@@ -310,6 +316,46 @@ class ReconnectingClient:
                 self._log.info("source.address_failed", address=str(sockaddr), error=error)
         self._next_address = first + 1
         raise ConnectionLost("connect_failed", "; ".join(errors))
+
+
+class TcpSource:
+    """A live feed on one reconnecting TCP connection (see the module doc)."""
+
+    protocol: ClassVar[Protocol]
+    scheme: ClassVar[str]  # the default source name is `scheme:host:port`
+    default_port: ClassVar[int]  # what a bare host in the setting means
+
+    def __init__(
+        self,
+        server: str,
+        *,
+        source: str | None = None,
+        idle_timeout: float = 300.0,
+        connect_timeout: float = 30.0,
+        backoff: Backoff | None = None,
+        now_us: NowUs = wall_clock_us,
+    ) -> None:
+        host, port = parse_host_port(server, self.default_port)
+        self.source = source or f"{self.scheme}:{host}:{port}"
+        self.client = ReconnectingClient(
+            host,
+            port,
+            source=self.source,
+            protocol=self.protocol,
+            idle_timeout=idle_timeout,
+            connect_timeout=connect_timeout,
+            backoff=backoff,
+            now_us=now_us,
+        )
+
+    async def run(self, send: EnvelopeSink) -> NoReturn:
+        """Connect, run `session`, reconnect, for ever; only a failure that is not the
+        connection's (a closed `send`, a bug) ends it."""
+        await self.client.run(lambda conn: self.session(conn, send))
+
+    async def session(self, conn: Connection, send: EnvelopeSink) -> None:
+        """One connection's life: returns or raises `ConnectionLost` when it is over."""
+        raise NotImplementedError
 
 
 def _first_leaf(group: BaseExceptionGroup[ConnectionLost]) -> ConnectionLost:

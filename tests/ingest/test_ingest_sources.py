@@ -43,7 +43,7 @@ from soar.hostport import APRS_IS_PORT, BEAST_PORT, SBS_PORT, parse_host_port
 from soar.ingest.aprs import AprsIsSource, login_line
 from soar.ingest.beast_source import BeastSource
 from soar.ingest.sbs_source import SbsSource
-from soar.ingest.tcp import LineSplitter
+from soar.ingest.tcp import Connection, EnvelopeSink, LineSplitter, TcpSource
 from soar.records import Envelope, Protocol
 
 
@@ -138,6 +138,48 @@ async def test_bare_host_connects_to_the_protocols_standard_port() -> None:
     assert [(b.client.host, b.client.port) for b in beast] == [("radar.local", 30005),
                                                                ("::1", 30005)]
     assert (sbs.client.host, sbs.client.port) == ("radar.local", 30003)
+
+
+def test_the_three_feeds_are_one_template_with_their_port() -> None:
+    feeds = [(AprsIsSource, "aprs", APRS_IS_PORT), (BeastSource, "beast", BEAST_PORT),
+             (SbsSource, "sbs", SBS_PORT)]
+    for feed, scheme, port in feeds:
+        assert issubclass(feed, TcpSource)
+        assert (feed.scheme, feed.default_port) == (scheme, port)
+        # everything but the session is the template's
+        assert feed.run is TcpSource.run and feed.session is not TcpSource.session
+
+
+async def test_a_new_feed_is_its_session_alone_and_reconnects(testdata: Path) -> None:
+    """A feed of raw chunks written on the template in five lines: connected, named,
+    reconnected after the server hung up, every byte of both connections delivered."""
+
+    class Chunks(TcpSource):
+        protocol = Protocol.SBS
+        scheme = "chunks"
+        default_port = SBS_PORT
+
+        async def session(self, conn: Connection, send: EnvelopeSink) -> None:
+            while True:
+                data, received_us = await conn.receive()
+                await send.send(Envelope(self.protocol, received_us, data, self.source))
+
+    data = crlf(sbs_lines(testdata)[:2000])
+    server = FeedServer(per_connection(replay(data, then="close"), replay(data)))
+    send, receive = trio.open_memory_channel[Envelope](0)
+    got = bytearray()
+    async with trio.open_nursery() as nursery:
+        await server.start(nursery)
+        feed = Chunks(server.address, backoff=fast_backoff())
+        nursery.start_soon(feed.run, send)
+        with trio.fail_after(20):
+            async for env in receive:
+                got += env.data
+                if len(got) == 2 * len(data):
+                    break
+        nursery.cancel_scope.cancel()
+    assert bytes(got) == data + data
+    assert feed.source == f"chunks:127.0.0.1:{server.port}" and feed.client.connections == 2
 
 
 async def test_a_feed_that_cannot_connect_is_a_warning_with_address_error_and_retry(
