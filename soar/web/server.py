@@ -19,6 +19,7 @@ from functools import partial
 import structlog
 import trio
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.events import Event, Updated
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
@@ -89,7 +90,6 @@ async def serve_web(
     config.keep_alive_timeout = settings.http_keep_alive
     count_accept_errors()
     ctx.api_token = settings.api_token
-    ctx.extras.setdefault("settings", settings)  # the map page's freshness settings
     limit = ConnectionLimit(settings.http_max_connections or default_max_connections())
     CONNECTION_LIMIT.set(limit.limit)
     app = create_app(ctx, api=api, max_requests=settings.http_max_requests)
@@ -101,6 +101,27 @@ async def serve_web(
         own.listen(config.backlog)
     with own:
         await _serve(app, config, own, limit, stop, task_status)
+
+
+class _Connection(TCPServer):
+    """hypercorn's HTTP/1 connection, let go of as soon as the client has gone.
+
+    hypercorn keeps a connection's idle timer running after the client closed its end, so a
+    connection that ended without a request (a port scan, a TCP health check, a client that gave
+    up) held its descriptor for the whole keep-alive time: 30 s of every such connection.
+    """
+
+    _client_gone = False
+
+    async def _read_data(self) -> None:
+        await super()._read_data()
+        self._client_gone = True  # EOF or a failed read: nothing more will come in
+        await self.idle_task.stop()
+
+    async def protocol_send(self, event: Event) -> None:
+        if isinstance(event, Updated) and event.idle and self._client_gone:
+            return  # a response just finished; no next request can come, so no idle wait
+        await super().protocol_send(event)
 
 
 async def _serve(
@@ -122,7 +143,7 @@ async def _serve(
         async with trio.open_nursery() as connections:
             listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock.dup()))
             state = ConnectionState(lifespan_state.copy())
-            handler = partial(guard, limit, partial(TCPServer, asgi, config, context, state))
+            handler = partial(guard, limit, partial(_Connection, asgi, config, context, state))
             bound = f"http://{repr_socket_addr(sock.family, sock.getsockname())}"
             log.info("http.listening", address=bound, max_connections=limit.limit)
             task_status.started([bound])

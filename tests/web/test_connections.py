@@ -17,15 +17,25 @@ from functools import partial
 import trio
 
 from soar.config import load_settings
-from soar.web.app import WebContext
-from soar.web.connections import ACCEPT_ERRORS, AcceptErrorFilter
+from soar.web.app import WebContext, create_app
+from soar.web.connections import (
+    ACCEPT_ERRORS,
+    CONNECTIONS,
+    PRIORITY_SLOTS,
+    REFUSED,
+    WAITING,
+    AcceptErrorFilter,
+    default_max_connections,
+)
 from soar.web.server import serve_web
 
 LONG_KEEP_ALIVE_S = 600.0  # no close in these tests may come from the keep-alive timer
 
 
-async def _server(nursery: trio.Nursery, keep_alive: float) -> tuple[str, int]:
-    settings = load_settings(environ={}, overrides={"http_keep_alive": keep_alive})
+async def _server(
+    nursery: trio.Nursery, keep_alive: float, **overrides: object
+) -> tuple[str, int]:
+    settings = load_settings(environ={}, overrides={"http_keep_alive": keep_alive, **overrides})
     binds: list[str] = await nursery.start(
         partial(serve_web, bind="127.0.0.1:0"), settings, WebContext(), trio.Event()
     )
@@ -119,3 +129,120 @@ def test_accept_errors_are_counted_and_reported_once_a_minute() -> None:
     assert len(passed) == 2  # the first, and one a minute later with the count in between
     assert passed[0].exc_info is None
     assert "EMFILE" in passed[1].getMessage() and "599 more" in passed[1].getMessage()
+
+
+# ---- the connection limit ----------------------------------------------------------------------
+
+LIMIT = 20
+
+
+async def _until(condition: object, what: str) -> None:
+    with trio.fail_after(60):
+        while not condition():  # type: ignore[operator]
+            await trio.sleep(0.01)
+
+
+def _answer(conn: socket.socket) -> bytes:
+    """Everything the server sends until it closes (60 s at most: far past any close here)."""
+    conn.settimeout(60)
+    answer = b""
+    while chunk := conn.recv(65536):
+        answer += chunk
+    return answer
+
+
+async def test_past_the_limit_connections_get_503_and_health_is_still_answered(
+    nursery: trio.Nursery,
+) -> None:
+    host, port = await _server(nursery, LONG_KEEP_ALIVE_S, http_max_connections=LIMIT)
+    open_before, refused_before = CONNECTIONS._value.get(), REFUSED._value.get()
+    # LIMIT clients that connect and say nothing: held until the keep-alive timeout (600 s)
+    held = [socket.create_connection((host, port)) for _ in range(LIMIT)]
+    try:
+        await _until(lambda: CONNECTIONS._value.get() - open_before == LIMIT, "all held")
+
+        def over_the_limit(request: bytes) -> bytes:
+            with socket.create_connection((host, port)) as conn:
+                conn.sendall(request)
+                return _answer(conn)
+
+        # past the limit: an API request is refused with 503 and the connection closed...
+        answer = await trio.to_thread.run_sync(
+            over_the_limit, b"GET /api/flights HTTP/1.1\r\nHost: soar\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 503"), answer[:80]
+        assert b"Retry-After: 5" in answer and b"Connection: close" in answer
+        assert REFUSED._value.get() - refused_before == 1
+        # ...health is answered (keep-alive asked for, but the server closes after the answer)
+        for path in (b"/healthz", b"/readyz", b"/metrics"):
+            answer = await trio.to_thread.run_sync(
+                over_the_limit, b"GET " + path + b" HTTP/1.1\r\nHost: soar\r\n\r\n")
+            assert answer.split(b" ", 2)[1] in (b"200", b"503"), answer[:80]  # readyz: no checks
+            assert b"connection: close" in answer.lower()
+        assert REFUSED._value.get() - refused_before == 1
+
+        # The priority slots full of clients that say nothing: the next connection is refused
+        # before it sends a byte.
+        silent = [socket.create_connection((host, port)) for _ in range(PRIORITY_SLOTS)]
+        try:
+            await _until(
+                lambda: CONNECTIONS._value.get() - open_before == LIMIT + PRIORITY_SLOTS,
+                "the priority slots taken")
+            with socket.create_connection((host, port)) as conn:
+                answer = await trio.to_thread.run_sync(_answer, conn)
+            assert answer.startswith(b"HTTP/1.1 503"), answer[:80]
+            assert REFUSED._value.get() - refused_before == 2
+            # a silent client in a priority slot is refused once its time to ask is up
+            answers = await trio.to_thread.run_sync(lambda: [_answer(c) for c in silent])
+            assert all(a.startswith(b"HTTP/1.1 503") for a in answers)
+        finally:
+            for conn in silent:
+                conn.close()
+    finally:
+        for conn in held:
+            conn.close()
+    # every descriptor the server took is given back, and the count with it
+    await _until(lambda: CONNECTIONS._value.get() == open_before, "the held ones released")
+    nursery.cancel_scope.cancel()
+
+
+def test_the_default_limit_leaves_descriptors_for_everything_else() -> None:
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert default_max_connections(256) == max(16, soft - 256)
+
+
+# ---- requests: health first --------------------------------------------------------------------
+
+
+async def test_requests_past_the_slots_wait_in_order_and_health_never_waits() -> None:
+    app = create_app(WebContext(), api=False, max_requests=1)
+    release = trio.Event()
+    order: list[int] = []
+
+    @app.get("/slow/<int:n>")
+    async def slow(n: int) -> str:
+        order.append(n)
+        await release.wait()
+        return "done"
+
+    client = app.test_client()
+    waiting_before = WAITING._value.get()
+    results: dict[int, int] = {}
+
+    async def get(n: int) -> None:
+        results[n] = (await client.get(f"/slow/{n}")).status_code
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(get, 1)
+        await _until(lambda: order == [1], "the first request in its slot")
+        for n in (2, 3):  # one after the other: trio does not promise the order tasks start in
+            nursery.start_soon(get, n)
+            await _until(lambda n=n: WAITING._value.get() - waiting_before == n - 1, f"{n} waits")
+        # health, readiness and metrics are answered while the only slot is taken
+        assert (await client.get("/healthz")).status_code == 200
+        assert (await client.get("/metrics")).status_code == 200
+        assert order == [1]
+        release.set()
+    assert order == [1, 2, 3] and results == {1: 200, 2: 200, 3: 200}
+    assert WAITING._value.get() == waiting_before
