@@ -179,28 +179,49 @@ class PartitionLeases:
         wanted = rendezvous.share(self.track_id, self.partitions, self.live_tracks)
         for partition in sorted(self.owned - wanted):
             await self._release(partition, delete=True)
-        for partition in sorted(self.owned & wanted):
-            key = PARTITION_PREFIX + str(partition)
+        # Renewals all in flight at once: a round is one round trip, however many partitions
+        # are held (one after the other, a busy process's rounds outlasted its leases).
+        lost: list[int] = []
+        failed: list[BrokerError] = []
+
+        async def renew(partition: int, held: int) -> None:
             try:
-                self._revisions[partition] = await self.store.update(
-                    key, me, self._revisions[partition])
+                revision = await self.store.update(PARTITION_PREFIX + str(partition), me, held)
             except LeaseConflict:
-                log.warning("lease.lost", track=self.track_id, partition=partition)
-                await self._release(partition, delete=False)
-        for partition in sorted(self._releasing):  # kept until given back
+                lost.append(partition)
+            except BrokerError as exc:
+                failed.append(exc)
+            else:
+                if partition in self._revisions:
+                    self._revisions[partition] = revision
+
+        async def renew_releasing(partition: int, held: int) -> None:
             key = PARTITION_PREFIX + str(partition)
-            if partition not in self._releasing:
-                continue  # given back during an earlier await of this loop
             try:
-                revision = await self.store.update(key, me, self._releasing[partition])
+                revision = await self.store.update(key, me, held)
             except LeaseConflict:
                 self._releasing.pop(partition, None)
-                continue
+                return
+            except BrokerError as exc:
+                failed.append(exc)
+                return
             if partition in self._releasing:
                 self._releasing[partition] = revision
             else:  # given back meanwhile, its delete named the revision before this one
                 with contextlib.suppress(BrokerError):
                     await self.store.delete(key, revision)
+
+        async with trio.open_nursery() as nursery:
+            for partition in sorted(self.owned & wanted):
+                nursery.start_soon(renew, partition, self._revisions[partition])
+            for partition, held in sorted(self._releasing.items()):  # kept until given back
+                nursery.start_soon(renew_releasing, partition, held)
+        for partition in lost:
+            if partition in self._revisions:
+                log.warning("lease.lost", track=self.track_id, partition=partition)
+                await self._release(partition, delete=False)
+        if failed:
+            raise failed[0]
         for partition in sorted(wanted - self.owned - set(self._releasing)):
             claimed = await self._claim(partition, me)
             if claimed is not None:
