@@ -304,8 +304,9 @@ class StoreWriter(Generic[T]):
                 if self.spool.depth_records:
                     input_open = await self._drain_spool(batches, input_open)
                     continue
+                ready: list[TableBatch] | None = None
                 if self._held is not None:
-                    batch, self._held = self._held.batch, None
+                    batch, ready, self._held = self._held.batch, self._held.prepared, None
                 elif not input_open:
                     return
                 else:
@@ -321,9 +322,11 @@ class StoreWriter(Generic[T]):
                 prepared_box: list[list[TableBatch]] = []
 
                 def prepare_and_commit(
-                    items: list[T] = batch.records, box: list[list[TableBatch]] = prepared_box
+                    items: list[T] = batch.records,
+                    box: list[list[TableBatch]] = prepared_box,
+                    ready: list[TableBatch] | None = ready,
                 ) -> _Result:
-                    box.append(self._prepare(items))
+                    box.append(ready if ready is not None else self._prepare(items))
                     return self._commit_sync(box[0], True)
 
                 try:
