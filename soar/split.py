@@ -36,8 +36,10 @@ import fcntl
 import functools
 import itertools
 import json
+import os
 import signal
 import socket
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -72,12 +74,15 @@ from soar.pipeline import Pipeline, SourceSpec, live_sources
 from soar.records import Envelope, Protocol
 from soar.runtime import log_slow_gc_pauses, settle_runtime
 from soar.supervisor import ChildSpec, RestartPolicy, Supervisor
+from soar.topology import Edge, EdgePolicy, Stage, Topology, when_started
 from soar.tracking.router import shard_of
 from soar.watermark import CommitWatermark, Flow
 
 log = structlog.get_logger(__name__)
 
 LEASE_BUCKET = "soar_leases"
+#: after the data path has drained, how long the web server may take to close its connections
+WEB_GRACE_S = 5.0
 
 PUBLISHED = Counter("soar_ingest_envelopes_published_total",
                     "Envelopes stored in the JetStream stream (acknowledged by it)")
@@ -103,6 +108,14 @@ COMMIT_DELAY = Histogram(
 )
 
 _bad_batch_log = RateLimited(log)
+
+#: JetStream messages (of up to 200 envelopes) a track has fed to its pipeline and not yet
+#: acknowledged, at most: seconds of work, well inside the 30 s after which JetStream redelivers
+MAX_UNACKED = 64
+#: messages one fetch from a partition takes at most
+FETCH_BATCH = 16
+#: open flights handed to a shard per control input when a partition is acquired
+RESTORE_CHUNK = 25
 
 
 def partition_of(ident: int, partitions: int) -> int:
@@ -220,6 +233,11 @@ class EnvelopePublisher:
         self._idle = trio.Event() if self._idle.is_set() else self._idle
         if len(batch) >= self.batch_size:
             self._full_batch.set()
+
+    @property
+    def buffered(self) -> int:
+        """Envelopes offered and not yet stored in JetStream."""
+        return self._buffered
 
     async def wait_published(self) -> None:
         """Until everything offered so far is stored in JetStream."""
@@ -400,28 +418,27 @@ async def _run_ingest(
     settings: Settings, replay: list[Path], speed: float | None, listener: socket.socket | None
 ) -> int:
     size = settings.channel_size
-    channels = {p: trio.open_memory_channel[Envelope](size) for p in Protocol}
     data_dir = Path(settings.data_dir)
-    sinks = {
-        p: OverflowSink(p, channels[p][0], data_dir / "spool" / "ingest" / p.value,
-                        settings.spool_max_bytes)
-        for p in Protocol
-    }
-    for sink in sinks.values():
-        await trio.to_thread.run_sync(sink.open)
-    def child(spec: SourceSpec) -> ChildSpec:
-        # every ingest source (live feed or capture) carries one protocol
-        assert spec.protocol is not None, spec.name
-        return ChildSpec(f"source.{spec.name}", functools.partial(spec.run, sinks[spec.protocol]),
-                         spec.policy)
 
+    def spill(protocol: Protocol) -> Callable[[trio.MemorySendChannel[Envelope]], OverflowSink]:
+        return lambda send: OverflowSink(protocol, send, data_dir / "spool" / "ingest" /
+                                         protocol.value, settings.spool_max_bytes)
+
+    # a feed faster than JetStream takes it spills to disk, in order, and is never slowed
+    edges = {p: Edge[Envelope](f"envelopes.{p.value}", size, EdgePolicy.SPILL, spill=spill(p))
+             for p in Protocol}
+    for edge in edges.values():
+        assert edge.spill is not None
+        await trio.to_thread.run_sync(edge.spill.open)
     stop = trio.Event()
     replay_finished = trio.Event()
+    routed = trio.Event()
     async with connect(settings, "soar-ingest") as (link, keeper):
         stream = await _ensure_stream(link, settings)
         publisher = EnvelopePublisher(stream)
         router = PartitionRouter(settings.nats_partitions)
         progress: CaptureProgress | None = None
+        captures: list[ResumedCapture] = []
         if replay:
             progress = CaptureProgress(data_dir, replay, publisher)
             publisher.on_stored = progress.stored
@@ -431,62 +448,65 @@ async def _run_ingest(
         else:
             specs = live_sources(settings)
 
-        async def route(protocol: Protocol) -> None:
-            async for env in channels[protocol][1]:
-                await publisher.offer(router.partition(env), env)
+        def child(spec: SourceSpec) -> ChildSpec:
+            # every ingest source (live feed or capture) carries one protocol
+            assert spec.protocol is not None, spec.name
+            return ChildSpec(f"source.{spec.name}",
+                             functools.partial(spec.run, edges[spec.protocol]), spec.policy)
 
         sources = Supervisor("sources", [child(s) for s in specs])
-        routers = Supervisor("routers", [
-            ChildSpec(f"route.{p.value}", functools.partial(route, p), RestartPolicy.TRANSIENT)
-            for p in Protocol
-        ])
-        broker_children = [ChildSpec("publisher", publisher.run)]
+
+        async def feed() -> None:
+            await sources.run()
+            if replay:
+                replay_finished.set()
+                stop.set()  # a replay is done when its captures are
+            for edge in edges.values():  # what is spooled goes on before the edges close
+                assert edge.spill is not None
+                await edge.spill.flush()
+
+        async def route(protocol: Protocol) -> None:
+            receive = edges[protocol].receiver()
+            async for env in receive:
+                await publisher.offer(router.partition(env), env)
+
+        broker = [ChildSpec("publisher", publisher.run)]
         if keeper is not None:
-            broker_children.append(ChildSpec("nats.embedded", keeper))
-        broker = Supervisor("broker", broker_children)
+            broker.append(ChildSpec("nats.embedded", keeper))
+        transient = RestartPolicy.TRANSIENT
+        topology = Topology("ingest", [
+            Stage("signals", [ChildSpec("signals", functools.partial(_signalled, stop))]),
+            Stage("broker", broker),
+            Stage("routers", [ChildSpec(f"route.{p.value}", functools.partial(route, p),
+                                        transient) for p in Protocol],
+                  then=[routed.set]),
+            Stage("spools", [ChildSpec(f"spool.{p.value}", edge.spill.drain)
+                             for p, edge in edges.items() if edge.spill is not None]),
+            Stage("sources", [ChildSpec("feed", feed, transient, subtree=sources)],
+                  outputs=list(edges.values())),
+            *_metrics_stage(settings, listener, lambda: topology.tree(),
+                            {"nats": lambda: link.connected}),
+            Stage("runtime", [ChildSpec("gc.pauses", log_slow_gc_pauses)], essential=False),
+        ])
         settle_runtime()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_signalled, stop)
-            nursery.start_soon(broker.run)
-            nursery.start_soon(log_slow_gc_pauses)
-            if listener is not None:
-                def tree() -> dict[str, Any]:
-                    return {sup.name: sup.tree() for sup in (sources, routers, broker)}
-
-                ready = {"nats": lambda: link.connected}
-                await nursery.start(_serve_metrics, settings, listener, tree, ready)
+            await nursery.start(topology.run)
             log.info("ingest.started", partitions=settings.nats_partitions,
                      sources=[s.name for s in specs])
-
-            async def sources_then_stop() -> None:
-                await sources.run()
-                if replay:
-                    replay_finished.set()
-                    stop.set()  # a replay is done when its captures are
-
-            async with trio.open_nursery() as routing:
-                routing.start_soon(routers.run)
-                async with trio.open_nursery() as feeding:
-                    for sink in sinks.values():
-                        feeding.start_soon(sink.drain)
-                    feeding.start_soon(sources_then_stop)
-                    await stop.wait()
-                    sources.stop()
-                    feeding.cancel_scope.cancel()
-                for sink in sinks.values():
-                    await sink.flush()
-                for send, _ in channels.values():
-                    await send.aclose()  # the routers finish what is queued, then end
+            await stop.wait()
+            sources.stop()
+            await routed.wait()  # the edges closed after the spools were flushed into them
+            topology.stages["spools"].stop()
             with trio.move_on_after(settings.shutdown_deadline) as waited:
                 await publisher.wait_published()
             if waited.cancelled_caught:
-                log.error("ingest.unpublished_at_exit", envelopes=publisher._buffered)
+                log.error("ingest.unpublished_at_exit", envelopes=publisher.buffered)
             elif progress is not None:
-                if all(c.sent or c.skip for c in captures) and replay_finished.is_set():
+                if replay_finished.is_set():
                     await trio.to_thread.run_sync(progress.finished)
                 else:
                     await trio.to_thread.run_sync(progress.save)
-            nursery.cancel_scope.cancel()
+            topology.stop()
     log.info("ingest.stopped", published=publisher.published)
     return 0
 
@@ -537,14 +557,14 @@ class PartitionFeed:
         self,
         stream: PartitionedStream,
         pipeline: Pipeline,
-        nursery: trio.Nursery,
         *,
-        fetch_batch: int = 16,
-        max_unacked: int = 256,
+        fetch_batch: int = FETCH_BATCH,
+        max_unacked: int = MAX_UNACKED,
     ) -> None:
         self.stream = stream
         self.pipeline = pipeline
-        self.nursery = nursery
+        self.nursery: trio.Nursery | None = None
+        self.stopping = False
         self.partitions = stream.spec.partitions
         self.fetch_batch = fetch_batch
         self.max_unacked = max_unacked
@@ -560,10 +580,42 @@ class PartitionFeed:
     async def run_watermark(self) -> None:
         await self.watermark.run()
 
+    async def run(self, leases: PartitionLeases) -> None:
+        """The leases, and a consumer task per owned partition, until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            await leases.run()
+
+    async def stop(self) -> None:
+        """Before the leases are given back at exit: stop every consumer, write the latest
+        state of every aircraft held, and wait once until all of it is committed and
+        acknowledged (a per-partition hand-over would wait once per partition)."""
+        self.stopping = True
+        owned = set(self._scopes)
+        for scope in self._scopes.values():
+            scope.cancel()
+        for stopped in self._stopped.values():
+            await stopped.wait()
+        self._scopes.clear()
+        self._stopped.clear()
+        PARTITIONS_OWNED.set(0)
+        partitions = self.partitions
+
+        def held(ident: int) -> bool:
+            return partition_of(ident, partitions) in owned
+
+        from soar.tracking.inputs import ForgetAircraft
+
+        for index in range(len(self.pipeline.shards)):
+            await self.pipeline.shard_input(index, ForgetAircraft(held))
+        await self.barrier()
+
     def owns(self, ident: int) -> bool:
         return partition_of(ident, self.partitions) in self._scopes
 
     async def acquired(self, partition: int) -> None:
+        if self.stopping or self.nursery is None:
+            return
         restored = await self._restore(partition)
         scope = trio.CancelScope()
         stopped = trio.Event()
@@ -574,6 +626,8 @@ class PartitionFeed:
         log.info("track.partition_acquired", partition=partition, flights=restored)
 
     async def released(self, partition: int) -> None:
+        if self.stopping:
+            return  # `stop` has done it for every partition at once
         scope = self._scopes.pop(partition, None)
         if scope is None:
             return
@@ -687,8 +741,12 @@ class PartitionFeed:
                 (item.flight, item.fixes))
         for index, flights in by_shard.items():
             # judged by the shard's own clock (the fixes' time), not the wall clock: a
-            # replayed capture's flights are hours "old" by the wall clock
-            await pipeline.shard_input(index, RestoreFlights(flights, None))
+            # replayed capture's flights are hours "old" by the wall clock. In chunks: a
+            # shard rebuilds one chunk between other inputs, so the process (and its lease
+            # heartbeat) stays responsive while thousands of flights come back.
+            for start in range(0, len(flights), RESTORE_CHUNK):
+                await pipeline.shard_input(
+                    index, RestoreFlights(flights[start:start + RESTORE_CHUNK], None))
         return len(found)
 
     async def _forget(self, partition: int) -> None:
@@ -778,49 +836,49 @@ async def _track_on(
     pipeline = Pipeline(own, database_url, sources=[], hold_open=True,
                         restore_open_flights=False, live=NatsLivePublisher(link),
                         block_envelopes=True)
+    await pipeline.open()
+    feed = PartitionFeed(stream, pipeline)
+    leases = PartitionLeases(bucket, settings.track_id, settings.nats_partitions,
+                             settings.nats_lease_s, on_acquired=feed.acquired,
+                             on_released=feed.released)
     stop = trio.Event()
+    broker = [ChildSpec("watermark", feed.run_watermark),
+              ChildSpec("consumer.stats", feed.export_consumer_stats, essential=False)]
+    if keeper is not None:
+        broker.append(ChildSpec("nats.embedded", keeper))
+    ready = {"database": pipeline.database_ready, "nats": lambda: link.connected}
+    topology = pipeline.declare("track", [
+        Stage("signals", [ChildSpec("signals", functools.partial(_signalled, stop))]),
+        Stage("broker", broker),
+        Stage("partitions", [ChildSpec("leases", functools.partial(feed.run, leases),
+                                       RestartPolicy.TRANSIENT)]),
+        *_metrics_stage(settings, listener, lambda: topology.tree(), ready),
+        Stage("runtime", [ChildSpec("gc.pauses", log_slow_gc_pauses)], essential=False),
+    ])
+    settle_runtime()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_signalled, stop)
-        await pipeline.open()
-        feed_nursery_ready: list[PartitionFeed] = []
-        async with trio.open_nursery() as core:
-            await core.start(pipeline.run)
-            async with trio.open_nursery() as consuming:
-                feed = PartitionFeed(stream, pipeline, consuming)
-                feed_nursery_ready.append(feed)
-                leases = PartitionLeases(bucket, settings.track_id, settings.nats_partitions,
-                                         settings.nats_lease_s, on_acquired=feed.acquired,
-                                         on_released=feed.released)
-                broker_children = [ChildSpec("watermark", feed.run_watermark),
-                                   ChildSpec("consumer.stats", feed.export_consumer_stats)]
-                if keeper is not None:
-                    broker_children.append(ChildSpec("nats.embedded", keeper))
-                broker = Supervisor("broker", broker_children)
-                consuming.start_soon(broker.run)
-                if listener is not None:
-                    def tree() -> dict[str, Any]:
-                        return {**pipeline.tree(), "broker": broker.tree()}
-
-                    ready = {"database": pipeline.database_ready, "nats": lambda: link.connected}
-                    await nursery.start(_serve_metrics, settings, listener, tree, ready)
-                settle_runtime()
-                nursery.start_soon(log_slow_gc_pauses)
-                log.info("track.started", track=settings.track_id,
-                         partitions=settings.nats_partitions)
-                async with trio.open_nursery() as leasing:
-                    await leasing.start(leases.run)
-                    await stop.wait()
-                    # cancelling `run` gives every partition back (waits for its commits)
-                    leasing.cancel_scope.cancel()
-                await feed.barrier()
-                consuming.cancel_scope.cancel()
-            with trio.move_on_after(settings.shutdown_deadline):
-                await pipeline.drain()
-            core.cancel_scope.cancel()
-        await pipeline.close()
-        nursery.cancel_scope.cancel()
+        await nursery.start(topology.run)
+        log.info("track.started", track=settings.track_id, partitions=settings.nats_partitions)
+        await stop.wait()
+        await feed.stop()
+        topology.stages["partitions"].stop()  # deletes the leases: the others take over now
+        with trio.move_on_after(settings.shutdown_deadline):
+            await pipeline.drain()
+        topology.stop()
+    await pipeline.close()
     log.info("track.stopped", track=settings.track_id)
     return 0
+
+
+def _metrics_stage(
+    settings: Settings, listener: socket.socket | None, tree: Callable[[], dict[str, Any]],
+    ready: dict[str, Callable[[], bool]],
+) -> list[Stage]:
+    """/metrics, /healthz and /readyz on `metrics_addr`, when it is set."""
+    if listener is None:
+        return []
+    serve = functools.partial(_serve_metrics, settings, listener, tree, ready)
+    return [Stage("metrics", [ChildSpec("metrics.server", serve)])]
 
 
 # -- soar web ------------------------------------------------------------------------------
@@ -852,21 +910,51 @@ async def _run_web(settings: Settings, listener: socket.socket) -> int:
             ctx = WebContext(ready_checks={"database": lambda: True,
                                            "nats": lambda: link.connected},
                              pool=pool, live=hub)
+            hub_ready, directory_ready = trio.Event(), trio.Event()
+
+            web_done = trio.Event()
+
+            async def web() -> None:
+                # the live hub and the directory first: the clients' messages need them
+                await hub_ready.wait()
+                await directory_ready.wait()
+                try:
+                    await serve_web(settings, ctx, web_stop, sock=listener)
+                finally:
+                    web_done.set()
+
+            services = [ChildSpec("live.hub", when_started(hub.run, hub_ready)),
+                        ChildSpec("aircraft.directory",
+                                  when_started(directory.run, directory_ready, pool))]
+            if keeper is not None:
+                services.append(ChildSpec("nats.embedded", keeper))
+            topology = Topology("web", [
+                Stage("signals", [ChildSpec("signals", functools.partial(_signalled, stop))]),
+                Stage("services", services),
+                Stage("web", [ChildSpec("web.server", web, RestartPolicy.TRANSIENT)]),
+                Stage("runtime", [ChildSpec("gc.pauses", log_slow_gc_pauses)],
+                      essential=False),
+            ])
+            ctx.tree = topology.tree
+            settle_runtime()
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_signalled, stop)
-                if keeper is not None:
-                    nursery.start_soon(keeper)
-                await nursery.start(directory.run, pool)
-                await nursery.start(hub.run)
-                async with trio.open_nursery() as web:
-                    await web.start(functools.partial(serve_web, sock=listener), settings, ctx,
-                                    web_stop)
-                    settle_runtime()
-                    nursery.start_soon(log_slow_gc_pauses)
-                    log.info("web.started", http=settings.http_addr)
-                    await stop.wait()
-                    web_stop.set()  # hypercorn finishes its requests and returns
-                nursery.cancel_scope.cancel()
+                await nursery.start(topology.run)
+                log.info("web.started", http=settings.http_addr)
+                await stop.wait()
+                web_stop.set()  # hypercorn finishes its requests and returns
+                with trio.move_on_after(WEB_GRACE_S):
+                    await web_done.wait()
+                if not web_done.is_set():
+                    # a WebSocket client that stopped reading holds hypercorn's shielded
+                    # write for ever (see soar.app): nothing is left to commit here
+                    log.error("shutdown.web_stuck", hint="a WebSocket client stopped reading",
+                              grace_s=WEB_GRACE_S)
+                    await trio.to_thread.run_sync(pool.close)
+                    await trio.to_thread.run_sync(db.stop)
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    os._exit(0)
+                topology.stop()
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(pool.close)

@@ -32,6 +32,7 @@ from soar.broker import rendezvous
 from soar.broker.embedded import EmbeddedNats
 from soar.config import load_settings
 from soar.replay import run_replay
+from soar.split import FETCH_BATCH, MAX_UNACKED
 
 pytestmark = pytest.mark.slow
 
@@ -244,7 +245,9 @@ async def test_split_mode_matches_all_in_one(
             assert fetch(addr, "/api/aircraft")[0] == 404
             tree = json.loads(fetch(addr, "/healthz")[1])["tree"]
             assert "broker" in json.dumps(tree)
-        assert received == messages  # every envelope reached one track, once
+        # every envelope reached a track (at least once: a message whose acknowledgement is
+        # late comes again; the fixes below are each stored once all the same)
+        assert received >= messages
         pid = EmbeddedNats(cluster.data).pid
         assert pid is not None
     finally:
@@ -374,7 +377,8 @@ async def test_continuous_load_with_every_role_killed_once(
         f"first missing {sorted(missing)[:3]}")
     assert_same_flights(second_db, expected_flights)
     assert unacked_seen, "the unacknowledged-message metrics were never read"
-    assert max(unacked_seen) <= 256  # PartitionFeed.max_unacked, and each consumer's share
+    # a track fetches while below its bound: at most one fetch over it, whatever the partition
+    assert max(unacked_seen) <= MAX_UNACKED + FETCH_BATCH
 
 
 @pytest.mark.time_limit(400)
