@@ -128,6 +128,8 @@ _CHECKPOINT_EVERY = 256
 #: and one that could is held)
 CLOCK_STEP_US = 5 * MINUTE
 CLOCK_CONFIRM_US = 10 * SECOND
+#: a restore's `now_us` further than this past the newest restored fix is a jumped wall clock
+RESTORE_TRUST_US = 24 * HOUR
 #: a fix whose own time is this far after its receive time is rejected (`time_ahead`): no
 #: aircraft reports from the future, and one such fix would split its flight. The OGN and SBS
 #: decoders allow the same (`FUTURE_TOLERANCE_US`) for clocks that disagree by a second or
@@ -235,6 +237,7 @@ class Shard:
         """
         self.clock_us = 0
         self._held: list[ShardInput] = []  # inputs after a jump of the receive clock
+        self._held_sources: set[str] = set()  # the sources they came from
         self._held_from_us = 0
         self.aircraft: dict[int, _Aircraft] = {}
         self._next_sweep_us = 0
@@ -277,12 +280,28 @@ class Shard:
         1 h or more before it are closed as timed out at once; the others resume. Without it,
         the shard's fix clock decides at its first sweep (run on the first input), exactly as
         if it had never stopped. The resulting rows are emitted when `run` starts.
+
+        `now_us` is the host's wall clock, which may have jumped: more than
+        `RESTORE_TRUST_US` past the newest restored fix it is not used (nothing the first
+        input would not decide as well), so a clock ten years ahead at start times nothing
+        out and cannot drag the shard's clock along.
         """
-        for item in open_flights:
-            self._restore_one(item)
-        if now_us is not None:
-            self.clock_us = max(self.clock_us, now_us)
+        restored = [state for item in open_flights if (state := self._restore_one(item))]
+        now = self._trusted_now(now_us, restored)
+        if now is not None:
+            self.clock_us = max(self.clock_us, now)
             self._backlog.extend(self._sweep())
+
+    def _trusted_now(self, now_us: int | None, restored: list[_Aircraft]) -> int | None:
+        if now_us is None or not restored:
+            return None
+        newest = max(state.machine.last_received_us for state in restored)
+        if now_us - newest <= RESTORE_TRUST_US:
+            return now_us
+        log.warning(
+            "shard.restore_clock_ignored", shard=self.index, now_us=now_us, newest_us=newest
+        )
+        return None
 
     def _restore_one(self, item: Restorable) -> _Aircraft | None:
         row, fixes = (item.flight, item.fixes) if isinstance(item, OpenFlightLike) else item
@@ -304,10 +323,11 @@ class Shard:
             if state is not None:
                 restored.append(state)
         events: list[Event] = []
-        if item.now_us is not None:
+        now = self._trusted_now(item.now_us, restored)
+        if now is not None:
             # only these aircraft: the others are judged by this shard's own clock
             for state in restored:
-                events.extend(state.track.on_clock(item.now_us))
+                events.extend(state.track.on_clock(now))
         SHARD_AIRCRAFT.labels(self.label).set(len(self.aircraft))
         return events
 
@@ -340,28 +360,49 @@ class Shard:
         An input received more than `CLOCK_STEP_US` after the shard's clock is held back
         until the receive times that follow say whether the clock really moved (they go on
         from there for `CLOCK_CONFIRM_US`: all held inputs are processed) or the host clock
-        stepped and came back (they return: the held fixes and messages are rejected as
-        `clock_step`, counted; held control inputs are still processed). One wrong time must
-        not time out or split every flight, and the fixes after it must not all be late.
+        stepped and came back (a source with held inputs is read at the old time again: the
+        held fixes and messages are rejected as `clock_step`, counted; held control inputs
+        are still processed). One wrong time must not time out or split every flight, and
+        the fixes after it must not all be late.
+
+        Only a source that jumped can say it came back: a live host clock steps for every
+        source at once, while a replay of captures from different days reads each on its own
+        clock, and one of them must not make the other's jump look like a step.
         """
         received = _receive_time(item)
         if self._held:
             return self._while_held(item, received)
         if received is not None and self.clock_us and received > self.clock_us + CLOCK_STEP_US:
-            self._held.append(item)
-            self._held_from_us = received
+            self._hold(item, received)
             return []
         return self._process(item)
 
+    def _hold(self, item: ShardInput, received: int | None) -> None:
+        if not self._held and received is not None:
+            self._held_from_us = received
+        self._held.append(item)
+        source = _source(item)
+        if source is not None:
+            self._held_sources.add(source)
+
     def _while_held(self, item: ShardInput, received: int | None) -> list[Event]:
         if received is None:  # a control input keeps its place among the held ones
-            self._held.append(item)
+            self._hold(item, received)
             return []
-        if received <= self.clock_us + CLOCK_STEP_US or received < self._held_from_us - CLOCK_STEP_US:
+        source = _source(item)
+        stepped_back = source is None or source in self._held_sources
+        if received <= self.clock_us + CLOCK_STEP_US:  # the time before the jump
+            if not stepped_back or (source is None and self._held_sources):
+                return self._process(item)  # a source that never jumped, or a tick
             events = self._drop_held(received)
-            events.extend(self.process(item))
+            events.extend(self._process(item))
             return events
-        self._held.append(item)
+        if received < self._held_from_us - CLOCK_STEP_US and source in self._held_sources:
+            # a jumping source, back before its jump yet after the clock: a new jump
+            events = self._drop_held(received)
+            self._hold(item, received)
+            return events
+        self._hold(item, received)
         if received - self._held_from_us >= CLOCK_CONFIRM_US:
             return self.release_held()
         return []
@@ -370,10 +411,13 @@ class Shard:
         """Process the inputs held back at a jump of the receive clock: it was real (or the
         input ended without contradicting it)."""
         held, self._held = self._held, []
+        self._held_sources.clear()
         if not held:
             return []
         CLOCK_STEPS.labels("followed").inc()
-        log.warning(
+        # at debug: a replay of a capture with gaps follows one at every gap (the metric
+        # counts them); a step that came back is the one an operator must hear of
+        log.debug(
             "shard.clock_jump_followed",
             shard=self.index,
             from_us=self.clock_us,
@@ -384,6 +428,7 @@ class Shard:
 
     def _drop_held(self, back_us: int) -> list[Event]:
         held, self._held = self._held, []
+        self._held_sources.clear()
         rejected = 0
         controls: list[ShardInput] = []
         for item in held:
@@ -766,6 +811,13 @@ def _receive_time(item: ShardInput) -> int | None:
         return item.received_us
     if isinstance(item, ClockTick):
         return item.now_us
+    return None
+
+
+def _source(item: ShardInput) -> str | None:
+    """The feed an input was read from; None for clock ticks and control inputs."""
+    if isinstance(item, Fix | ModeSInput | SbsInput):
+        return item.source
     return None
 
 

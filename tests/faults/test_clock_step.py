@@ -217,3 +217,18 @@ def test_a_clock_that_stays_moved_is_followed_and_nothing_is_rejected(testdata: 
     moved = run.accepted(after)
     assert moved and all(f.received_us > envelopes[0].received_us + 3_000_000_000 for f in moved)
     assert CLOCK_CONFIRM_US < 60_000_000  # confirmed well within the capture's minutes
+
+
+def test_captures_of_different_days_replayed_together_lose_nothing(testdata: Path) -> None:
+    """`soar replay a b` reads each file as its own source, each on its own clock: the 2017 feed
+    and the 2025 trace interleave, and neither's times look like the other's clock step."""
+    feed = list(iter_capture(testdata / FULL_FEED))[:2000]
+    trace = list(iter_capture(testdata / TRACE))
+    interleaved: list[Envelope] = []
+    for start in range(0, max(len(feed), len(trace)), 2):  # the older first: the newer jumps
+        interleaved += feed[start : start + 2] + trace[start : start + 2]
+    before = rejected("clock_step")
+    together = Tracked(interleaved)
+    assert rejected("clock_step") == before
+    alone = {key(f) for f in Tracked(feed).stored()} | {key(f) for f in Tracked(trace).stored()}
+    assert {key(f) for f in together.stored()} == alone

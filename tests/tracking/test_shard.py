@@ -255,6 +255,18 @@ async def test_restore_resumes_recent_and_times_out_stale_flights() -> None:
     assert stored.flight_id == recent_row.id  # type: ignore[attr-defined]
 
 
+async def test_restore_with_a_wall_clock_ten_years_ahead_times_nothing_out() -> None:
+    row, tail = open_flight_of(takeoff_sequence())
+    sinks = Sinks()
+    shard = Shard(new_id=ids())
+    shard.restore([(row, tail)], now_us=tail[-1].received_us + 3653 * 24 * HOUR)
+    assert shard.clock_us == 0  # not dragged ten years ahead
+    later = fix(65, 80.0)
+    await run_shard(shard, [later], sinks)
+    rows = sinks.rows()
+    assert rows[row.id].is_open and rows[row.id].last_fix_us == later.time_us
+
+
 async def test_restore_without_clock_is_judged_by_the_first_fix() -> None:
     row, tail = open_flight_of(takeoff_sequence())
     sinks = Sinks()
