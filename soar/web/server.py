@@ -39,6 +39,11 @@ from soar.web.connections import (
 
 log = structlog.get_logger(__name__)
 
+#: Connections the kernel completes before soar accepts them. hypercorn's 100 overflows in a
+#: burst of clients: the kernel then drops handshakes it has half done, and a client that sent
+#: nothing yet believes itself connected while soar never sees it (capped by net.core.somaxconn).
+LISTEN_BACKLOG = 1024
+
 
 def listen_socket(settings: Settings, key: str) -> socket.socket:
     """A socket listening on the address of setting `key` (`http_addr`, `metrics_addr`).
@@ -54,7 +59,7 @@ def listen_socket(settings: Settings, key: str) -> socket.socket:
         # as hypercorn does: a restart does not wait for the old connections' TIME_WAIT
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
-        sock.listen(HypercornConfig().backlog)  # listening now holds the port against others
+        sock.listen(LISTEN_BACKLOG)  # listening now holds the port against others
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
@@ -85,6 +90,7 @@ async def serve_web(
     config.accesslog = None
     config.errorlog = None
     config.graceful_timeout = 5.0
+    config.backlog = LISTEN_BACKLOG
     # An idle keep-alive connection costs a descriptor: close it after a while (a held one
     # each from thousands of clients exhausted the process's descriptors).
     config.keep_alive_timeout = settings.http_keep_alive
