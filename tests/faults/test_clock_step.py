@@ -2,8 +2,9 @@
 
 The host clock is injected where the pipeline reads it: every envelope's receive time (what the
 wall clock stamped on the line as it came off the socket). The envelopes go through the real
-decoder, as `Pipeline._decode` sends them (a `ClockTick` of the receive time every second of it,
-then the decoded items), into a real shard.
+decoder, as `Pipeline._decode` sends them (a `ClockTick` of the receive time, here every second
+of it rather than every 30 s so that a 3 s step has ticks of its own, then the decoded items),
+into a real shard.
 
 Before: a +10 y step of 3 s closed every flight as timed out, opened flights dated 2036 that
 never closed, and stored every fix after the clock came back as late; in a replay, one line
