@@ -114,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="progress bar on stderr (default: auto, on a terminal without --json)")
 
     b = sub.add_parser("bench", help="benchmarks (all, or one part)")
-    b.add_argument("part", nargs="?", default="all", choices=["all", "protocols", "store", "pipeline"],
+    b.add_argument("part", nargs="?", default="all", choices=["all", "protocols", "store", "pipeline", "split"],
                    help="which benchmark (default: all)")
     b.add_argument("--seconds", type=_positive("seconds"), default=None,
                    help="how long each timed benchmark runs")
@@ -201,7 +201,7 @@ def _dispatch(command: str, args: argparse.Namespace, settings: Settings) -> int
         from soar.bench.cli import bench_command
 
         return bench_command(settings, args.part, args.seconds, profile=args.profile,
-                             timeline=args.timeline)
+                             timeline=args.timeline, as_json=args.json)
     if command == "ddb":
         from soar.ddb import ddb_command
 

@@ -1,4 +1,4 @@
-"""`soar bench [all|protocols|store|pipeline]`: each figure beside its baseline, same run."""
+"""`soar bench [all|protocols|store|pipeline|split]`: each figure beside its baseline, same run."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeline", action="store_true",
                         help="pipeline: print, for each paced run, fixes and worst latency per "
                         "second, queue depths every 100 ms and GC pauses over 5 ms (stderr)")
+    parser.add_argument("--json", action="store_true",
+                        help="split: end with one JSON line of each run's rate and p99 commit ms")
 
 
 def testdata_dir() -> Path:
@@ -28,7 +30,7 @@ def testdata_dir() -> Path:
 
 def bench_command(
     settings: Settings, part: str, seconds: float | None, *, profile: Path | None = None,
-    timeline: bool = False,
+    timeline: bool = False, as_json: bool = False,
 ) -> int:
     from soar.cli import UserError
 
@@ -55,6 +57,12 @@ def bench_command(
         with _database(settings) as url:
             rows = pipeline.run(url, data, seconds or 60.0, profile=profile, timeline=timeline)
             print(pipeline.format_table(rows))
+    if part in ("all", "split"):
+        from soar.bench.split import bench_split
+
+        print()
+        with _database(settings) as url:
+            bench_split(url, data, seconds, as_json=as_json)
     return 0
 
 
