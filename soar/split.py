@@ -30,6 +30,7 @@ machine drops repeated beacons).
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import dataclasses
 import fcntl
@@ -94,7 +95,10 @@ RECEIVED = Counter("soar_track_envelopes_received_total", "Envelopes received fr
 BAD_BATCHES = Counter("soar_track_bad_batches_total",
                       "JetStream messages refused whole (not a batch of envelopes) and terminated")
 UNACKED = Gauge("soar_track_unacked_messages",
-                "JetStream messages fed to this track's pipeline and not yet acknowledged")
+                "JetStream messages fed to this track's pipeline and not yet committed")
+HELD = Gauge("soar_track_held_messages",
+             "JetStream messages committed and held back from acknowledgement for HOLD_S, so "
+             "that the next owner of their partition replays them after a crash")
 ACK_PENDING = Gauge("soar_track_consumer_ack_pending",
                     "JetStream's count of delivered, unacknowledged messages per owned partition",
                     ["partition"])
@@ -114,6 +118,13 @@ _bad_batch_log = RateLimited(log)
 MAX_UNACKED = 64
 #: messages one fetch from a partition takes at most
 FETCH_BATCH = 16
+#: A committed message is acknowledged only this long after its commit (and at most MAX_HELD
+#: are held). Until then a crash or a hand-over makes JetStream deliver it again to the next
+#: owner of its partition, which so rebuilds the decoding state the rows do not carry: an
+#: ADS-B velocity or identity message, a CPR frame waiting for its pair. Repeated messages
+#: store nothing twice (fixes are keyed by aircraft and receive time).
+HOLD_S = 15.0
+MAX_HELD = 2000
 #: open flights handed to a shard per control input when a partition is acquired
 RESTORE_CHUNK = 25
 
@@ -576,6 +587,8 @@ class PartitionFeed:
         self._fed_at: dict[int, float] = {}
         self._room = trio.Event()
         self.received = 0
+        #: committed, not yet acknowledged: (when committed, delivery), oldest first
+        self._held: collections.deque[tuple[float, Delivery]] = collections.deque()
 
     async def run_watermark(self) -> None:
         await self.watermark.run()
@@ -609,6 +622,7 @@ class PartitionFeed:
         for index in range(len(self.pipeline.shards)):
             await self.pipeline.shard_input(index, ForgetAircraft(held))
         await self.barrier()
+        await self._return_held(owned)
 
     def owns(self, ident: int) -> bool:
         return partition_of(ident, self.partitions) in self._scopes
@@ -641,6 +655,7 @@ class PartitionFeed:
         # committed and acknowledged.
         await self._forget(partition)
         await self.barrier()
+        await self._return_held({partition})
         log.info("track.partition_released", partition=partition)
 
     async def barrier(self) -> None:
@@ -658,12 +673,27 @@ class PartitionFeed:
                         async with self.stream.consumer(partition) as consumer:
                             self._consumers[partition] = consumer
                             backoff.reset()
+                            await self._await_previous_owner(consumer)
                             await self._fetch_forever(consumer)
                     except BrokerError as exc:
                         log.warning("track.consumer_failed", partition=partition, error=str(exc))
                         await trio.sleep(backoff.next_delay())
         finally:
             stopped.set()
+
+    async def _await_previous_owner(self, consumer: PartitionConsumer) -> None:
+        """A partition taken over from a track that died: the messages it had been given and
+        never acknowledged come back only after ack_wait. Wait for them, so that they are
+        replayed first and in order (the decoding state they rebuild is needed by the newer
+        ones), rather than after newer messages."""
+        limit = trio.current_time() + self.stream.spec.ack_wait_s + 10.0
+        while trio.current_time() < limit:
+            stats = await consumer.info()
+            if stats.num_ack_pending == 0:
+                return
+            log.info("track.awaiting_previous_owner", partition=consumer.partition,
+                     unacknowledged=stats.num_ack_pending)
+            await trio.sleep(1.0)
 
     async def _fetch_forever(self, consumer: PartitionConsumer) -> None:
         dispatch = self.pipeline.dispatch
@@ -699,28 +729,56 @@ class PartitionFeed:
                 UNACKED.set(self.watermark.pending)
 
     async def _settle(self, items: list[Delivery | trio.Event]) -> None:
-        deliveries = [item for item in items if isinstance(item, Delivery)]
-        if deliveries:
-            now = trio.current_time()
-            for delivery in deliveries:
-                COMMIT_DELAY.observe(now - self._fed_at.pop(id(delivery), now))
-            # every consumer acknowledges through the same connection
-            consumer = next(iter(self._consumers.values()), None)
-            try:
-                if consumer is not None:
-                    await consumer.ack(deliveries)
-                else:
-                    for delivery in deliveries:
-                        await delivery.ack()
-            except BrokerError as exc:
-                # committed, just not acknowledged: JetStream redelivers, the store ignores it
-                log.warning("track.ack_failed", messages=len(deliveries), error=str(exc))
+        """Committed: held for HOLD_S, then acknowledged (`acknowledge_held`)."""
+        now = trio.current_time()
         for item in items:
-            if isinstance(item, trio.Event):
+            if isinstance(item, Delivery):
+                COMMIT_DELAY.observe(now - self._fed_at.pop(id(item), now))
+                self._held.append((now, item))
+            else:
                 item.set()
+        HELD.set(len(self._held))
         UNACKED.set(self.watermark.pending)
         self._room.set()
         self._room = trio.Event()
+
+    async def acknowledge_held(self) -> None:
+        """Acknowledge what was committed HOLD_S ago (sooner past MAX_HELD), twice a second."""
+        while True:
+            due = trio.current_time() - HOLD_S
+            ripe: list[Delivery] = []
+            while self._held and (self._held[0][0] <= due or len(self._held) > MAX_HELD):
+                ripe.append(self._held.popleft()[1])
+            HELD.set(len(self._held))
+            await self._ack(ripe)
+            await trio.sleep(0.5)
+
+    async def _ack(self, deliveries: list[Delivery]) -> None:
+        if not deliveries:
+            return
+        consumer = next(iter(self._consumers.values()), None)  # all ack on one connection
+        try:
+            if consumer is not None:
+                await consumer.ack(deliveries)
+            else:
+                for delivery in deliveries:
+                    await delivery.ack()
+        except BrokerError as exc:
+            # committed, just not acknowledged: JetStream redelivers, the store ignores it
+            log.warning("track.ack_failed", messages=len(deliveries), error=str(exc))
+
+    async def _return_held(self, partitions: set[int]) -> None:
+        """Give the held messages of `partitions` back (nak): the next owner replays them at
+        once, before newer ones, and so starts with the decoding state this track had."""
+        returned = [d for _, d in self._held if d.partition in partitions]
+        self._held = collections.deque((t, d) for t, d in self._held
+                                       if d.partition not in partitions)
+        HELD.set(len(self._held))
+        for delivery in returned:
+            try:
+                await delivery.nak()
+            except BrokerError:
+                break  # unreachable: they come back after ack_wait all the same
 
     async def _restore(self, partition: int) -> int:
         from soar.store.queries import open_flights
@@ -843,6 +901,7 @@ async def _track_on(
                              on_released=feed.released)
     stop = trio.Event()
     broker = [ChildSpec("watermark", feed.run_watermark),
+              ChildSpec("acknowledge", feed.acknowledge_held),
               ChildSpec("consumer.stats", feed.export_consumer_stats, essential=False)]
     if keeper is not None:
         broker.append(ChildSpec("nats.embedded", keeper))

@@ -32,7 +32,7 @@ from soar.broker import rendezvous
 from soar.broker.embedded import EmbeddedNats
 from soar.config import load_settings
 from soar.replay import run_replay
-from soar.split import FETCH_BATCH, MAX_UNACKED
+from soar.split import FETCH_BATCH, MAX_HELD, MAX_UNACKED
 
 pytestmark = pytest.mark.slow
 
@@ -305,7 +305,8 @@ async def test_continuous_load_with_every_role_killed_once(
     expected, expected_flights, _messages = await reference_run(testdata, tmp_path, db_url)
     cluster = Cluster(tmp_path, second_db, nats=nats_server)
     capture = testdata / SBS_SAMPLE
-    unacked_seen: list[float] = []
+    unacked_seen: list[float] = []  # fed to a track's pipeline, not yet committed
+    pending_seen: list[float] = []  # JetStream's count per consumer: those, and held ones
 
     def watch() -> None:
         for k in range(2):
@@ -313,7 +314,7 @@ async def test_continuous_load_with_every_role_killed_once(
             if value >= 0:
                 unacked_seen.append(value)
             for s in cluster.metric_samples(f"track{k}", "soar_track_consumer_ack_pending"):
-                unacked_seen.append(s.value)
+                pending_seen.append(s.value)
 
     def committed_more(than: int) -> Callable[[], bool]:
         return lambda: fix_count(second_db) > than
@@ -376,9 +377,10 @@ async def test_continuous_load_with_every_role_killed_once(
         f"{len(missing)} missing, {len(extra)} extra of {len(expected)}; "
         f"first missing {sorted(missing)[:3]}")
     assert_same_flights(second_db, expected_flights)
-    assert unacked_seen, "the unacknowledged-message metrics were never read"
+    assert unacked_seen and pending_seen, "the unacknowledged-message metrics were never read"
     # a track fetches while below its bound: at most one fetch over it, whatever the partition
     assert max(unacked_seen) <= MAX_UNACKED + FETCH_BATCH
+    assert max(pending_seen) <= MAX_UNACKED + FETCH_BATCH + MAX_HELD
 
 
 @pytest.mark.time_limit(400)
