@@ -128,6 +128,8 @@ _CHECKPOINT_EVERY = 256
 #: and one that could is held)
 CLOCK_STEP_US = 5 * MINUTE
 CLOCK_CONFIRM_US = 10 * SECOND
+#: seconds (trio's clock) without any input after which held inputs are processed
+HELD_QUIET_S = 30.0
 #: a restore's `now_us` further than this past the newest restored fix is a jumped wall clock
 RESTORE_TRUST_US = 24 * HOUR
 #: a fix whose own time is this far after its receive time is rejected (`time_ahead`): no
@@ -648,7 +650,7 @@ class Shard:
             backlog, self._backlog = self._backlog, []
             await self._emit(backlog, sinks)  # rows of flights closed by `restore`
             # with a checkpoint every _CHECKPOINT_EVERY inputs instead of one per receive
-            while (item := await receive_buffered(receive)) is not None:
+            while (item := await self._next(receive, sinks)) is not None:
                 await self._one(item, sinks)
                 self._processed += 1
                 if self._processed % _CHECKPOINT_EVERY == 0:
@@ -667,6 +669,24 @@ class Shard:
                 async for result in result_receive:
                     await self._emit(self._enriched(result), sinks)
         await self._flush(sinks)
+
+    async def _next(
+        self, receive: trio.MemoryReceiveChannel[ShardInput], sinks: ShardSinks
+    ) -> ShardInput | None:
+        """The next input; with inputs held at a clock jump, nothing for `HELD_QUIET_S` (trio's
+        clock) decides as the end of input does: nothing contradicts the jump. A quiet
+        partition must not keep what it holds (and a control input behind it) for ever."""
+        while self._held:
+            with trio.move_on_after(HELD_QUIET_S):
+                return await receive_buffered(receive)
+            await self._emit(self.release_held(), sinks)
+        return await receive_buffered(receive)
+
+    @property
+    def holding(self) -> int:
+        """Inputs taken from the channel but not processed yet (held at a jump of the receive
+        clock): a commit watermark must not count them done."""
+        return len(self._held)
 
     async def _one(self, item: ShardInput, sinks: ShardSinks) -> None:
         try:

@@ -30,7 +30,7 @@ from soar.tracking.flight import (
 from soar.tracking.inputs import ClockTick, SbsInput, ShardInput
 from soar.tracking.metrics import ENRICHMENT, SHARD_QUARANTINED, SINK_DROPPED
 from soar.tracking.router import ShardRouter, hash_of, shard_of
-from soar.tracking.shard import CLOCK_CONFIRM_US, Shard, ShardSinks
+from soar.tracking.shard import CLOCK_CONFIRM_US, HELD_QUIET_S, Shard, ShardSinks
 
 from .helpers import fix, ids, us
 
@@ -253,6 +253,26 @@ async def test_restore_resumes_recent_and_times_out_stale_flights() -> None:
     assert resumed.takeoff_us == us(15)
     (stored,) = sinks.drain(sinks.fixes)
     assert stored.flight_id == recent_row.id  # type: ignore[attr-defined]
+
+
+async def test_a_jump_then_silence_is_processed_after_a_while(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    sinks = Sinks()
+    shard = Shard(new_id=ids())
+    send, receive = trio.open_memory_channel[ShardInput](BIG)
+    fixes = takeoff_sequence()
+    after_gap = fix(7200, 60.0, track=250.0)  # two hours on: held until something tells
+    for f in [*fixes, after_gap]:
+        send.send_nowait(f)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(shard.run, receive, sinks.sinks)
+        await trio.testing.wait_all_tasks_blocked()
+        assert sinks.drain(sinks.fixes) == fixes and shard.holding == 1
+        mock_clock.jump(HELD_QUIET_S)
+        await trio.testing.wait_all_tasks_blocked()
+        assert sinks.drain(sinks.fixes) == [after_gap] and shard.holding == 0
+        send.close()
 
 
 async def test_restore_with_a_wall_clock_ten_years_ahead_times_nothing_out() -> None:
