@@ -441,6 +441,200 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
         assert done.returncode == 0 and not problems, done.stderr
 
 
+# -- split mode: NATS (systemd, compose profile, cluster example) ---------------------------------
+
+SPLIT_UNITS = ["soar-ingest.service", "soar-track@.service", "soar-web.service"]
+NATS_CONFIGS = [SYSTEMD / "nats.conf.example", DOCKER / "nats.conf", DOCKER / "nats-cluster.conf"]
+
+
+def nats_server() -> str:
+    from soar.broker.embedded import find_binary
+
+    return str(find_binary())
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def local_nats_config(path: Path, tmp_path: Path) -> tuple[Path, int, int]:
+    """`path` with its store under tmp_path and its ports free ones on 127.0.0.1."""
+    client, http = free_port(), free_port()
+    text = re.sub(r'store_dir: "[^"]+"', f'store_dir: "{tmp_path / "js"}"', path.read_text())
+    text = re.sub(r"^listen: \S+", f"listen: 127.0.0.1:{client}", text, flags=re.M)
+    text = re.sub(r"^http: \S+", f"http: 127.0.0.1:{http}", text, flags=re.M)
+    text = re.sub(r"^  listen: \S+", f"  listen: 127.0.0.1:{free_port()}", text, flags=re.M)
+    local = tmp_path / path.name
+    local.write_text(text)
+    return local, client, http
+
+
+@pytest.mark.parametrize("path", NATS_CONFIGS, ids=lambda p: p.name)
+def test_nats_config_is_valid_and_needs_the_token(path: Path, tmp_path: Path) -> None:
+    local, _, _ = local_nats_config(path, tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SOAR_")}
+    env["SERVER_NAME"] = "n1"
+    check = [nats_server(), "-t", "-c", str(local)]
+    without = subprocess.run(check, env=env, capture_output=True, text=True, timeout=60)
+    assert without.returncode != 0 and "SOAR_NATS_TOKEN" in without.stdout + without.stderr
+    done = subprocess.run(check, env={**env, "SOAR_NATS_TOKEN": "t0ken"}, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "jetstream" in path.read_text()
+
+
+async def test_nats_config_serves_jetstream_to_soar_with_the_token(tmp_path: Path) -> None:
+    """The compose profile's server config, run for real: soar's client makes its stream with
+    the token, and is refused without it."""
+    import trio
+
+    from soar.broker import BrokerError, StreamSpec, open_link
+
+    local, client, http = local_nats_config(DOCKER / "nats.conf", tmp_path)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("SOAR_")},
+           "SOAR_NATS_TOKEN": "t0ken"}
+    server = subprocess.Popen([nats_server(), "-c", str(local)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"nats://127.0.0.1:{client}"
+        with trio.fail_after(60):
+            while True:  # until it answers (a state, not a duration)
+                try:
+                    await trio.open_tcp_stream("127.0.0.1", http)
+                    break
+                except OSError:
+                    await trio.sleep(0.1)
+            async with open_link(url, token="t0ken", name="contrib-test") as link:
+                stream = await link.ensure_stream(StreamSpec(partitions=2))
+                assert stream.spec.partitions == 2
+            with pytest.raises(BrokerError):
+                async with open_link(url, token="wrong", name="contrib-test") as link:
+                    await link.ensure_stream(StreamSpec(partitions=2))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_nats_unit_runs_the_venvs_server_with_its_config_hardened() -> None:
+    unit = unit_file("soar-nats.service")
+    u, s = unit["Unit"], unit["Service"]
+    assert one(s, "ExecStart").split() == ["/opt/soar/venv/bin/nats-server", "-c",
+                                           "/etc/soar/nats.conf"]
+    assert one(s, "ExecStartPre").split()[:2] == ["/opt/soar/venv/bin/nats-server", "-t"]
+    # the token comes from the file every soar unit reads
+    assert "/etc/soar/soar.env" in s["EnvironmentFile"]
+    assert "$SOAR_NATS_TOKEN" in (SYSTEMD / "nats.conf.example").read_text()
+    state = one(s, "StateDirectory")
+    assert one(s, "ReadWritePaths") == f"/var/lib/{state}"
+    assert f'store_dir: "/var/lib/{state}"' in (SYSTEMD / "nats.conf.example").read_text()
+    assert one(s, "Restart") == "on-failure" and int(one(u, "StartLimitBurst")) >= 3
+    assert one(s, "User") == "soar" and one(s, "DynamicUser") == "no"
+    for key in ("NoNewPrivileges", "ProtectHome", "PrivateTmp", "LockPersonality",
+                "MemoryDenyWriteExecute"):
+        assert one(s, key) == "yes", key
+    assert one(s, "ProtectSystem") == "strict"
+    assert one(unit["Install"], "WantedBy") == "multi-user.target"
+    for name in SPLIT_UNITS:  # the soar units start after it when it runs on their machine
+        assert "soar-nats.service" in one(unit_file(name)["Unit"], "After")
+
+
+def test_nats_unit_verifies(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    text = (SYSTEMD / "soar-nats.service").read_text().replace(
+        "/opt/soar/venv/bin/nats-server", nats_server())
+    path = tmp_path / "soar-nats.service"
+    path.write_text(text)
+    done = subprocess.run([analyze, "verify", "--man=no", str(path)], capture_output=True,
+                          text=True, timeout=60)
+    problems = [ln for ln in done.stderr.splitlines() if str(tmp_path) in ln or "soar" in ln]
+    assert done.returncode == 0 and not problems, done.stderr
+
+
+@pytest.mark.parametrize("name", SPLIT_UNITS)
+def test_split_unit_comments_describe_nats_not_the_removed_transport(name: str) -> None:
+    text = (SYSTEMD / name).read_text()
+    for gone in ("SOAR_TRACK_ENDPOINTS", "SOAR_LIVE_SOURCES", "SOAR_TRACK_INDEX", "write-ahead",
+                 "shard map"):
+        assert gone not in text, f"{name} still describes {gone}"
+    assert "SOAR_NATS_URL" in text and "docs/split-mode.md" in text
+    named = set(re.findall(r"\b(SOAR_[A-Z_]+)\b", text)) - {"SOAR_ENV"}  # the stream's name
+    assert named <= SETTING_ENV_NAMES, named - SETTING_ENV_NAMES
+
+
+SPLIT_SERVICES = {"soar-ingest": "ingest", "soar-track-0": "track", "soar-track-1": "track",
+                  "soar-web": "web"}
+
+
+def test_compose_split_profile_runs_nats_ingest_two_tracks_and_web(tmp_path: Path) -> None:
+    from soar.cli import _parser
+    from soar.config import load_settings
+
+    data = compose()
+    services = data["services"]
+    assert "profiles" not in services["soar"] and "profiles" not in services["postgres"]
+    nats = services["nats"]
+    assert nats["profiles"] == ["split"] and nats["image"].startswith("nats:2.")
+    assert "/healthz?js-enabled-only=true" in " ".join(nats["healthcheck"]["test"])
+    config = next(v.split(":")[0] for v in nats["volumes"] if v.endswith(":ro"))
+    assert (DOCKER / config).resolve() == DOCKER / "nats.conf"
+    assert nats["environment"]["SOAR_NATS_TOKEN"] == "${SOAR_NATS_TOKEN:-soar}"
+    commands = next(a for a in _parser()._actions if a.dest == "command").choices
+    assert commands is not None
+    named = set(data["volumes"])
+    track_ids = []
+    for name, command in SPLIT_SERVICES.items():
+        service = services[name]
+        assert service["profiles"] == ["split"], name
+        assert service["command"] == ["python", "-m", "soar", command] and command in commands
+        assert service["depends_on"]["nats"]["condition"] == "service_healthy", name
+        if command != "ingest":
+            assert service["depends_on"]["postgres"]["condition"] == "service_healthy", name
+        env = {k: re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(v))
+               for k, v in service["environment"].items()}
+        unknown = sorted(set(env) - SETTING_ENV_NAMES)
+        assert not unknown, f"{name} sets variables soar does not read: {unknown}"
+        settings = load_settings(environ=env)
+        assert settings.nats_url == "nats://nats:4222" and settings.nats_token == "soar"
+        assert settings.database_url == "postgresql://soar:soar@postgres:5432/soar"
+        if command == "track":
+            track_ids.append(settings.track_id)
+        if command != "web":  # ingest and tracks: /metrics and /readyz on their own port
+            assert settings.metrics_addr is not None
+            port = settings.metrics_addr.rsplit(":", 1)[1]
+            assert f"127.0.0.1:{port}/readyz" in " ".join(service["healthcheck"]["test"])
+        assert duration_s(service["stop_grace_period"]) > settings.shutdown_deadline
+        for volume in service["volumes"]:
+            assert volume.split(":")[0] in named, f"{volume} is not a named volume"
+    assert len(set(track_ids)) == len(track_ids) == 2
+    text = (DOCKER / "compose.yaml").read_text()
+    assert "--profile split up -d --build --scale soar=0" in text
+
+
+def test_cluster_example_has_three_jetstream_servers_routed_to_each_other() -> None:
+    yaml = pytest.importorskip("yaml")
+    from soar.config import load_settings
+
+    data = yaml.safe_load((DOCKER / "nats-cluster.yaml").read_text())
+    services = data["services"]
+    assert sorted(services) == ["n1", "n2", "n3"]
+    conf = (DOCKER / "nats-cluster.conf").read_text()
+    for name, service in services.items():
+        assert service["environment"]["SERVER_NAME"] == name
+        assert any(v.startswith("./nats-cluster.conf:") for v in service["volumes"])
+        assert f"nats-route://{name}:6222" in conf
+    assert "server_name: $SERVER_NAME" in conf and "jetstream" in conf
+    url = "nats://n1:4222,nats://n2:4222,nats://n3:4222"
+    assert f"SOAR_NATS_URL={url}" in (DOCKER / "nats-cluster.yaml").read_text()
+    assert load_settings(environ={"SOAR_NATS_URL": url}).nats_url == url
+    assert "--replicas 3" in (DOCKER / "nats-cluster.yaml").read_text()
+
+
 # -- regenerating the generated parts of docs/operations.md ---------------------------------------
 
 
