@@ -107,7 +107,9 @@ class Settings:
     archive_raw: bool = _setting(False, "Keep a raw archive per protocol per UTC day")
     channel_size: int = _setting(10_000, "Bounded in-memory channel size per pipeline stage")
     spool_max_bytes: int = _setting(
-        1024**3, "Largest size of each on-disk overload spool before the oldest data is dropped"
+        1024**3,
+        "Largest size of each on-disk spool (overflow, outage); past it its producer waits,"
+        " nothing is dropped",
     )
     batch_rows: int = _setting(5000, "Store writer: rows per COPY batch")
     fixes_retention_days: int = _setting(
