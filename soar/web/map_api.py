@@ -34,7 +34,7 @@ from soar.web import queries
 from soar.web.api import ApiError, _db, _type_name, iso, parse_bbox, parse_time
 from soar.web.app import WebContext
 
-#: Defaults when the process gave no settings (`ctx.extras["settings"]`).
+#: Defaults when neither the process (`ctx.extras["settings"]`) nor the environment says.
 INACTIVE_AFTER_S = 120.0
 REMOVE_AFTER_S = 600.0
 TRAIL_MINUTES = 10.0
@@ -65,8 +65,19 @@ class MapSettings:
     trail_minutes: float = TRAIL_MINUTES
 
 
+@cache
+def _environment_settings() -> Any:
+    """The SOAR_* environment's settings, for a process that did not hand its own over."""
+    from soar.config import ConfigError, load_settings
+
+    try:
+        return load_settings()
+    except ConfigError:
+        return None
+
+
 def map_settings(ctx: WebContext) -> MapSettings:
-    settings = ctx.extras.get("settings")
+    settings = ctx.extras.get("settings") or _environment_settings()
     if settings is None:
         return MapSettings()
     return MapSettings(
@@ -209,7 +220,9 @@ def track(conn: queries.Conn, aircraft_id: int, now: dt.datetime
     ):
         flight = None
     if flight is not None:
-        since, until = flight["first_fix_at"], flight["last_fix_at"]
+        # an open flight's row is written as state now and then: its fixes run on past it
+        since = flight["first_fix_at"]
+        until = None if flight["open"] else flight["last_fix_at"]
     else:
         since, until = last_fix - dt.timedelta(hours=TRACK_FALLBACK_HOURS), None
     fixes = queries._all(

@@ -79,9 +79,11 @@ class DevTools:
         return bool(await self.evaluate(expression))
 
     async def navigate(self, url: str, ready: str = "document.readyState === 'complete'") -> None:
+        # the old document would answer "complete" too: mark it, and wait for one without
+        # (not for the URL: a page may rewrite its own at once, as the map does)
+        await self.evaluate("window.__soarOldDocument = true")
         await self.call("Page.navigate", url=url)
-        # the old document may still answer "complete": wait for the new URL first
-        assert await self.poll(f"location.href === {json.dumps(url)} && ({ready})", 60), url
+        assert await self.poll(f"!window.__soarOldDocument && ({ready})", 60), url
 
     async def screenshot(self, path: Path) -> None:
         data = await self.call("Page.captureScreenshot", format="png")

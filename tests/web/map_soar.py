@@ -94,6 +94,8 @@ class OgnFeed:
     sock: socket.socket = field(default_factory=_listener)
     sent: threading.Event = field(default_factory=threading.Event)
     offset_s: int = 0
+    newest: float = 0.0
+    oldest: float = 0.0
     stopping: bool = False
 
     @classmethod
@@ -111,6 +113,9 @@ class OgnFeed:
                    for m in (_APRS_TIME.search(line) for line in self.lines) if m]
         now = time.time()
         self.offset_s = round(now - 5 - now // 86400 * 86400) - max(seconds)
+        # unix times of the newest and the oldest beacon as sent
+        self.newest = now // 86400 * 86400 + max(seconds) + self.offset_s
+        self.oldest = self.newest - (max(seconds) - min(seconds))
 
         def shift(m: re.Match[bytes]) -> bytes:
             t = (int(m[2]) * 3600 + int(m[3]) * 60 + int(m[4]) + self.offset_s) % 86400

@@ -273,8 +273,26 @@
         '<div class="ac-label">' + labelOf(ac) + "</div>",
     });
   }
+  // A marker's look changes on every fix: patch its element in place (a new icon would rebuild
+  // the element, which a replay of thousands of fixes a second cannot afford).
   function refreshIcon(entry) {
-    entry.marker.setIcon(iconFor(entry));
+    const el = entry.marker.getElement();
+    const ac = entry.data;
+    const shape = shapeOf(ac);
+    if (!el || el.dataset.shape !== shape) {
+      entry.marker.setIcon(iconFor(entry));
+      const fresh = entry.marker.getElement();
+      if (fresh) fresh.dataset.shape = shape;
+      return;
+    }
+    el.classList.toggle("selected", selected === ac.id);
+    el.classList.toggle("inactive", !!entry.inactive);
+    el.classList.toggle("filtered", !entry.visible);
+    const rotate = "rotate(" + (ac.track_deg == null ? 0 : ac.track_deg) + "deg)";
+    const glyph = el.firstChild;
+    if (glyph.style.transform !== rotate) glyph.style.transform = rotate;
+    const label = labelOf(ac);
+    if (entry.label !== label) { el.lastChild.innerHTML = label; entry.label = label; }
   }
 
   // A trail: runs of one altitude colour, each a polyline; the newest run grows in place.
@@ -387,7 +405,8 @@
     const t = now();
     for (const [id, entry] of aircraft) {
       const age = t - entry.lastFix;
-      if (age > config.remove_after_s * 1000) { remove(id); continue; }
+      // the selected aircraft stays (drawn inactive): someone is looking at it
+      if (age > config.remove_after_s * 1000 && id !== selected) { remove(id); continue; }
       const inactive = age > config.inactive_after_s * 1000;
       if (inactive !== entry.inactive) { entry.inactive = inactive; refreshIcon(entry); listDirty = true; }
     }
@@ -433,7 +452,7 @@
     for (const entry of aircraft.values()) {
       if (setVisible(entry, passes(entry) || selected === entry.data.id)) refreshIcon(entry);
     }
-    listDirty = true;
+    renderList();
     writeUrl();
   }
 
@@ -497,6 +516,7 @@
         '<td class="num">' + fmtAge(t - entry.lastFix) + "</td></tr>");
     }
     body.innerHTML = html.join("");
+    stats.listed = entries.length;
     const total = aircraft.size;
     document.getElementById("list-summary").textContent = entries.length + " of " + total + " aircraft" +
       (entries.length > MAX_ROWS ? " (first " + MAX_ROWS + " listed)" : "") +
@@ -708,20 +728,34 @@
       select(ac.id, { centre: !(lat0 != null && lon0 != null), follow: state.follow });
     }
   }
-  // An aircraft given by hex but outside the view: find it by its id (address type + address)
-  // and go there.
+  // An aircraft given by hex or registration but not in view: ask the API where it is and go
+  // there (its newest sighting); an older API without those lookups: try its ids by address.
   function locateFromUrl() {
-    if (!state.icao || !/^[0-9A-F]{6}$/.test(state.icao) || (lat0 != null && lon0 != null)) return;
-    const address = parseInt(state.icao, 16);
-    const ids = [1, 2, 3, 0].map((type) => type * 16777216 + address);
-    (function next(i) {
-      if (i >= ids.length || !urlSelection) return;
-      fetch("/api/aircraft/" + ids[i]).then((r) => (r.ok ? r.json() : null)).then((body) => {
-        if (!body || !body.last_fix) { next(i + 1); return; }
-        map.setView([body.last_fix.lat, body.last_fix.lon], Math.max(map.getZoom(), 9));
-        upsert(Object.assign({}, body, body.last_fix), "load");
-      }).catch(() => next(i + 1));
-    })(0);
+    if (!urlSelection || (lat0 != null && lon0 != null)) return;
+    const query = state.icao ? "address=" + encodeURIComponent(state.icao)
+      : "registration=" + encodeURIComponent(state.reg);
+    const goTo = (found) => {
+      if (!found || !found.last_fix || !urlSelection) return false;
+      map.setView([found.last_fix.lat, found.last_fix.lon], Math.max(map.getZoom(), 9));
+      upsert(Object.assign({}, found, found.last_fix), "load");
+      return true;
+    };
+    fetch("/api/aircraft?" + query).then((r) => (r.ok ? r.json() : null)).then((body) => {
+      if (body) {
+        const seen = body.aircraft.filter((a) => a.last_fix)
+          .sort((a, b) => Date.parse(b.last_fix.time) - Date.parse(a.last_fix.time));
+        goTo(seen[0]);
+        return;
+      }
+      if (!state.icao || !/^[0-9A-F]{6}$/.test(state.icao)) return;
+      const address = parseInt(state.icao, 16);
+      const ids = [1, 2, 3, 0].map((type) => type * 16777216 + address);
+      (function next(i) {
+        if (i >= ids.length) return;
+        fetch("/api/aircraft/" + ids[i]).then((r) => (r.ok ? r.json() : null))
+          .then((one) => { if (!goTo(one)) next(i + 1); }).catch(() => next(i + 1));
+      })(0);
+    }).catch(() => {});
   }
 
   // -- URL -------------------------------------------------------------------------------------
@@ -749,7 +783,7 @@
       if (state.tz) p.set("tz", state.tz);
       const layerList = [...state.layers].sort().join(",");
       if (layerList !== "airfields,receivers,trails") p.set("layers", layerList);
-      for (const keep of ["tiles", "inactive", "remove", "trail"]) if (params.has(keep)) p.set(keep, params.get(keep));
+      for (const keep of ["tiles", "inactive", "remove", "trail", "replay_end"]) if (params.has(keep)) p.set(keep, params.get(keep));
       if (replay.active) { p.set("replay", new Date(replay.start).toISOString()); p.set("speed", String(replay.speed)); }
       history.replaceState(null, "", location.pathname + "?" + p.toString());
     }, 100);
@@ -1006,19 +1040,46 @@
       (replay.playing ? "playing" : "paused") + (replay.exhausted && !replay.queue.length ? " · end of recorded fixes" : "");
     document.getElementById("replay-play").textContent = replay.playing ? "Pause" : "Play";
   }
+  // The replay reads the fixes of the view and a margin around it (the whole world would be
+  // thousands of aircraft nobody sees); a view outside that area starts a new read there, from
+  // the replay clock on.
+  function paddedBounds() {
+    const b = clampedBounds();
+    const dlat = (b.north - b.south) / 2, dlon = (b.east - b.west) / 2;
+    return {
+      west: Math.max(-180, b.west - dlon), south: Math.max(-90, b.south - dlat),
+      east: Math.min(180, b.east + dlon), north: Math.min(90, b.north + dlat),
+    };
+  }
+  function replayArea() {
+    const a = replay.area;
+    return [a.west, a.south, a.east, a.north].map((v) => v.toFixed(4)).join(",");
+  }
+  function replayFollowView() {
+    const b = clampedBounds(), a = replay.area;
+    if (a && a.west <= b.west && a.east >= b.east && a.south <= b.south && a.north >= b.north) return;
+    replay.area = paddedBounds();
+    replay.from = a ? replay.time : replay.start;
+    replay.queue = []; replay.cursor = null; replay.exhausted = false;
+    replay.generation = (replay.generation || 0) + 1;
+    if (a) replay.rereads = (replay.rereads || 0) + 1;
+    fetchReplayPage();
+  }
   function fetchReplayPage() {
     if (replay.loading || replay.exhausted) return;
     replay.loading = true;
-    let url = "/map/data/replay?start=" + encodeURIComponent(new Date(replay.start).toISOString()) +
-      "&end=" + encodeURIComponent(new Date(replay.end).toISOString()) + "&limit=5000";
+    const generation = replay.generation;
+    let url = "/map/data/replay?start=" + encodeURIComponent(new Date(replay.from).toISOString()) +
+      "&end=" + encodeURIComponent(new Date(replay.end).toISOString()) + "&bbox=" + replayArea() + "&limit=5000";
     if (replay.cursor) url += "&cursor=" + encodeURIComponent(replay.cursor);
     fetch(url).then((r) => (r.ok ? r.json() : Promise.reject(r.status))).then((body) => {
+      if (generation !== replay.generation) return; // an older area's page
       for (const fix of body.fixes) replay.queue.push(fix);
       replay.cursor = body.next_cursor;
       if (!body.next_cursor) replay.exhausted = true;
       replay.pages = (replay.pages || 0) + 1;
     }).catch((err) => { replay.error = String(err); replay.exhausted = true; })
-      .then(() => { replay.loading = false; });
+      .then(() => { replay.loading = false; if (generation !== replay.generation) fetchReplayPage(); });
   }
   let lastTick = null;
   function replayTick() {
@@ -1056,12 +1117,13 @@
     speedSelect.value = String(replay.speed);
     speedSelect.onchange = () => { replay.speed = Number(speedSelect.value); writeUrl(); };
     document.getElementById("replay-play").onclick = () => { replay.playing = !replay.playing; showReplayClock(); };
-    fetchReplayPage();
+    replayFollowView();
     setInterval(replayTick, REPLAY_TICK_MS);
   }
 
   // -- start -----------------------------------------------------------------------------------
   map.on("moveend", () => {
+    if (replay.active && replay.area) replayFollowView();
     drawGrid(); updateSubscription(); loadInitial(); loadTrails(); loadLayers(); updateLabels();
     listDirty = true; writeUrl();
   });
@@ -1097,6 +1159,8 @@
     map: map, aircraft: aircraft, stats: stats, select: select, unselect: unselect, state: state,
     config: config, feeds: feeds, replay: replay, layers: layers, now: now,
     selectedPoints: () => selectedPoints,
+    // how far (px) the point is from the map's centre: panning rounds to whole pixels
+    offCentre: (latlng) => map.latLngToContainerPoint(latlng).distanceTo(map.getSize().divideBy(2)),
     selected: () => selected,
     listIds: () => [...document.querySelectorAll("#aclist tbody tr")].map((tr) => Number(tr.dataset.id)),
     renderList: renderList, setUnits: setUnits, applyFilters: applyFilters, sweep: sweep,
