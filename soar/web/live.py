@@ -26,6 +26,7 @@ are added only when the aircraft is identified.
 from __future__ import annotations
 
 import json
+import os
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -215,6 +216,8 @@ class LiveHub:
         self._applied = trio.Event()
         self._next_ident = 0
         self.received_fixes = 0
+        self._departed = 0  # clients gone since the last memory trim
+        self._crowd_left = trio.Event()
 
     # -- clients -------------------------------------------------------------------------
 
@@ -234,6 +237,9 @@ class LiveHub:
         self._clients.discard(client)
         client.queue.close()
         WS_CONNECTIONS.dec()
+        self._departed += 1
+        if self._departed >= TRIM_AFTER_DEPARTURES:
+            self._crowd_left.set()
 
     @property
     def connected(self) -> bool:
@@ -408,10 +414,35 @@ class LiveHub:
         return orjson.dumps(message).decode()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        if self._link is not None:
-            await self._run_nats(self._link, task_status)
-        else:
-            await self._run_pynng(task_status)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._trim_after_crowds)
+            if self._link is not None:
+                await self._run_nats(self._link, task_status)
+            else:
+                await self._run_pynng(task_status)
+            nursery.cancel_scope.cancel()
+
+    async def _trim_after_crowds(self) -> None:
+        """Once many clients have left, give the memory they used back to the system.
+
+        Their queues and connections are freed when they go, but glibc keeps freed heap pages
+        for the process: without this, RSS stayed at its crowd level (and a second crowd went
+        higher still). malloc_trim walks the heap in a worker thread (ctypes drops the GIL).
+        """
+        while True:
+            await self._crowd_left.wait()
+            # a crowd leaves over a moment: trim once, when the departures have stopped
+            while self._departed:
+                seen = self._departed
+                await trio.sleep(TRIM_SETTLE_S)
+                if self._departed == seen:
+                    break
+            self._departed = 0
+            self._crowd_left = trio.Event()
+            before = _rss_bytes()
+            await trio.to_thread.run_sync(_malloc_trim)
+            log.info("live.hub.memory_trimmed", clients=self.client_count,
+                     rss_before_mb=before // 2**20, rss_after_mb=_rss_bytes() // 2**20)
 
     async def _run_pynng(self, task_status: trio.TaskStatus[None]) -> None:
         import pynng
@@ -489,6 +520,29 @@ class LiveHub:
 
 RECV_POLL_MS = 200
 RECV_BATCH = 2000
+#: Departed clients after which the hub hands freed memory back to the system, once the
+#: departures have paused for TRIM_SETTLE_S.
+TRIM_AFTER_DEPARTURES = 100
+TRIM_SETTLE_S = 1.0
+
+
+def _malloc_trim() -> None:
+    """glibc's malloc_trim(0): return free heap pages to the system. No-op without glibc."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    if trim is not None:
+        trim(0)
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 #: After NATS refused a subscription change, try again this much later.
 SUBSCRIBE_RETRY_S = 1.0
 
@@ -549,6 +603,9 @@ def connection_status(hub: LiveHub | None, client: LiveClient | None) -> dict[st
 
 #: fixes per batched WebSocket message at the most
 BATCH_MAX = 500
+#: seconds between two batched messages to one client at the least (a map redraws a few
+#: times a second; the client's queue holds what comes meanwhile)
+BATCH_INTERVAL = 0.25
 
 
 def live_blueprint(get_hub: Callable[[], LiveHub | None]) -> Blueprint:
@@ -592,6 +649,10 @@ async def _send_queued(client: LiveClient) -> None:
             texts = [text, *client.queue.take_fixes(BATCH_MAX - 1)]
             await websocket.send('{"type":"fixes","fixes":[' + ",".join(texts) + "]}")
             WS_SENT.inc(len(texts))
+            # A batching client gets at most one batch per BATCH_INTERVAL: a send costs the
+            # same for one fix as for fifty, and a thousand maps woken on every publisher
+            # flush (20 a second) took more than a core between them.
+            await trio.sleep(BATCH_INTERVAL)
         else:
             await websocket.send(text)
             WS_SENT.inc()
