@@ -84,6 +84,8 @@ class Result:
     leases_lost: int = 0
     #: messages still unacknowledged once every row was committed
     unacked: int = 0
+    #: JetStream messages the tracks acknowledged (envelopes / messages: the batch size)
+    messages: int = 0
 
     @property
     def rate(self) -> float:
@@ -412,7 +414,7 @@ def run_split(capture: Path, envelopes: int, fixes: int, database_url: str, work
     finally:
         run.stop()
     return Result(f"track_{tracks}", envelopes, end - start, counts, fix_count(database_url),
-                  run.leases_lost(), run.unacked)
+                  run.leases_lost(), run.unacked, sum(counts))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -518,6 +520,10 @@ def format_table(results: Sequence[Result]) -> str:
         if r.unacked:
             lines.append(f"NOTE: {r.name}: every fix committed, {r.unacked} messages still "
                          "unacknowledged at the end (the run ends on the committed rows)")
+    for r in results:
+        if r.messages:
+            lines.append(f"{r.name}: {r.messages} JetStream messages acknowledged, "
+                         f"{r.envelopes / r.messages:.1f} envelopes per message")
     if len({r.fixes for r in results}) != 1:
         lines.append("WARNING: the runs committed different fix counts: "
                      + ", ".join(f"{r.name} {r.fixes}" for r in results))
