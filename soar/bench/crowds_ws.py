@@ -130,12 +130,15 @@ async def crowd(
             everyone_in.set()
 
     async def reader(index: int) -> None:
+        ws = None
         try:
             async with limiter:
                 ws = await trio_websocket.connect_websocket_url(
                     client_nursery, f"ws://{host}:{port}/api/live", message_queue_size=64)
                 await _subscribe(ws, area, batch=True)
         except Exception as exc:
+            if ws is not None:
+                await trio.aclose_forcefully(ws)
             result.handshakes_failed += 1
             result.errors.append(f"reader {index}: {type(exc).__name__}: {exc}")
             done_connecting()
@@ -163,9 +166,9 @@ async def crowd(
                 await ws.aclose()
 
     async def non_reader(index: int) -> None:
+        sock = trio.socket.socket()
         try:
             async with limiter:
-                sock = trio.socket.socket()
                 # a small window: the server's writes back up at once, as with a stalled phone
                 sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_RCVBUF, 4096)
                 await sock.connect((host, port))
@@ -174,6 +177,7 @@ async def crowd(
                     client_nursery, stream, host, "/api/live", message_queue_size=0)
                 await _subscribe(ws, area, batch=False)
         except Exception as exc:
+            sock.close()
             result.handshakes_failed += 1
             result.errors.append(f"idle {index}: {type(exc).__name__}: {exc}")
             done_connecting()
