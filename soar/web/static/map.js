@@ -327,8 +327,10 @@
     for (const p of points) trailAppend(entry, p);
   }
   function trimTrail(entry) {
-    // Trails show the configured minutes; live fixes push the oldest out.
-    const cutoff = now() - Math.max(config.trail_minutes, 1) * 60000;
+    // Trails show the configured minutes before the aircraft's newest fix (on its own clock:
+    // a capture streamed on the capture's clock keeps its trails too).
+    const newest = entry.points[entry.points.length - 1][0];
+    const cutoff = newest - Math.max(config.trail_minutes, 1) * 60000;
     if (entry.points.length > 2 && entry.points[0][0] < cutoff - 60000) {
       entry.points = entry.points.filter((p) => p[0] >= cutoff);
       const keep = entry.points;
@@ -350,7 +352,7 @@
     let entry = aircraft.get(ac.id);
     if (!entry) {
       entry = { data: {}, marker: null, trail: L.layerGroup().addTo(layers.trails), points: [], run: null,
-        lastFix: 0, inactive: false, visible: true };
+        lastFix: 0, freshAt: 0, inactive: false, visible: true };
       entry.marker = L.marker([ac.lat, ac.lon], { icon: L.divIcon({ className: "ac-icon" }), riseOnHover: true });
       entry.marker.on("click", (e) => { L.DomEvent.stopPropagation(e); select(ac.id); });
       entry.marker.addTo(map);
@@ -373,9 +375,15 @@
     if (!("agl_ft" in ac)) entry.data.agl_ft = null;
     if (!("on_ground" in ac)) entry.data.on_ground = null;
     entry.lastFix = t;
+    // Freshness runs on the clock of the page: a live fix is as old as its delivery delay
+    // when it arrives (so a capture streamed on its own clock is fresh, and a browser clock
+    // that is off does not age everything); a loaded or replayed one is as old as its time.
+    entry.freshAt = source === "live"
+      ? now() - Math.max(0, ac.received_us != null && ac.time_us != null ? (ac.received_us - ac.time_us) / 1000 : 0)
+      : t;
     trailAppend(entry, [t, ac.lat, ac.lon, ac.altitude_ft]);
     entry.marker.setLatLng([ac.lat, ac.lon]);
-    entry.inactive = now() - t > config.inactive_after_s * 1000;
+    entry.inactive = now() - entry.freshAt > config.inactive_after_s * 1000;
     setVisible(entry, passes(entry) || selected === ac.id);
     refreshIcon(entry);
     if (selected === ac.id) {
@@ -404,7 +412,7 @@
   function sweep() {
     const t = now();
     for (const [id, entry] of aircraft) {
-      const age = t - entry.lastFix;
+      const age = t - entry.freshAt;
       // the selected aircraft stays (drawn inactive): someone is looking at it
       if (age > config.remove_after_s * 1000 && id !== selected) { remove(id); continue; }
       const inactive = age > config.inactive_after_s * 1000;
@@ -467,7 +475,7 @@
     speed: (e) => e.data.ground_speed_kt,
     climb: (e) => e.data.climb_fpm,
     dist: (e) => distanceFromCentre(e),
-    seen: (e) => now() - e.lastFix,
+    seen: (e) => now() - e.freshAt,
   };
   function distanceFromCentre(entry) {
     return map.getCenter().distanceTo(entry.marker.getLatLng());
@@ -513,7 +521,7 @@
         '<td class="num">' + fmtSpeed(ac.ground_speed_kt, false) + "</td>" +
         '<td class="num">' + fmtClimb(ac.climb_fpm, false) + "</td>" +
         '<td class="num">' + fmtDist(distanceFromCentre(entry), false) + "</td>" +
-        '<td class="num">' + fmtAge(t - entry.lastFix) + "</td></tr>");
+        '<td class="num">' + fmtAge(t - entry.freshAt) + "</td></tr>");
     }
     body.innerHTML = html.join("");
     stats.listed = entries.length;
@@ -697,6 +705,12 @@
       selectedTrack.clearLayers();
       const cut = replay.active ? replay.time : Infinity;
       if (body) for (const p of body.fixes) if (p[0] <= cut) selectedAppend(p);
+      // the track may know a newer position than the aircraft row the map was loaded from
+      const newest = selectedPoints[selectedPoints.length - 1];
+      if (newest && newest[0] > entry.lastFix) {
+        upsert({ id: id, time_us: newest[0] * 1000, lat: newest[1], lon: newest[2], altitude_ft: newest[3],
+          agl_ft: newest[3] != null && newest[4] != null ? newest[3] - newest[4] : null }, "load");
+      }
       for (const p of live) selectedAppend(p);
       drawBarogram();
       renderPanel(body ? body.flight : null);
