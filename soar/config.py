@@ -146,6 +146,10 @@ class Settings:
     nats_lease_s: float = _setting(
         10.0, "Split mode: seconds a silent track keeps its partitions before others take over"
     )
+    nats_replicas: int = _setting(
+        1, "Split mode: copies of the envelope stream and the lease bucket on a JetStream"
+        " cluster (3 on a 3-node cluster survives losing one node; 1 on a single server)",
+    )
     nats_token: str | None = _setting(None, "Split mode: NATS authentication token, if any")
     nats_creds: Path | None = _setting(
         None, "Split mode: NATS credentials file (.creds: JWT and NKey seed), if any"
@@ -319,7 +323,8 @@ def _validate(s: Settings) -> None:
                 raise ConfigError(
                     f"nats_url: expected nats://host:port (or tls://, ws://, wss://), got {url!r}"
                 )
-    for name in ("channel_size", "batch_rows", "spool_max_bytes", "nats_partitions"):
+    for name in ("channel_size", "batch_rows", "spool_max_bytes", "nats_partitions",
+                 "nats_replicas"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{name}: must be positive")
     _validate_receiver(s.receiver_lat, s.receiver_lon)

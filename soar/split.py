@@ -113,9 +113,11 @@ COMMIT_DELAY = Histogram(
 
 _bad_batch_log = RateLimited(log)
 
-#: JetStream messages (of up to 200 envelopes) a track has fed to its pipeline and not yet
-#: acknowledged, at most: seconds of work, well inside the 30 s after which JetStream redelivers
-MAX_UNACKED = 64
+#: JetStream messages a track has fed to its pipeline and not yet committed, at most: seconds
+#: of work, well inside the 30 s after which JetStream delivers a message again
+MAX_UNACKED = 512
+#: ... and envelopes in those messages, at most (messages are as small as a partition's 0.1 s)
+MAX_UNACKED_ENVELOPES = 10_000
 #: messages one fetch from a partition takes at most
 FETCH_BATCH = 16
 #: A committed message is acknowledged only this long after its commit (and at most MAX_HELD
@@ -135,7 +137,7 @@ def partition_of(ident: int, partitions: int) -> int:
 
 
 def stream_spec(settings: Settings) -> StreamSpec:
-    return StreamSpec(partitions=settings.nats_partitions)
+    return StreamSpec(partitions=settings.nats_partitions, replicas=settings.nats_replicas)
 
 
 async def _signalled(stop: trio.Event) -> None:
@@ -212,7 +214,7 @@ class EnvelopePublisher:
         stream: PartitionedStream,
         *,
         batch_size: int = 200,
-        max_age_s: float = 0.05,
+        max_age_s: float = 0.1,
         max_buffered: int = 20_000,
         instance: str | None = None,
     ) -> None:
@@ -585,6 +587,8 @@ class PartitionFeed:
         self._scopes: dict[int, trio.CancelScope] = {}
         self._stopped: dict[int, trio.Event] = {}
         self._fed_at: dict[int, float] = {}
+        self._envelopes_in: dict[int, int] = {}  # id(delivery) -> its envelopes, uncommitted
+        self.unacked_envelopes = 0
         self._room = trio.Event()
         self.received = 0
         #: committed, not yet acknowledged: (when committed, delivery), oldest first
@@ -683,22 +687,22 @@ class PartitionFeed:
 
     async def _await_previous_owner(self, consumer: PartitionConsumer) -> None:
         """A partition taken over from a track that died: the messages it had been given and
-        never acknowledged come back only after ack_wait. Wait for them, so that they are
-        replayed first and in order (the decoding state they rebuild is needed by the newer
-        ones), rather than after newer messages."""
-        limit = trio.current_time() + self.stream.spec.ack_wait_s + 10.0
-        while trio.current_time() < limit:
-            stats = await consumer.info()
-            if stats.num_ack_pending == 0:
-                return
-            log.info("track.awaiting_previous_owner", partition=consumer.partition,
-                     unacknowledged=stats.num_ack_pending)
-            await trio.sleep(1.0)
+        never acknowledged come back only once their ack_wait has run out, and then ahead of
+        newer ones. Wait that long before the first fetch, so that they are replayed first and
+        in order (the decoding state they rebuild is needed by the newer ones)."""
+        stats = await consumer.info()
+        if stats.num_ack_pending == 0:
+            return
+        wait_s = self.stream.spec.ack_wait_s + 1.0
+        log.info("track.awaiting_previous_owner", partition=consumer.partition,
+                 unacknowledged=stats.num_ack_pending, wait_s=wait_s)
+        await trio.sleep(wait_s)
 
     async def _fetch_forever(self, consumer: PartitionConsumer) -> None:
         dispatch = self.pipeline.dispatch
         while True:
-            while self.watermark.pending >= self.max_unacked:
+            while (self.watermark.pending >= self.max_unacked
+                   or self.unacked_envelopes >= MAX_UNACKED_ENVELOPES):
                 await self._room.wait()
             deliveries = await consumer.fetch(batch=self.fetch_batch, timeout=1.0)
             for index, delivery in enumerate(deliveries):
@@ -725,6 +729,8 @@ class PartitionFeed:
                 self.received += len(envelopes)
                 RECEIVED.inc(len(envelopes))
                 self._fed_at[id(delivery)] = trio.current_time()
+                self._envelopes_in[id(delivery)] = len(envelopes)
+                self.unacked_envelopes += len(envelopes)
                 self.watermark.add(delivery)
                 UNACKED.set(self.watermark.pending)
 
@@ -734,6 +740,7 @@ class PartitionFeed:
         for item in items:
             if isinstance(item, Delivery):
                 COMMIT_DELAY.observe(now - self._fed_at.pop(id(item), now))
+                self.unacked_envelopes -= self._envelopes_in.pop(id(item), 0)
                 self._held.append((now, item))
             else:
                 item.set()
@@ -838,9 +845,11 @@ def commit_levels(pipeline: Pipeline) -> list[list[Flow]]:
     edges = pipeline.edges
     envelopes = [Flow(name, edge.sent_count, edge.done_count)
                  for name, edge in edges.items() if name.startswith("envelopes.")]
-    decoded = [Flow(name, edge.sent_count, edge.done_count)
-               for name, edge in edges.items()
-               if name.startswith("shard.") or name == "writer.receivers"]
+    # a shard holds inputs back at a jump of the receive clock: taken, not yet processed
+    decoded = [Flow(edge.name, edge.sent_count, functools.partial(_shard_done, edge, shard))
+               for edge, shard in zip(pipeline.shard_edges, pipeline.shards, strict=True)]
+    decoded += [Flow(name, edge.sent_count, edge.done_count)
+                for name, edge in edges.items() if name == "writer.receivers"]
     stored = [Flow(name, edges[f"writer.{name}"].sent_count,
                    functools.partial(_settled, writer))
               for name, writer in pipeline.writers.items() if name != "receivers"]
@@ -849,6 +858,10 @@ def commit_levels(pipeline: Pipeline) -> list[list[Flow]]:
 
 def _settled(writer: Any) -> int:
     return int(writer.settled)
+
+
+def _shard_done(edge: Edge[Any], shard: Any) -> int:
+    return edge.done_count() - int(shard.holding)
 
 
 @contextlib.contextmanager
@@ -888,7 +901,8 @@ async def _track_on(
     from soar.live import NatsLivePublisher
 
     stream = await _ensure_stream(link, settings)
-    bucket = await link.lease_bucket(LEASE_BUCKET, ttl_s=settings.nats_lease_s)
+    bucket = await link.lease_bucket(LEASE_BUCKET, ttl_s=settings.nats_lease_s,
+                                     replicas=settings.nats_replicas)
     # its own spools: tracks on one machine share data_dir (and so the embedded servers)
     own = dataclasses.replace(settings, data_dir=Path(settings.data_dir) / "tracks" / settings.track_id)
     pipeline = Pipeline(own, database_url, sources=[], hold_open=True,

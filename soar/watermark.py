@@ -99,12 +99,13 @@ class CommitWatermark(Generic[T]):
         try:
             for level in self.levels:
                 await self._reach(level, [flow.sent() for flow in level])
-            if batch:
-                await self.settle(batch)
-            self.marks += 1
-            self.settled += len(batch)
         finally:
             self._in_mark = 0
+        # committed: no longer pending while `settle` runs (it may report `pending`)
+        if batch:
+            await self.settle(batch)
+        self.marks += 1
+        self.settled += len(batch)
 
     async def _reach(self, level: list[Flow], targets: list[int]) -> None:
         waited = 0.0

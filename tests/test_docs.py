@@ -122,8 +122,9 @@ EXCLUDED = [
              " system as root under systemd: the paths it names must exist"),
 ]
 
-#: `make run` in the foreground or the background: started by the test (it does not exit).
-SERVE = re.compile(r"^make run( &)?\s*(#.*)?$")
+#: `make run` or `soar run …` in the foreground or the background: started by the test, which
+#: waits for /readyz and stops it before the next command (it does not exit by itself).
+SERVE = re.compile(r"^(make run|\.venv/bin/soar run\b[^&#]*?)( &)?\s*(#.*)?$")
 
 
 def excluded(command: Command) -> Excluded | None:
@@ -247,7 +248,7 @@ def answers(url: str) -> bool:
 
 
 class Server:
-    """`make run` as the document starts it, in its own process group (make and soar)."""
+    """`make run` (or `soar run`) as the document starts it, in its own process group."""
 
     def __init__(self, command: str, cwd: Path, env: dict[str, str], port: int, log: Path) -> None:
         text = re.sub(r"\s*&?\s*(#.*)?$", "", command)

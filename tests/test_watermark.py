@@ -123,3 +123,18 @@ def test_needs_a_level() -> None:
 
     with pytest.raises(ValueError):
         CommitWatermark([], settle)
+
+
+async def test_pending_counts_none_of_the_inputs_being_settled() -> None:
+    stage = Stage("s")
+    seen: list[int] = []
+    mark: CommitWatermark[int]
+
+    async def settle(items: list[int]) -> None:
+        seen.append(mark.pending)  # e.g. a gauge set from here
+
+    mark = CommitWatermark([[stage.flow()]], settle)
+    mark.add(1)
+    mark.add(2)
+    await mark.advance()
+    assert seen == [0] and mark.pending == 0

@@ -81,6 +81,8 @@ class StreamSpec:
     #: messages delivered but not yet acknowledged, per partition, before fetch returns none
     max_ack_pending: int = 10_000
     file_storage: bool = True
+    #: copies on a JetStream cluster (1 on a single server; 3 survives losing one of three)
+    replicas: int = 1
 
     def __post_init__(self) -> None:
         if self.partitions < 1:
@@ -198,6 +200,7 @@ class JetStreamLink:
             max_bytes=spec.max_bytes,
             duplicate_window=spec.duplicate_window_s,
             storage=api.StorageType.FILE if spec.file_storage else api.StorageType.MEMORY,
+            num_replicas=spec.replicas,
             metadata={PARTITIONS_METADATA: str(spec.partitions)},
         )
         try:
@@ -236,7 +239,7 @@ class JetStreamLink:
 
     # -- key-value leases --------------------------------------------------------------------------
 
-    async def lease_bucket(self, name: str, ttl_s: float) -> LeaseBucket:
+    async def lease_bucket(self, name: str, ttl_s: float, replicas: int = 1) -> LeaseBucket:
         """A KV bucket whose entries expire `ttl_s` after their last write (created if missing;
         an existing bucket keeps its own TTL, logged when it differs)."""
         from nats.js import api
@@ -250,7 +253,7 @@ class JetStreamLink:
             kv = await self._call(
                 self._js.create_key_value,
                 api.KeyValueConfig(bucket=name, history=1, ttl=ttl_s,
-                                   storage=api.StorageType.FILE),
+                                   storage=api.StorageType.FILE, replicas=replicas),
             )
             log.info("broker.bucket_created", bucket=name, ttl_s=ttl_s)
         else:
