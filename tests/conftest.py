@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 # Every test has a time limit (tests/timelimit.py).
-pytest_plugins = ["timelimit"]
+pytest_plugins = ["tests.timelimit"]
 
 if TYPE_CHECKING:
     from soar.store.embedded import EmbeddedPostgres

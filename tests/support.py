@@ -1,4 +1,4 @@
-"""Helpers more than one test module needs (imported as `support`: tests/ is on sys.path)."""
+"""Helpers more than one test folder needs, imported as `tests.support` (tests/ is a package)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from support import postgres_processes
+
+from tests.support import postgres_processes
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
+#: the checkout, on the child's path so that it imports the plugin as the suite does
+REPO = Path(__file__).resolve().parent.parent
 
 STUCK_TESTS = '''
 import socket
@@ -65,9 +66,11 @@ async def test_shielded_for_ever():
 def _run(tmp_path: Path, source: str) -> subprocess.CompletedProcess[str]:
     (tmp_path / "test_stuck.py").write_text(source)
     (tmp_path / "conftest.py").write_text(
-        f"import sys\nsys.path.insert(0, {str(HERE)!r})\npytest_plugins = ['timelimit']\n"
+        "pytest_plugins = ['tests.timelimit']\n"
     )
-    env = {**os.environ, "SOAR_TEST_TIME_LIMIT": "2", "SOAR_TEST_TIME_GRACE": "3"}
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path, "SOAR_TEST_TIME_LIMIT": "2",
+           "SOAR_TEST_TIME_GRACE": "3"}
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "trio_mode=true",
          "-o", "addopts=", "--rootdir", str(tmp_path), str(tmp_path)],
@@ -80,9 +83,9 @@ def test_stuck_tests_fail_with_stacks_and_the_rest_runs(tmp_path: Path) -> None:
     result = _run(tmp_path, STUCK_TESTS)
     out = result.stdout + result.stderr
     assert "3 failed, 2 passed" in out, out
-    assert "FAILED test_stuck.py::test_stuck_in_body - timelimit.TestTimeLimit" in out, out
+    assert "FAILED test_stuck.py::test_stuck_in_body - tests.timelimit.TestTimeLimit" in out, out
     assert "FAILED test_stuck.py::test_stuck_in_fixture_teardown" in out, out
-    assert "FAILED test_stuck.py::test_stuck_sync - timelimit.TestTimeLimit" in out, out
+    assert "FAILED test_stuck.py::test_stuck_sync - tests.timelimit.TestTimeLimit" in out, out
     # the trio task dump names where the stuck test was waiting
     assert "in test_stuck_in_body" in out, out
     assert "in teardown_waits_for_a_peer" in out, out
@@ -94,3 +97,11 @@ def test_an_uncancellable_test_ends_the_run_with_every_stack(tmp_path: Path) -> 
     assert result.returncode == 3, result.stdout + result.stderr
     assert "cannot be cancelled" in result.stderr
     assert "test_shielded_for_ever" in result.stderr
+
+
+def test_the_suite_loads_the_limit_by_its_package_name(pytestconfig: pytest.Config) -> None:
+    """tests/conftest.py names the plugin `tests.timelimit`: every test of this suite has a limit."""
+    import tests.timelimit
+
+    assert pytestconfig.pluginmanager.get_plugin("tests.timelimit") is tests.timelimit
+    assert any(m.startswith("time_limit") for m in pytestconfig.getini("markers"))

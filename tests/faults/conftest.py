@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,11 +14,7 @@ from soar.ingest.capture import iter_capture
 from soar.records import Protocol
 from soar.replay import run_replay
 from soar.store.embedded import EmbeddedPostgres
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "ingest"))
-
-from faultkit import (
+from tests.faults.faultkit import (
     PROTOCOLS,
     Capture,
     Corpus,
@@ -29,7 +24,7 @@ from faultkit import (
     fresh_database,
     stored,
 )
-from ingest_servers import ADSB_SAMPLE, OGN_TRACE, SBS_SAMPLE, beast_frames
+from tests.ingest.ingest_servers import ADSB_SAMPLE, OGN_TRACE, SBS_SAMPLE, beast_frames
 
 #: The Beast capture's start time (Beast carries no wall time; the file's mtime is its start).
 BEAST_START_S = 1_771_945_000

@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from faultkit import fix_count, wait_for
 
 from soar.bench.crowds import API_PATHS, CLIENTS, crowd, http_get, percentile, running_soar
+from tests.faults.faultkit import fix_count, wait_for
 
 
 @pytest.mark.time_limit(480)

@@ -32,15 +32,6 @@ from typing import Any
 
 import pytest
 import trio
-from faultkit import (
-    Capture,
-    Corpus,
-    LiveSource,
-    fault_settings,
-    run_sources,
-    stored,
-    wait_for,
-)
 
 from soar.database import Database, open_database
 from soar.pipeline import Pipeline
@@ -49,6 +40,15 @@ from soar.spool import DiskSpool, SpoolFull, spool_full
 from soar.store.tables import TableBatch
 from soar.store.writer import StoreWriter
 from soar.supervisor import supervisor_escalations, task_restarts
+from tests.faults.faultkit import (
+    Capture,
+    Corpus,
+    LiveSource,
+    fault_settings,
+    run_sources,
+    stored,
+    wait_for,
+)
 
 TMPFS_SIZE = "256m"
 #: the share of the capture sent before the disk fills (the rest is held back until then)

@@ -16,7 +16,6 @@ from pathlib import Path
 import psycopg
 import pytest
 import trio
-from faultkit import Corpus, FixKey, fault_settings, stored, wait_for
 from structlog.testing import capture_logs
 
 from soar.config import Settings
@@ -30,6 +29,7 @@ from soar.store.partitions import (
     partition_name,
 )
 from soar.supervisor import RestartPolicy
+from tests.faults.faultkit import Corpus, FixKey, fault_settings, stored, wait_for
 
 TEN_YEARS = dt.timedelta(days=3653)
 

@@ -9,7 +9,12 @@ from pathlib import Path
 import psycopg
 import pytest
 import trio
-from faultkit import (
+
+from soar.pipeline import Pipeline
+from soar.records import Protocol
+from soar.store.embedded import EmbeddedPostgres
+from soar.store.writer import RETRIES
+from tests.faults.faultkit import (
     Corpus,
     Reference,
     assert_same_as_reference,
@@ -18,11 +23,6 @@ from faultkit import (
     stored,
     wait_for,
 )
-
-from soar.pipeline import Pipeline
-from soar.records import Protocol
-from soar.store.embedded import EmbeddedPostgres
-from soar.store.writer import RETRIES
 
 OUTAGE_S = 30.0
 ROUNDS = 6

@@ -10,7 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import trio
-from faultkit import (
+
+from soar.ingest import metrics
+from soar.records import Protocol
+from tests.faults.faultkit import (
     PROTOCOLS,
     Corpus,
     LiveSource,
@@ -21,9 +24,6 @@ from faultkit import (
     run_sources,
     stored,
 )
-
-from soar.ingest import metrics
-from soar.records import Protocol
 
 
 def _sample(metric: object, **labels: str) -> float:

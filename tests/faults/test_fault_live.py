@@ -18,14 +18,6 @@ from pathlib import Path
 import pytest
 import trio
 import trio_websocket
-from faultkit import (
-    Corpus,
-    Reference,
-    assert_same_as_reference,
-    fault_settings,
-    stored,
-    wait_for,
-)
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
@@ -36,6 +28,14 @@ from soar.replay import CaptureSource
 from soar.supervisor import RestartPolicy
 from soar.web.app import WebContext, create_app
 from soar.web.live import WS_DROPPED, LiveHub
+from tests.faults.faultkit import (
+    Corpus,
+    Reference,
+    assert_same_as_reference,
+    fault_settings,
+    stored,
+    wait_for,
+)
 
 #: 20 x 20 squares (the most one client may follow) over the busiest part of the SBS sample
 AREA = {"north": 45, "south": 25, "east": -75, "west": -95}

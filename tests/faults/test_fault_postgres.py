@@ -24,12 +24,12 @@ from typing import Any
 
 import psycopg
 import pytest
-from faultkit import Corpus, Reference, assert_same_as_reference, stored
-from ingest_servers import OGN_TRACE
-from support import postgres_processes
 
 from soar.records import Protocol
 from soar.store.embedded import EmbeddedPostgres, postmaster_pid
+from tests.faults.faultkit import Corpus, Reference, assert_same_as_reference, stored
+from tests.ingest.ingest_servers import OGN_TRACE
+from tests.support import postgres_processes
 
 #: a paced replay of the SBS capture (8 s recorded) keeps fixes coming through the outage
 SBS_SPEED = "0.5"

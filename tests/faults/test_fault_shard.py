@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from faultkit import PROTOCOLS, Corpus, FixKey, Reference, fault_settings, replay_capture, stored
 
 from soar.pipeline import Pipeline
 from soar.protocols.modes import icao_address
@@ -17,6 +16,15 @@ from soar.tracking.flight import Event
 from soar.tracking.inputs import ModeSInput, SbsInput, ShardInput
 from soar.tracking.metrics import SHARD_QUARANTINED
 from soar.tracking.shard import Shard
+from tests.faults.faultkit import (
+    PROTOCOLS,
+    Corpus,
+    FixKey,
+    Reference,
+    fault_settings,
+    replay_capture,
+    stored,
+)
 
 
 def _quarantined_total() -> float:

@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faultkit import (
+
+from soar.records import Protocol
+from soar.store.embedded import EmbeddedPostgres
+from tests.faults.faultkit import (
     Corpus,
     Reference,
     Stored,
@@ -26,9 +29,6 @@ from faultkit import (
     fresh_database,
     stored,
 )
-
-from soar.records import Protocol
-from soar.store.embedded import EmbeddedPostgres
 
 DEADLINE_S = 20.0
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import trio
-from faultkit import Corpus, Reference, assert_same_as_reference, fault_settings, stored
 from structlog.testing import capture_logs
 
 from soar.ingest.tcp import EnvelopeSink
@@ -20,6 +19,13 @@ from soar.records import Protocol
 from soar.replay import CaptureSource
 from soar.spool import SpoolError
 from soar.supervisor import RestartPolicy
+from tests.faults.faultkit import (
+    Corpus,
+    Reference,
+    assert_same_as_reference,
+    fault_settings,
+    stored,
+)
 
 
 def _chattr(flag: str, paths: list[Path]) -> None:

@@ -16,7 +16,13 @@ from typing import Any
 
 import psycopg
 import pytest
-from faultkit import (
+
+from soar.decode import TEXT_CLEANED
+from soar.ingest.capture import iter_capture
+from soar.pipeline import counter_total
+from soar.records import AddressType, Protocol, aircraft_id
+from soar.store.writer import ROWS_REJECTED
+from tests.faults.faultkit import (
     Capture,
     Reference,
     assert_same_as_reference,
@@ -24,13 +30,7 @@ from faultkit import (
     replay_capture,
     stored,
 )
-from ingest_servers import OGN_TRACE, SBS_SAMPLE
-
-from soar.decode import TEXT_CLEANED
-from soar.ingest.capture import iter_capture
-from soar.pipeline import counter_total
-from soar.records import AddressType, Protocol, aircraft_id
-from soar.store.writer import ROWS_REJECTED
+from tests.ingest.ingest_servers import OGN_TRACE, SBS_SAMPLE
 
 #: aircraft whose every callsign gets control characters (cleaned: the callsign as sent)
 CONTROL_AIRCRAFT = 6

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 import trio
-from faultkit import Corpus, fix_count, wait_for
 
 from soar.records import Protocol
+from tests.faults.faultkit import Corpus, fix_count, wait_for
 
 CROWD = 3000
 #: descriptors each process needs: the crowd, and soar's own (pool, spools, 256 reserved)

@@ -22,8 +22,6 @@ from typing import Any, NoReturn
 import psycopg
 import pytest
 import trio
-from ingest_servers import APRSC_BANNER, FeedServer, crlf, replay
-from tracking.flood import LANDING_GLIDER, TAKEOFF_GLIDER, flood_beacons, koenigsdorf_airports
 
 from soar.config import load_settings
 from soar.ingest.aprs import AprsIsSource
@@ -38,6 +36,8 @@ from soar.tracking.airports import Airport, AirportIndex
 from soar.tracking.enrichment import airport_enrich
 from soar.tracking.flight import FixAccepted, FlightClosed, FlightOpened, FlightUpdated
 from soar.tracking.shard import Shard
+from tests.ingest.ingest_servers import APRSC_BANNER, FeedServer, crlf, replay
+from tests.tracking.flood import LANDING_GLIDER, TAKEOFF_GLIDER, flood_beacons, koenigsdorf_airports
 
 S = 1_000_000
 RECEIVE_CLOCK_START = round(datetime(2024, 3, 29, 15, 59, 46, tzinfo=UTC).timestamp() * S)

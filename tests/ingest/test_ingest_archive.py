@@ -7,11 +7,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import trio
-from ingest_servers import MLAT_MASK, OGN_TRACE, beast_frames
 
 from soar.ingest.archive import RawArchive
 from soar.ingest.capture import CaptureFormat, detect_format, iter_capture
 from soar.records import Envelope, Protocol
+from tests.ingest.ingest_servers import MLAT_MASK, OGN_TRACE, beast_frames
 
 
 def at(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> int:

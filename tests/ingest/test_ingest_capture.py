@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
-from ingest_servers import MLAT_MASK, OGN_TRACE, SBS_SAMPLE, beast_frames, sbs_lines
 
 from soar.ingest.capture import (
     CaptureFormat,
@@ -26,6 +25,7 @@ from soar.ingest.capture import (
     replay,
 )
 from soar.records import Envelope, Protocol
+from tests.ingest.ingest_servers import MLAT_MASK, OGN_TRACE, SBS_SAMPLE, beast_frames, sbs_lines
 
 NO_ACTIVE = "ogn/soar-flight-no-active-fixes.txt"
 # raw APRS-IS captures: the lines as the server sent them, no receive-time prefix

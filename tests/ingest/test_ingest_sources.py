@@ -18,7 +18,17 @@ import pytest
 import structlog
 import trio
 import trio.testing
-from ingest_servers import (
+from prometheus_client import REGISTRY
+
+import soar
+from soar.backoff import Backoff
+from soar.hostport import APRS_IS_PORT, BEAST_PORT, SBS_PORT, parse_host_port
+from soar.ingest.aprs import AprsIsSource, login_line
+from soar.ingest.beast_source import BeastSource
+from soar.ingest.sbs_source import SbsSource
+from soar.ingest.tcp import Connection, EnvelopeSink, LineSplitter, TcpSource
+from soar.records import Envelope, Protocol
+from tests.ingest.ingest_servers import (
     APRSC_BANNER,
     FeedServer,
     FixedResolver,
@@ -35,16 +45,6 @@ from ingest_servers import (
     sbs_lines,
     trickle,
 )
-from prometheus_client import REGISTRY
-
-import soar
-from soar.backoff import Backoff
-from soar.hostport import APRS_IS_PORT, BEAST_PORT, SBS_PORT, parse_host_port
-from soar.ingest.aprs import AprsIsSource, login_line
-from soar.ingest.beast_source import BeastSource
-from soar.ingest.sbs_source import SbsSource
-from soar.ingest.tcp import Connection, EnvelopeSink, LineSplitter, TcpSource
-from soar.records import Envelope, Protocol
 
 
 @pytest.fixture

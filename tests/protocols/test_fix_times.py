@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
-from tracking.flood import flood_beacons
 
 from soar.decode import Decoder
 from soar.ingest.capture import _SbsClock
@@ -22,6 +21,7 @@ from soar.protocols import ogn, sbs
 from soar.protocols.beast import BeastDeframer, MlatClock
 from soar.protocols.ogn import AircraftBeacon, beacon_time_us
 from soar.records import Envelope, Protocol
+from tests.tracking.flood import flood_beacons
 
 TRACE = "ogn/soar-flight-descended-out-of-range-then-took-off.txt"
 EDGE_CASES = "ogn/edge-cases-from-parser-tests.txt"

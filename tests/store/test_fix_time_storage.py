@@ -11,13 +11,13 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
-from support import write_rows
 
 from soar.protocols.ogn import AircraftBeacon, parse_line, to_fix
 from soar.records import AddressType, AircraftSeen, Fix, FlightRow, Protocol
 from soar.store.migrate import migrate, migrations
 from soar.store.queries import open_flights
 from soar.store.tables import AircraftFamily, FixFamily, FlightFamily, ts
+from tests.support import write_rows
 
 TRACE = "ogn/soar-flight-descended-out-of-range-then-took-off.txt"
 S = 1_000_000

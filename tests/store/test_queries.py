@@ -5,12 +5,12 @@ import uuid
 from pathlib import Path
 
 import psycopg
-from support import write_rows
 
 from soar.bench.store import SBS_CAPTURE, sbs_capture_fixes
 from soar.records import FlightRow, Protocol
 from soar.store.queries import count_rows, open_flights, time_out_stale_flights
 from soar.store.tables import FixFamily, FlightFamily
+from tests.support import write_rows
 
 
 async def test_open_flights_come_back_with_their_last_fixes(

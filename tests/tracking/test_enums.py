@@ -8,7 +8,6 @@ from pathlib import Path
 
 import psycopg
 from prometheus_client import REGISTRY
-from support import write_rows
 
 from soar.records import EndReason
 from soar.store.queries import open_flights
@@ -26,6 +25,7 @@ from soar.tracking.flight import (
 )
 from soar.tracking.shard import Shard
 from soar.tracking.tow import PairState
+from tests.support import write_rows
 
 from .helpers import ids
 from .test_shard import Sinks, run_shard

@@ -30,7 +30,6 @@ from pathlib import Path
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
-from tracking.flood import FLOOD, aprs_line
 
 from soar.config import load_settings
 from soar.ddb import import_ddb
@@ -39,6 +38,7 @@ from soar.records import AddressType, aircraft_id
 from soar.replay import CaptureSource
 from soar.supervisor import RestartPolicy
 from soar.web.app import WebContext, create_app
+from tests.tracking.flood import FLOOD, aprs_line
 
 TAKEOFF_CSV = "ogn/ognmonitoring-takeoff-koenigsdorf-20240329.csv"
 OGN_TRACE = "ogn/soar-flight-descended-out-of-range-then-took-off.txt"

@@ -12,9 +12,6 @@ from typing import Any
 
 import pytest
 from psycopg_pool import ConnectionPool
-from support import write_rows
-from tracking.flood import LANDING_GLIDER, flood_beacons, koenigsdorf_airports
-from tracking.helpers import ids
 
 from soar.protocols.ogn import AircraftBeacon, parse_line, to_fix
 from soar.records import AircraftSeen, Fix, FlightRow
@@ -24,6 +21,9 @@ from soar.tracking.airports import Airport, AirportIndex
 from soar.tracking.flight import FixAccepted, FixRevised, FlightClosed, FlightOpened, FlightUpdated
 from soar.tracking.shard import Shard, _seen
 from soar.web.app import WebContext, create_app
+from tests.support import write_rows
+from tests.tracking.flood import LANDING_GLIDER, flood_beacons, koenigsdorf_airports
+from tests.tracking.helpers import ids
 
 S = 1_000_000
 
