@@ -12,8 +12,12 @@ shapes follow the page, and the public `/api` with its OpenAPI table stays the s
 - `receivers`: positioned receivers with their last beacon, online or offline;
 - `airfields`: airportsdata fields in a box.
 
-Privacy is the API's (`soar.web.queries`): hidden aircraft never appear, identity only when
-identified and not stealth. Every parameter is validated; a bad one is a 400 `{"error": ...}`.
+Privacy: no-track and stealth aircraft never appear in any of these routes, as the live view
+never streams them (the id holds the address: a stealth aircraft is seen only in the flight
+log, under its flight's random id); identity only when identified (`soar.web.queries`). Two
+independent guards, as in the API: every statement filters them out, and every handler drops
+a row the statement marks `hidden` (and `track` asks `queries.aircraft_is_hidden` itself).
+Every parameter is validated; a bad one is a 400 `{"error": ...}`.
 """
 
 from __future__ import annotations
@@ -27,12 +31,15 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+import structlog
 from quart import Blueprint, Response, jsonify, request
 
 from soar.store.queries import FIX_TIME
 from soar.web import queries
 from soar.web.api import ApiError, _db, _type_name, iso, parse_bbox, parse_time
 from soar.web.app import WebContext
+
+log = structlog.get_logger(__name__)
 
 #: Defaults when neither the process (`ctx.extras["settings"]`) nor the environment says.
 INACTIVE_AFTER_S = 120.0
@@ -153,7 +160,10 @@ def decode_replay_cursor(text: str) -> tuple[dt.datetime, int, dt.datetime]:
 
 # -- SQL ------------------------------------------------------------------------------------
 
-_VISIBLE = "(a.tracked IS NOT FALSE)"
+#: A fix may be shown: its aircraft is tracked and not stealth (no row in `aircraft`: tracked,
+#: not stealth). `_HIDDEN` is its negation, returned for the handlers' own check.
+_VISIBLE = "(a.tracked IS NOT FALSE AND a.stealth IS NOT TRUE)"
+_HIDDEN = "(a.tracked IS FALSE OR a.stealth IS TRUE)"
 
 _MAP_AIRCRAFT = f"""
     fx.aircraft_id AS id, a.address_type, a.address, {queries._AIRCRAFT_PUBLIC}
@@ -178,12 +188,12 @@ def trails(conn: queries.Conn, box: tuple[float, float, float, float], since: dt
         conn,
         f"""
         WITH wanted AS (
-            SELECT a.id FROM aircraft a
-            WHERE a.tracked AND a.lat BETWEEN %(south)s AND %(north)s AND {where}
+            SELECT a.id, {_HIDDEN} AS hidden FROM aircraft a
+            WHERE a.tracked AND NOT a.stealth AND a.lat BETWEEN %(south)s AND %(north)s AND {where}
               AND a.last_fix_at >= %(since)s
             ORDER BY a.last_fix_at DESC LIMIT %(aircraft)s
         )
-        SELECT fx.aircraft_id AS id, {FIX_TIME} AS time, fx.lat, fx.lon, fx.altitude_ft
+        SELECT fx.aircraft_id AS id, w.hidden, {FIX_TIME} AS time, fx.lat, fx.lon, fx.altitude_ft
         FROM wanted w JOIN fixes fx ON fx.aircraft_id = w.id
         WHERE {FIX_TIME} >= %(since)s AND {FIX_TIME} <= %(until)s
           AND fx.received_at >= %(since_received)s
@@ -207,10 +217,11 @@ def track(conn: queries.Conn, aircraft_id: int, now: dt.datetime
     # timed out a moment ago and is still on the map), else its last hours of fixes.
     flight = queries._one(
         conn,
-        """
+        f"""
         SELECT id, first_fix_at, last_fix_at, takeoff_at, departure_airport,
                landing_at IS NULL AND timed_out_at IS NULL AND end_reason IS NULL AS open
-        FROM flights WHERE aircraft_id = %(id)s
+        FROM flights fl WHERE aircraft_id = %(id)s AND NOT EXISTS (
+            SELECT 1 FROM aircraft a WHERE a.id = fl.aircraft_id AND NOT {_VISIBLE})
         ORDER BY started_at DESC LIMIT 1
         """,
         {"id": aircraft_id},
@@ -232,6 +243,7 @@ def track(conn: queries.Conn, aircraft_id: int, now: dt.datetime
         FROM fixes fx
         WHERE aircraft_id = %(id)s AND {FIX_TIME} >= %(since)s
           AND (%(until)s::timestamptz IS NULL OR {FIX_TIME} <= %(until)s)
+          AND NOT EXISTS (SELECT 1 FROM aircraft a WHERE a.id = fx.aircraft_id AND NOT {_VISIBLE})
         ORDER BY {FIX_TIME}, received_at
         LIMIT %(limit)s
         """,
@@ -251,7 +263,7 @@ def replay(conn: queries.Conn, start: dt.datetime, end: dt.datetime,
     return queries._all(
         conn,
         f"""
-        SELECT {_MAP_FIX}, {_MAP_AIRCRAFT}, a.aircraft_type
+        SELECT {_MAP_FIX}, {_MAP_AIRCRAFT}, a.aircraft_type, {_HIDDEN} AS hidden
         FROM fixes fx LEFT JOIN aircraft a ON a.id = fx.aircraft_id
         WHERE {FIX_TIME} >= %(start)s AND {FIX_TIME} < %(end)s
           AND fx.received_at >= %(start_received)s
@@ -400,6 +412,16 @@ def airfields_in(
 # -- rendering ------------------------------------------------------------------------------
 
 
+def shown(rows: list[queries.Row], route: str) -> list[queries.Row]:
+    """The handlers' guard on top of the SQL's: rows of a no-track or stealth aircraft are
+    dropped. The statements never return one, so a drop here is a bug in a statement: logged
+    (with no identity in the event) so it is found, never shown."""
+    kept = [row for row in rows if row["hidden"] is not True]
+    if len(kept) != len(rows):
+        log.error("map.hidden_rows_dropped", route=route, rows=len(rows) - len(kept))
+    return kept
+
+
 def _r(value: float | None, digits: int = 0) -> float | int | None:
     if value is None:
         return None
@@ -471,17 +493,20 @@ def map_blueprint(ctx: WebContext) -> Blueprint:
         since = until - dt.timedelta(minutes=minutes)
         rows = await _db(ctx, trails, area, since, until)
         out: dict[str, list[list[Any]]] = {}
-        for row in rows:
+        points = shown(rows, "trails")
+        for row in points:
             out.setdefault(str(row["id"]), []).append(
                 [_epoch_us(row["time"]) // 1000, row["lat"], row["lon"], _r(row["altitude_ft"])]
             )
         return jsonify({"since": iso(since), "until": iso(until), "trails": out,
-                        "points": len(rows), "truncated": len(rows) == MAX_TRAIL_POINTS})
+                        "points": len(points), "truncated": len(rows) == MAX_TRAIL_POINTS})
 
     @bp.get("/map/data/track/<aircraft_id>")
     async def track_route(aircraft_id: str) -> Response:
         _only()
         ident = _aircraft_id(aircraft_id)
+        if await _db(ctx, queries.aircraft_is_hidden, ident):
+            raise ApiError(404, "aircraft not found")
         aircraft, flight, fixes = await _db(ctx, track, ident, dt.datetime.now(dt.UTC))
         if aircraft is None:
             raise ApiError(404, "aircraft not found")
@@ -517,8 +542,8 @@ def map_blueprint(ctx: WebContext) -> Blueprint:
         next_cursor = (encode_replay_cursor(rows[-1]["time"], rows[-1]["id"],
                                             rows[-1]["received_at"])
                        if len(rows) == limit else None)
-        return jsonify({"start": iso(start), "end": iso(end),
-                        "fixes": [replay_fix_json(r) for r in rows], "count": len(rows),
+        fixes = [replay_fix_json(r) for r in shown(rows, "replay")]
+        return jsonify({"start": iso(start), "end": iso(end), "fixes": fixes, "count": len(fixes),
                         "next_cursor": next_cursor})
 
     @bp.get("/map/data/receivers")

@@ -96,6 +96,7 @@ async def serve_web(
     config.keep_alive_timeout = settings.http_keep_alive
     count_accept_errors()
     ctx.api_token = settings.api_token
+    ctx.extras.setdefault("settings", settings)  # the map page's freshness settings
     limit = ConnectionLimit(settings.http_max_connections or default_max_connections())
     CONNECTION_LIMIT.set(limit.limit)
     app = create_app(ctx, api=api, max_requests=settings.http_max_requests)

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+import urllib.request
+from functools import partial
+from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+import trio
+from structlog.testing import capture_logs
 
-from soar.config import Settings
+from soar.config import Settings, load_settings
 from soar.web.app import WebContext, create_app
-from soar.web.map_api import feed_states
+from soar.web.map_api import feed_states, shown
+from soar.web.server import serve_web
 
 from .conftest import Dataset
+from .running_soar import FLOOD_WINCH, REGISTRATIONS, STEALTH_GLIDER, flarm_id, start_soar
 
 
 @pytest.fixture
@@ -40,6 +49,27 @@ async def test_config_defaults_and_settings(web_db: Dataset) -> None:
         map_inactive_after=30, map_remove_after=90, map_trail_minutes=3)})
     body = await get_json(create_app(ctx).test_client(), "/map/data/config")
     assert (body["inactive_after_s"], body["remove_after_s"], body["trail_minutes"]) == (30, 90, 3)
+
+
+async def test_settings_from_a_toml_file_reach_the_page(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    # `soar run --config` hands its settings to serve_web, which must pass them on: without
+    # that the page would get the environment's (here the defaults: 120, 600, 10)
+    config = tmp_path / "soar.toml"
+    config.write_text("[soar]\nmap_inactive_after = 45\nmap_remove_after = 300\n"
+                      "map_trail_minutes = 7\n")
+    settings = load_settings(config, environ={})
+    binds = await nursery.start(partial(serve_web, bind="127.0.0.1:0"), settings, WebContext(),
+                                trio.Event())
+
+    def get() -> Any:
+        with urllib.request.urlopen(f"{binds[0]}/map/data/config", timeout=30) as response:
+            return json.loads(response.read())
+
+    body = await trio.to_thread.run_sync(get)
+    assert (body["inactive_after_s"], body["remove_after_s"], body["trail_minutes"]) == (45, 300, 7)
+    nursery.cancel_scope.cancel()
 
 
 async def test_trails_are_the_last_minutes_of_aircraft_in_the_box(
@@ -129,3 +159,75 @@ def test_feed_states_from_the_tree() -> None:
     assert states["ogn"]["state"] == "reconnecting"
     assert feed_states({})["ogn"]["state"] == "unknown"
     assert feed_states({"name": "sources", "children": {}})["ogn"]["state"] == "not_configured"
+
+
+async def test_a_stealth_aircraft_is_on_no_map_route(
+    testdata: Path, tmp_path: Path, db_url: str, nursery: trio.Nursery
+) -> None:
+    """A real soar fed the Koenigsdorf flood with FLRDD95BF's beacons stealth (`running_soar`),
+    its registration in the device database: its fixes are stored, yet no map route shows its
+    id, address, registration or a fix of it; the gliders beside it are shown."""
+    soar = await start_soar(nursery, testdata, tmp_path, db_url)
+    client = create_app(WebContext(pool=soar.pipeline.pool)).test_client()
+    stealth, shown_glider = flarm_id(STEALTH_GLIDER), flarm_id(FLOOD_WINCH)
+    secrets = (str(stealth), STEALTH_GLIDER[3:], REGISTRATIONS[STEALTH_GLIDER])
+    with psycopg.connect(db_url) as conn:
+        [(is_stealth,)] = conn.execute("SELECT stealth FROM aircraft WHERE id = %s",
+                                       (stealth,)).fetchall()
+        [(first, last, count)] = conn.execute(
+            "SELECT min(coalesce(time, received_at)), max(coalesce(time, received_at)), count(*)"
+            " FROM fixes WHERE aircraft_id = %s", (stealth,)).fetchall()
+        start, end = first - dt.timedelta(minutes=2), last + dt.timedelta(minutes=2)
+        [(others,)] = conn.execute(
+            "SELECT count(*) FROM fixes fx LEFT JOIN aircraft a ON a.id = fx.aircraft_id"
+            " WHERE coalesce(fx.time, fx.received_at) >= %s"
+            " AND coalesce(fx.time, fx.received_at) < %s AND a.stealth IS NOT TRUE",
+            (start, end)).fetchall()
+        # the handlers' own guard, on the real rows the statements would never return
+        raw = conn.execute(
+            "SELECT fx.aircraft_id AS id, (a.tracked IS FALSE OR a.stealth IS TRUE) AS hidden"
+            " FROM fixes fx LEFT JOIN aircraft a ON a.id = fx.aircraft_id"
+            " WHERE coalesce(fx.time, fx.received_at) >= %s"
+            " AND coalesce(fx.time, fx.received_at) < %s", (start, end)).fetchall()
+    assert is_stealth and count > 10 and others > 10
+
+    def private(text: str) -> list[str]:
+        return [s for s in secrets if s.lower() in text.lower()]
+
+    def at(moment: dt.datetime) -> str:
+        return moment.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+    trails = await client.get(f"/map/data/trails?bbox=10,47,13,49&minutes=30&until={at(end)}")
+    body = await trails.get_json()
+    assert str(shown_glider) in body["trails"] and str(stealth) not in body["trails"]
+    assert not private(json.dumps(body))
+
+    seen: list[dict[str, Any]] = []
+    cursor = ""
+    while True:
+        page = await get_json(client, f"/map/data/replay?start={at(start)}&end={at(end)}"
+                                      f"&limit=500{cursor}")
+        assert not private(json.dumps(page))
+        seen.extend(page["fixes"])
+        if page["next_cursor"] is None:
+            break
+        cursor = f"&cursor={page['next_cursor']}"
+    assert shown_glider in {f["id"] for f in seen}
+    assert stealth not in {f["id"] for f in seen}
+    assert len(seen) == others  # every other fix of the window, none of the stealth one's
+
+    response = await client.get(f"/map/data/track/{stealth}")
+    assert response.status_code == 404
+    assert not private(await response.get_data(as_text=True))
+    assert (await get_json(client, f"/map/data/track/{shown_glider}"))["fixes"]
+
+    with capture_logs() as logs:
+        kept = shown(_rows(raw), "replay")
+    assert {row["id"] for row in kept} == {row[0] for row in raw} - {stealth}
+    assert [(e["event"], e["rows"]) for e in logs] == [("map.hidden_rows_dropped", count)]
+    await soar.pipeline.close()
+    nursery.cancel_scope.cancel()
+
+
+def _rows(raw: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    return [{"id": ident, "hidden": hidden} for ident, hidden in raw]
