@@ -25,6 +25,7 @@ are added only when the aircraft is identified.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from collections import deque
@@ -425,9 +426,12 @@ class LiveHub:
     async def _trim_after_crowds(self) -> None:
         """Once many clients have left, give the memory they used back to the system.
 
-        Their queues and connections are freed when they go, but glibc keeps freed heap pages
-        for the process: without this, RSS stayed at its crowd level (and a second crowd went
-        higher still). malloc_trim walks the heap in a worker thread (ctypes drops the GIL).
+        Their queues are freed when they go, but their connections leave reference cycles only
+        a full collection frees, and glibc keeps freed heap pages for the process: without
+        this, RSS stayed at its crowd level (and a second crowd went higher still). Measured
+        with 1,000 clients: 80 MB before, 134 MB after they left, 88 MB after this, when the
+        process runs with PYTHONMALLOC=malloc (pymalloc's arenas stay: 123 MB).
+        malloc_trim walks the heap in a worker thread (ctypes drops the GIL).
         """
         while True:
             await self._crowd_left.wait()
@@ -440,6 +444,9 @@ class LiveHub:
             self._departed = 0
             self._crowd_left = trio.Event()
             before = _rss_bytes()
+            # closed connections leave reference cycles (server and framework objects) that
+            # only a full collection frees; once per crowd, not per client
+            gc.collect()
             await trio.to_thread.run_sync(_malloc_trim)
             log.info("live.hub.memory_trimmed", clients=self.client_count,
                      rss_before_mb=before // 2**20, rss_after_mb=_rss_bytes() // 2**20)
@@ -523,7 +530,7 @@ RECV_BATCH = 2000
 #: Departed clients after which the hub hands freed memory back to the system, once the
 #: departures have paused for TRIM_SETTLE_S.
 TRIM_AFTER_DEPARTURES = 100
-TRIM_SETTLE_S = 1.0
+TRIM_SETTLE_S = 5.0
 
 
 def _malloc_trim() -> None:

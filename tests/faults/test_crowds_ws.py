@@ -129,10 +129,10 @@ def test_non_readers_drop_oldest_counted_and_connections_are_released(seen: Seen
 
 
 @pytest.mark.time_limit(900)
-@pytest.mark.xfail(strict=True, reason=(
-    "RSS stays near its crowd level after the crowd leaves (measured ~+90 MB over ~110 MB "
-    "with pymalloc or PYTHONMALLOC=malloc, the hub's malloc_trim returning only a few MB): "
-    "what holds it is not yet found"))
+@pytest.mark.xfail(strict=False, reason=(
+    "RSS returns only when soar runs with PYTHONMALLOC=malloc (the hub then gets it back with "
+    "gc.collect + malloc_trim after a crowd: 80 -> 134 -> 88 MB); with pymalloc its arenas "
+    "stay (123 MB). Not strict until the process sets PYTHONMALLOC and this is re-measured"))
 def test_rss_returns_within_10_percent(seen: Seen) -> None:
     assert seen.rss_after[-1] <= seen.rss_before * 1.10, (
         f"RSS {seen.rss_before / 2**20:.0f} MB before the crowd, "
