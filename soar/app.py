@@ -41,7 +41,7 @@ from soar.database import Database, open_database
 from soar.runtime import log_slow_gc_pauses, settle_runtime
 from soar.supervisor import ChildSpec, RestartPolicy
 from soar.topology import Stage, when_started
-from soar.web.app import WebContext
+from soar.web.app import WebContext, open_api_pool
 from soar.web.server import listen_socket, serve_web
 
 log = structlog.get_logger(__name__)
@@ -117,7 +117,7 @@ async def _run(
     web_done = trio.Event()
     exit_code = 0
     await pipeline.open()
-    ctx.pool = pipeline.pool
+    ctx.pool = await trio.to_thread.run_sync(open_api_pool, db.url)
 
     hub_ready, directory_ready = trio.Event(), trio.Event()
 
@@ -170,5 +170,6 @@ async def _run(
             sys.stderr.flush()
             os._exit(exit_code)
         topology.stop()  # the signal watcher, the live hub, the directory, the GC pause log
+    await trio.to_thread.run_sync(ctx.pool.close)
     log.info("soar.stopped", exit_code=exit_code)
     return exit_code

@@ -11,13 +11,22 @@ import hmac
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import prometheus_client
+import trio
 from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 
 from soar.web.connections import finish_responses, prioritise
+
+if TYPE_CHECKING:
+    from psycopg_pool import ConnectionPool
+
+#: Connections of the API's pool (`open_api_pool`), and API queries running at once. Few: a
+#: crowd of API clients queues in the event loop (cheap) rather than in the database, which the
+#: writers need too; at most `http_max_requests` requests reach the API anyway.
+API_POOL_SIZE = 4
 
 
 @dataclass
@@ -26,7 +35,12 @@ class WebContext:
 
     tree: Callable[[], dict[str, Any]] = dict
     ready_checks: dict[str, Callable[[], bool]] = field(default_factory=dict)
-    pool: Any = None  # psycopg_pool.ConnectionPool for API queries; None until the DB is up
+    #: psycopg_pool.ConnectionPool for API queries (`open_api_pool`: not the writers' pool, so
+    #: neither waits for the other's connections); None until the DB is up
+    pool: Any = None
+    #: the worker threads API queries run in: as many as the pool has connections
+    query_threads: trio.CapacityLimiter = field(
+        default_factory=lambda: trio.CapacityLimiter(API_POOL_SIZE))
     live: Any = None  # soar.web.live.LiveHub, when live fixes are wired
     extras: dict[str, Any] = field(default_factory=dict)
     #: protects /metrics and the details of /healthz (settings.api_token); None: open
@@ -74,6 +88,15 @@ def create_app(ctx: WebContext, *, api: bool = True, max_requests: int | None = 
 
         app.register_blueprint(map_blueprint(ctx))
     return app
+
+
+def open_api_pool(url: str, size: int = API_POOL_SIZE) -> ConnectionPool:
+    """The API's own pool (blocking: call it in a thread). Separate from the writers': a burst of
+    API queries never holds the connections a commit needs, and a slow commit never holds a
+    page's."""
+    from soar.store.writer import open_pool
+
+    return open_pool(url, size=size, name="soar-api")
 
 
 def _token_given(token: str) -> bool:
