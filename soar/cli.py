@@ -114,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="progress bar on stderr (default: auto, on a terminal without --json)")
 
     b = sub.add_parser("bench", help="benchmarks (all, or one part)")
-    b.add_argument("part", nargs="?", default="all", choices=["all", "protocols", "store", "pipeline", "split"],
+    b.add_argument("part", nargs="?", default="all", choices=["all", "protocols", "store", "pipeline", "split", "crowds"],
                    help="which benchmark (default: all)")
     b.add_argument("--seconds", type=_positive("seconds"), default=None,
                    help="how long each timed benchmark runs")

@@ -1,4 +1,4 @@
-"""`soar bench [all|protocols|store|pipeline|split]`: each figure beside its baseline, same run."""
+"""`soar bench [all|protocols|store|pipeline|split|crowds]`: each figure beside its baseline, same run."""
 
 from __future__ import annotations
 
@@ -63,6 +63,13 @@ def bench_command(
         print()
         with _database(settings) as url:
             bench_split(url, data, seconds, as_json=as_json)
+    if part in ("all", "crowds"):
+        from soar.bench import crowds
+
+        print(f"\n## /healthz latency beside {crowds.CLIENTS} API clients (a real `soar run`; "
+              "the baseline is the same process with no clients)\n")
+        with _database(settings) as url:
+            print(crowds.format_table(crowds.run(url, data, seconds or 20.0)))
     return 0
 
 
