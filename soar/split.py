@@ -97,8 +97,8 @@ BAD_BATCHES = Counter("soar_track_bad_batches_total",
 UNACKED = Gauge("soar_track_unacked_messages",
                 "JetStream messages fed to this track's pipeline and not yet committed")
 HELD = Gauge("soar_track_held_messages",
-             "JetStream messages committed and held back from acknowledgement for HOLD_S, so "
-             "that the next owner of their partition replays them after a crash")
+             "JetStream messages committed and held back from acknowledgement for a minute of "
+             "data time, so that the next owner of their partition replays them after a crash")
 ACK_PENDING = Gauge("soar_track_consumer_ack_pending",
                     "JetStream's count of delivered, unacknowledged messages per owned partition",
                     ["partition"])
@@ -120,13 +120,18 @@ MAX_UNACKED = 512
 MAX_UNACKED_ENVELOPES = 10_000
 #: messages one fetch from a partition takes at most
 FETCH_BATCH = 16
-#: A committed message is acknowledged only this long after its commit (and at most MAX_HELD
-#: are held). Until then a crash or a hand-over makes JetStream deliver it again to the next
-#: owner of its partition, which so rebuilds the decoding state the rows do not carry: an
-#: ADS-B velocity or identity message, a CPR frame waiting for its pair. Repeated messages
-#: store nothing twice (fixes are keyed by aircraft and receive time).
-HOLD_S = 15.0
-MAX_HELD = 2000
+#: A committed message is acknowledged only once the track's data clock (the newest receive
+#: time it has processed) is HOLD_DATA_S past the message's newest envelope (and at most
+#: MAX_HELD are held, at most HOLD_MAX_S of wall time each). Until then a crash or a hand-over
+#: makes JetStream deliver it again to the next owner of its partition, which so rebuilds the
+#: decoding state the rows do not carry: an ADS-B velocity or identity message, a CPR frame
+#: waiting for its pair. Repeated messages store nothing twice (fixes are keyed by aircraft and
+#: receive time). Held messages are marked in progress every RENEW_S, so JetStream does not
+#: deliver them again while this track lives (its ack_wait is 30 s).
+HOLD_DATA_S = 60.0
+HOLD_MAX_S = 600.0
+MAX_HELD = 5000
+RENEW_S = 10.0
 #: open flights handed to a shard per control input when a partition is acquired
 RESTORE_CHUNK = 25
 
@@ -591,8 +596,11 @@ class PartitionFeed:
         self.unacked_envelopes = 0
         self._room = trio.Event()
         self.received = 0
-        #: committed, not yet acknowledged: (when committed, delivery), oldest first
-        self._held: collections.deque[tuple[float, Delivery]] = collections.deque()
+        #: committed, not yet acknowledged, oldest first
+        self._held: collections.deque[_Held] = collections.deque()
+        self._data_us: dict[int, int] = {}  # id(delivery) -> its newest envelope's receive time
+        #: the newest receive time this track has been fed
+        self.newest_us = 0
 
     async def run_watermark(self) -> None:
         await self.watermark.run()
@@ -731,17 +739,23 @@ class PartitionFeed:
                 self._fed_at[id(delivery)] = trio.current_time()
                 self._envelopes_in[id(delivery)] = len(envelopes)
                 self.unacked_envelopes += len(envelopes)
+                if envelopes:
+                    newest = max(env.received_us for env in envelopes)
+                    self._data_us[id(delivery)] = newest
+                    self.newest_us = max(self.newest_us, newest)
+                delivery.release_data()
                 self.watermark.add(delivery)
                 UNACKED.set(self.watermark.pending)
 
     async def _settle(self, items: list[Delivery | trio.Event]) -> None:
-        """Committed: held for HOLD_S, then acknowledged (`acknowledge_held`)."""
+        """Committed: held, then acknowledged by `acknowledge_held`."""
         now = trio.current_time()
         for item in items:
             if isinstance(item, Delivery):
                 COMMIT_DELAY.observe(now - self._fed_at.pop(id(item), now))
                 self.unacked_envelopes -= self._envelopes_in.pop(id(item), 0)
-                self._held.append((now, item))
+                data_us = self._data_us.pop(id(item), self.newest_us)
+                self._held.append(_Held(now, now, data_us, item))
             else:
                 item.set()
         HELD.set(len(self._held))
@@ -750,14 +764,29 @@ class PartitionFeed:
         self._room = trio.Event()
 
     async def acknowledge_held(self) -> None:
-        """Acknowledge what was committed HOLD_S ago (sooner past MAX_HELD), twice a second."""
+        """Twice a second: acknowledge what is HOLD_DATA_S behind the data clock (sooner past
+        MAX_HELD or HOLD_MAX_S), and mark the rest in progress every RENEW_S."""
         while True:
-            due = trio.current_time() - HOLD_S
+            now = trio.current_time()
+            due_us = self.newest_us - int(HOLD_DATA_S * 1e6)
             ripe: list[Delivery] = []
-            while self._held and (self._held[0][0] <= due or len(self._held) > MAX_HELD):
-                ripe.append(self._held.popleft()[1])
+            while self._held and (self._held[0].data_us <= due_us
+                                  or len(self._held) > MAX_HELD
+                                  or now - self._held[0].committed >= HOLD_MAX_S):
+                ripe.append(self._held.popleft().delivery)
             HELD.set(len(self._held))
             await self._ack(ripe)
+            stale = [held for held in self._held if now - held.renewed >= RENEW_S]
+            if stale:
+                consumer = next(iter(self._consumers.values()), None)
+                if consumer is not None:
+                    try:
+                        await consumer.in_progress([held.delivery for held in stale])
+                    except BrokerError as exc:
+                        log.warning("track.renew_failed", messages=len(stale), error=str(exc))
+                    else:
+                        for held in stale:
+                            held.renewed = now
             await trio.sleep(0.5)
 
     async def _ack(self, deliveries: list[Delivery]) -> None:
@@ -777,15 +806,17 @@ class PartitionFeed:
     async def _return_held(self, partitions: set[int]) -> None:
         """Give the held messages of `partitions` back (nak): the next owner replays them at
         once, before newer ones, and so starts with the decoding state this track had."""
-        returned = [d for _, d in self._held if d.partition in partitions]
-        self._held = collections.deque((t, d) for t, d in self._held
-                                       if d.partition not in partitions)
+        returned = [h.delivery for h in self._held if h.delivery.partition in partitions]
+        self._held = collections.deque(h for h in self._held
+                                       if h.delivery.partition not in partitions)
         HELD.set(len(self._held))
-        for delivery in returned:
-            try:
-                await delivery.nak()
-            except BrokerError:
-                break  # unreachable: they come back after ack_wait all the same
+        consumer = next(iter(self._consumers.values()), None)
+        if consumer is None or not returned:
+            return
+        try:
+            await consumer.nak(returned)
+        except BrokerError as exc:  # unreachable: they come back after ack_wait all the same
+            log.warning("track.return_failed", messages=len(returned), error=str(exc))
 
     async def _restore(self, partition: int) -> int:
         from soar.store.queries import open_flights
@@ -838,6 +869,16 @@ class PartitionFeed:
                 ACK_PENDING.labels(str(partition)).set(stats.num_ack_pending)
                 CONSUMER_PENDING.labels(str(partition)).set(stats.num_pending)
             await trio.sleep(5.0)
+
+
+@dataclasses.dataclass(slots=True)
+class _Held:
+    """A committed message not yet acknowledged."""
+
+    committed: float  # trio clock
+    renewed: float  # trio clock: last marked in progress (or committed)
+    data_us: int  # its newest envelope's receive time
+    delivery: Delivery
 
 
 def commit_levels(pipeline: Pipeline) -> list[list[Flow]]:

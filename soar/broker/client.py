@@ -145,6 +145,13 @@ class Delivery:
     _msg: Any = field(repr=False)
     _link: JetStreamLink = field(repr=False)
 
+    def release_data(self) -> None:
+        """Drop the body once decoded: a message held unacknowledged for a while keeps only
+        what settling it needs."""
+        self.data = b""
+        with contextlib.suppress(AttributeError):
+            self._msg.data = b""
+
     async def ack(self, *, confirm: bool = False) -> None:
         """Done: its rows are committed. The server will not deliver it again (with `confirm`,
         this returns once the server has recorded the ack, not when it was sent)."""
@@ -372,6 +379,14 @@ class PartitionConsumer:
         means a redelivery. `confirm` waits for the server's reply to every ack (one round
         trip, all in flight at once)."""
         await self.stream.link._settle(deliveries, "ack", confirm)
+
+    async def nak(self, deliveries: Sequence[Delivery]) -> None:
+        """Not processed here: deliver each again at once (one bridge crossing)."""
+        await self.stream.link._settle(deliveries, "nak", False)
+
+    async def in_progress(self, deliveries: Sequence[Delivery]) -> None:
+        """Still held: restart the ack_wait timer of each (one bridge crossing)."""
+        await self.stream.link._settle(deliveries, "in_progress", False)
 
     async def info(self) -> ConsumerStats:
         info = await self.stream.link._call(self._sub.consumer_info)
@@ -626,7 +641,14 @@ async def _settle_all(msgs: Sequence[Any], how: str, confirm_timeout: float | No
         return
     for msg in msgs:
         with contextlib.suppress(MsgAlreadyAckdError):
-            await (msg.ack() if how == "ack" else msg.term())
+            if how == "ack":
+                await msg.ack()
+            elif how == "in_progress":
+                await msg.in_progress()
+            elif how == "nak":
+                await msg.nak()
+            else:
+                await msg.term()
 
 
 # -- errors ------------------------------------------------------------------------------------------

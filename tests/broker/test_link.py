@@ -101,6 +101,30 @@ async def test_unacknowledged_is_redelivered_after_ack_wait_and_counted(
         assert stats.num_redelivered == 0  # nothing delivered more than once is still out
 
 
+async def test_held_messages_are_kept_in_progress_then_returned_in_one_crossing(
+    link: JetStreamLink, real_envelopes: list[Envelope]
+) -> None:
+    """A track holds committed messages (in_progress keeps JetStream from handing them out
+    again past ack_wait) and returns them with one batch nak when it gives the partition up."""
+    stream = await link.ensure_stream(stream_spec(ack_wait_s=3.0))
+    bodies = [encode_batch(real_envelopes[i * 10 : i * 10 + 10]) for i in range(3)]
+    await stream.publish_batches([(1, f"h{i}", body) for i, body in enumerate(bodies)])
+    async with stream.consumer(1) as consumer:
+        held = await fetch_until(consumer, 3)
+        for delivery in held:
+            delivery.release_data()
+            assert delivery.data == b""
+        for _ in range(4):  # past two ack_waits, renewed each second: none comes back
+            await trio.sleep(1.0)
+            await consumer.in_progress(held)
+            assert await consumer.fetch(batch=3, timeout=0.2) == []
+        await consumer.nak(held)
+        again = await fetch_until(consumer, 3)
+        assert sorted(d.msg_id or "" for d in again) == ["h0", "h1", "h2"]
+        assert all(d.num_delivered == 2 for d in again)
+        await consumer.ack(again, confirm=True)
+
+
 async def test_a_cancelled_fetch_returns_at_once_and_the_link_still_works(
     link: JetStreamLink, real_envelopes: list[Envelope]
 ) -> None:
