@@ -14,7 +14,7 @@ import trio
 import trio.testing
 
 from soar.live import LivePublisher
-from soar.records import AircraftSeen, Fix, FlightRow, Protocol
+from soar.records import AddressType, AircraftSeen, Fix, FlightRow, Protocol, aircraft_id
 from soar.store.queries import OpenFlight
 from soar.store.tables import AIRCRAFT_COLUMNS, AircraftFamily
 from soar.tracking.agl import AglCalculator
@@ -29,7 +29,7 @@ from soar.tracking.flight import (
 )
 from soar.tracking.inputs import ClockTick, SbsInput, ShardInput
 from soar.tracking.metrics import ENRICHMENT, SHARD_QUARANTINED, SINK_DROPPED
-from soar.tracking.router import ShardRouter, hash_of, shard_of
+from soar.tracking.router import hash_of, shard_of
 from soar.tracking.shard import CLOCK_CONFIRM_US, HELD_QUIET_S, Shard, ShardSinks
 
 from .helpers import fix, ids, us
@@ -352,7 +352,7 @@ async def test_slow_enrichment_never_delays_fixes(autojump_clock: trio.testing.M
 async def test_sbs_inputs_are_decoded_in_the_shard(testdata: Path) -> None:
     from soar.protocols.sbs import SbsMessage, parse_line
 
-    items: list[ShardInput] = []
+    items: list[SbsInput] = []
     with gzip.open(testdata / "sbs" / "adsbhub-sbs-sample-20260224.txt.gz", "rt") as lines:
         for i, line in enumerate(lines):
             if i >= 3000:
@@ -361,8 +361,10 @@ async def test_sbs_inputs_are_decoded_in_the_shard(testdata: Path) -> None:
             if isinstance(msg, SbsMessage):
                 items.append(SbsInput(msg, us(i * 0.01), "adsbhub"))
     sinks = Sinks()
-    router = ShardRouter(4)
-    mine = [item for item in items if router.route(item) == 1]
+    # routed as the pipeline routes: by the ICAO address's aircraft id
+    mine: list[ShardInput] = [
+        item for item in items if shard_of(aircraft_id(AddressType.ICAO, item.msg.icao), 4) == 1
+    ]
     await run_shard(Shard(1, new_id=ids()), mine, sinks)
     stored = sinks.drain(sinks.fixes)
     assert stored, "some SBS positions became fixes"
