@@ -34,7 +34,7 @@ from soar.database import open_database
 from soar.ingest.capture import (
     CaptureFormat,
     CaptureStats,
-    _archive_protocol,
+    archive_file_protocol,
     beast_first_frame_us,
     detect_format,
     iter_capture,
@@ -56,13 +56,8 @@ def capture_kind(path: Path, fmt: str = "auto") -> tuple[CaptureFormat, Protocol
     """The format and protocol of a capture file (ValueError naming the file when unknown)."""
     kind = CaptureFormat(fmt) if fmt != "auto" else detect_format(path)
     if kind is CaptureFormat.ARCHIVE:
-        return kind, _archive_protocol(path)
+        return kind, archive_file_protocol(path)
     return kind, Protocol(kind.value)
-
-
-def capture_protocol(path: Path, fmt: str = "auto") -> Protocol:
-    """The protocol of a capture file (raises ValueError naming the file when unknown)."""
-    return capture_kind(path, fmt)[1]
 
 
 class CaptureSource:

@@ -42,21 +42,17 @@ from __future__ import annotations
 
 import enum
 import gzip
-import heapq
-import itertools
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
 import structlog
-import trio
 
 from soar.ingest import metrics
-from soar.ingest.tcp import EnvelopeSink
 from soar.protocols.beast import BeastDeframer
 from soar.records import Envelope, Protocol
 
@@ -241,7 +237,7 @@ def iso_to_us(text: str) -> int:
     return (moment - _EPOCH) // _MICROSECOND
 
 
-class _SbsClock:
+class SbsDayClock:
     """SBS date/time fields to µs, caching the start of each day (they repeat on every line)."""
 
     def __init__(self) -> None:
@@ -292,7 +288,7 @@ def iter_capture(
         yield from _counted(_beast(path, name, first_us, stats), name, Protocol.BEAST, stats)
         return
     if kind is CaptureFormat.ARCHIVE:
-        protocol = archive_protocol or _archive_protocol(path)
+        protocol = archive_protocol or archive_file_protocol(path)
         parse: Callable[[bytes], tuple[int, bytes]] = _archive_parser(protocol)
     elif kind is CaptureFormat.OGN and is_raw_aprs_is(path):
         protocol, parse = Protocol.OGN, _AprsIsClock(path, start_us).parse
@@ -386,7 +382,7 @@ class _AprsIsClock:
 
 
 def _sbs_parser() -> Callable[[bytes], tuple[int, bytes]]:
-    clock = _SbsClock()
+    clock = SbsDayClock()
 
     def parse(line: bytes) -> tuple[int, bytes]:
         if line[:1].isdigit():  # a leading ISO time, the OGN capture way
@@ -409,7 +405,8 @@ def _sbs_parser() -> Callable[[bytes], tuple[int, bytes]]:
     return parse
 
 
-def _archive_protocol(path: Path) -> Protocol:
+def archive_file_protocol(path: Path) -> Protocol:
+    """The protocol of a soar archive file, from its name (`ogn-2026-02-24.log.gz`)."""
     match = _ARCHIVE_NAME.match(path.name)
     if match is None:
         raise ValueError(
@@ -515,82 +512,3 @@ class _BeastCaptureClock:
             if behind <= _BEAST_REPEAT_TICKS and len(recent) <= _BEAST_REPEAT_FRAMES:
                 break
             del recent[oldest]
-
-
-# ---- pacing ---------------------------------------------------------------------------------
-
-
-@dataclass(slots=True, frozen=True)
-class ReplayProgress:
-    messages: int
-    rejects: int
-    bytes_read: int
-    bytes_total: int
-    recorded_us: int | None  # the recorded time replay has reached
-
-
-def _next_batch(envelopes: Iterator[Envelope], size: int) -> list[Envelope]:
-    return list(itertools.islice(envelopes, size))
-
-
-async def replay(
-    paths: Sequence[Path | str],
-    send: EnvelopeSink,
-    speed: float | None = None,
-    *,
-    fmt: CaptureFormat | str | None = None,
-    progress: Callable[[ReplayProgress], None] | None = None,
-    batch_size: int = 1000,
-    start_us: int | None = None,
-) -> list[CaptureStats]:
-    """Send every envelope of `paths`, merged by recorded time, paced on trio's clock.
-
-    `speed` None sends as fast as the consumer takes them; otherwise recorded time runs
-    `speed` times faster than trio's clock (1.0 = real time). Each file is assumed to be in
-    time order (captures are written as received); several files are merged by time. Files
-    are read in a worker thread in batches, so decompression does not stall the event loop.
-    Returns each file's stats.
-    """
-    if speed is not None and speed <= 0:
-        raise ValueError(f"replay speed must be positive, got {speed}")
-    stats = [CaptureStats() for _ in paths]
-    sources: Iterable[Iterator[Envelope]] = [
-        iter_capture(p, fmt, stats=s, start_us=start_us)
-        for p, s in zip(paths, stats, strict=True)
-    ]
-    merged = heapq.merge(*sources, key=lambda env: env.received_us)
-    first_us: int | None = None
-    started = trio.current_time()
-    recorded_us: int | None = None
-    while batch := await trio.to_thread.run_sync(_next_batch, merged, batch_size):
-        for envelope in batch:
-            recorded_us = envelope.received_us
-            if speed is not None:
-                if first_us is None:
-                    first_us = recorded_us
-                    started = trio.current_time()
-                due = started + (recorded_us - first_us) / 1e6 / speed
-                if due > trio.current_time():
-                    await trio.sleep_until(due)
-            await send.send(envelope)
-        if progress is not None:
-            progress(_progress(stats, recorded_us))
-    if progress is not None:
-        progress(_progress(stats, recorded_us))
-    log.info(
-        "replay.done",
-        files=len(stats),
-        messages=sum(s.messages for s in stats),
-        rejects=sum(s.rejected for s in stats),
-    )
-    return stats
-
-
-def _progress(stats: list[CaptureStats], recorded_us: int | None) -> ReplayProgress:
-    return ReplayProgress(
-        messages=sum(s.messages for s in stats),
-        rejects=sum(s.rejected for s in stats),
-        bytes_read=sum(s.bytes_read for s in stats),
-        bytes_total=sum(s.bytes_total for s in stats),
-        recorded_us=recorded_us,
-    )

@@ -1,4 +1,4 @@
-"""Capture readers and replay pacing on the real captures, plain and gzipped."""
+"""Capture readers on the real captures, plain and gzipped."""
 
 from __future__ import annotations
 
@@ -9,22 +9,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-import trio
-import trio.testing
 
 from soar.ingest.capture import (
     CaptureFormat,
     CaptureStats,
-    ReplayProgress,
     detect_format,
     is_raw_aprs_is,
     iter_capture,
     keepalive_us,
     packet_time_us,
     receive_time_problem,
-    replay,
 )
-from soar.records import Envelope, Protocol
+from soar.records import Protocol
 from tests.ingest.ingest_servers import MLAT_MASK, OGN_TRACE, SBS_SAMPLE, beast_frames, sbs_lines
 
 NO_ACTIVE = "ogn/soar-flight-no-active-fixes.txt"
@@ -329,42 +325,3 @@ def test_unknown_format_is_refused(tmp_path: Path) -> None:
     path.write_text("hello\n")
     with pytest.raises(ValueError, match="not a capture format"):
         detect_format(path)
-
-
-async def test_replay_paces_by_recorded_time(
-    testdata: Path, autojump_clock: trio.testing.MockClock
-) -> None:
-    path = testdata / NO_ACTIVE
-    expected = list(iter_capture(path))
-    send, receive = trio.open_memory_channel[Envelope](100)
-    arrivals: list[tuple[float, Envelope]] = []
-    progress: list[ReplayProgress] = []
-
-    async def consume() -> None:
-        async for env in receive:
-            arrivals.append((trio.current_time(), env))
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(consume)
-        start = trio.current_time()
-        async with send:
-            await replay([path], send, speed=2.0, progress=progress.append)
-    assert [e for _t, e in arrivals] == expected
-    for at, env in arrivals:
-        assert at - start == pytest.approx((env.received_us - expected[0].received_us) / 2e6)
-    assert progress[-1].messages == 6 and progress[-1].bytes_read == path.stat().st_size
-
-
-async def test_replay_as_fast_as_possible_merges_files(
-    testdata: Path, autojump_clock: trio.testing.MockClock
-) -> None:
-    paths = [testdata / NO_ACTIVE, testdata / OGN_TRACE]
-    send, receive = trio.open_memory_channel[Envelope](10_000)
-    start = trio.current_time()
-    stats = await replay(paths, send, speed=None)
-    assert trio.current_time() == start
-    send.close()
-    got = [env async for env in receive]
-    assert len(got) == 6 + 1183 == sum(s.messages for s in stats)
-    times = [e.received_us for e in got]
-    assert times == sorted(times)

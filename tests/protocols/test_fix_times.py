@@ -16,7 +16,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from soar.decode import Decoder
-from soar.ingest.capture import _SbsClock
+from soar.ingest.capture import SbsDayClock
 from soar.protocols import ogn, sbs
 from soar.protocols.beast import BeastDeframer, MlatClock
 from soar.protocols.ogn import AircraftBeacon, beacon_time_us
@@ -159,7 +159,7 @@ def sbs_lines(testdata: Path) -> list[str]:
 
 
 def test_sbs_generated_time_is_read_as_utc(testdata: Path) -> None:
-    clock = _SbsClock()  # the capture reader's reading of the same fields
+    clock = SbsDayClock()  # the capture reader's reading of the same fields
     times = set()
     for line in sbs_lines(testdata)[:2000]:
         msg = sbs.parse_line(line)
