@@ -27,12 +27,12 @@ class ConfigError(Exception):
     """A setting has a bad value; the message names the key and what was wrong."""
 
 
-def _setting(default: Any, doc: str, *, env: str | None = None) -> Any:
-    return field(default=default, metadata={"doc": doc, "env": env})
+def _setting(default: Any, doc: str) -> Any:
+    return field(default=default, metadata={"doc": doc})
 
 
-def _list_setting(doc: str, *, env: str | None = None) -> Any:
-    return field(default_factory=list, metadata={"doc": doc, "env": env})
+def _list_setting(doc: str) -> Any:
+    return field(default_factory=list, metadata={"doc": doc})
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,10 +171,6 @@ class Settings:
     )
 
     @property
-    def http_host_port(self) -> tuple[str, int]:
-        return split_host_port(self.http_addr, "http_addr")
-
-    @property
     def shard_count(self) -> int:
         return self.shards or 2 * (os.cpu_count() or 1)
 
@@ -285,8 +281,8 @@ def load_settings(
     return settings
 
 
-# SOAR_* variables that tools and tests use but that are not settings of the service.
-_NOT_SETTINGS = frozenset({"SOAR_TESTDATA", "SOAR_CONFIG"})
+# The SOAR_* variable the tests use (where the captures are) that is not a setting of the service.
+_NOT_SETTINGS = frozenset({"SOAR_TESTDATA"})
 
 
 def _validate(s: Settings) -> None:

@@ -247,20 +247,6 @@ class Supervisor:
         else:
             self._stop_requested = True
 
-    @property
-    def cancel_scope(self) -> trio.CancelScope | None:
-        """The scope of the current `run()`, None when not running."""
-        return self._scope
-
-    def child_spec(
-        self,
-        policy: RestartPolicy = RestartPolicy.PERMANENT,
-        backoff_base: float | None = None,
-        backoff_cap: float | None = None,
-    ) -> ChildSpec:
-        """This supervisor as a child of another one."""
-        return ChildSpec(self.name, self.run, policy, backoff_base, backoff_cap)
-
     async def _supervise(self, child: _Child) -> None:
         spec = child.spec
         with structlog.contextvars.bound_contextvars(task=spec.name):

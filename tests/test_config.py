@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from soar.config import ConfigError, Settings, load_settings, reference_markdown
+from soar.hostport import parse_host_port
 
 
 def test_defaults() -> None:
@@ -17,7 +18,7 @@ def test_defaults() -> None:
     assert s.database_url is None
     assert s.data_dir == Path("./var")
     assert s.http_addr == "127.0.0.1:8080"
-    assert s.http_host_port == ("127.0.0.1", 8080)
+    assert parse_host_port(s.http_addr) == ("127.0.0.1", 8080)
     assert s.shard_count == 2 * (os.cpu_count() or 1)
 
 
@@ -84,7 +85,7 @@ def test_feed_addresses_without_a_port_take_the_protocols_port() -> None:
     # kept as written: each source adds its own protocol's port (see test_ingest_sources)
     assert (s.aprs_server, s.beast_servers, s.sbs_servers) == (
         "aprs.glidernet.org", ["radar", "[::1]:30105", "[fe80::1]"], ["radar"])
-    assert load_settings(environ={"SOAR_HTTP_ADDR": "[::1]:8081"}).http_host_port == ("::1", 8081)
+    assert parse_host_port(load_settings(environ={"SOAR_HTTP_ADDR": "[::1]:8081"}).http_addr) == ("::1", 8081)
 
 
 def test_bad_toml_values_name_the_key(tmp_path: Path) -> None:

@@ -200,7 +200,7 @@ async def test_outer_restart_of_inner_supervisor_recovers(
     inner = supervisor("t7.inner", [ChildSpec("t7.leaf", leaf)], max_restarts=1)
     outer = supervisor(
         "t7.outer",
-        [inner.child_spec(), ChildSpec("t7.other", other)],
+        [ChildSpec("t7.inner", inner.run), ChildSpec("t7.other", other)],
         max_restarts=3,
     )
     seen: dict[str, object] = {}
