@@ -131,9 +131,6 @@ class RawArchive:
         self.flush()
         self._roll_over()
 
-    def append(self, envelope: Envelope) -> None:
-        self.write_batch((envelope,))
-
     def flush(self) -> None:
         for file in self._files.values():
             file.flush()

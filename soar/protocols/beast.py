@@ -98,11 +98,6 @@ class BeastFrame:
         return bytes((ESCAPE, self.kind)) + body.replace(_ESCAPE_BYTE, _ESCAPE_PAIR)
 
     @property
-    def mlat_seconds(self) -> float:
-        """The MLAT counter in seconds (12 MHz); only differences between frames mean anything."""
-        return self.mlat / 12_000_000
-
-    @property
     def signal_dbfs(self) -> float | None:
         """Signal in dBFS under the dump1090/readsb convention (byte = 255 * amplitude)."""
         if self.signal == 0:
@@ -111,7 +106,6 @@ class BeastFrame:
 
 
 MLAT_TICKS_PER_US = 12
-MLAT_MODULUS = 1 << 48
 
 
 class MlatClock:

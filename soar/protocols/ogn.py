@@ -881,13 +881,6 @@ def receiver_row(beacon: ReceiverBeacon, received_us: int) -> ReceiverRow:
     )
 
 
-def via_receiver_row(beacon: AircraftBeacon, received_us: int) -> ReceiverRow | None:
-    """The receiver that relayed an aircraft beacon (no position: it was only seen in a path)."""
-    if beacon.header.receiver is None:
-        return None
-    return ReceiverRow(name=beacon.header.receiver, last_packet_us=received_us)
-
-
 def receiver_status_row(status: ReceiverStatus, received_us: int) -> ReceiverStatusRow:
     rf: float | None = None
     if status.rf_correction_manual_ppm is not None and status.rf_correction_auto_ppm is not None:

@@ -99,8 +99,3 @@ def _airport(code: str, row: Mapping[str, object]) -> Airport:
 def default_index() -> AirportIndex:
     """The airportsdata index, built once per process (~0.3 s)."""
     return AirportIndex(_from_airportsdata())
-
-
-def nearest(lat: float, lon: float, max_m: float = 2000.0) -> Airport | None:
-    """Nearest airport within `max_m` metres, from the airportsdata tables."""
-    return default_index().nearest(lat, lon, max_m)

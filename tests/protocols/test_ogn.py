@@ -419,15 +419,6 @@ def test_mutated_real_lines_never_raise(testdata: Path, data: st.DataObject) -> 
     assert ogn.parse_line(mutated) == ogn.parse_line(mutated, fast=False)
 
 
-def test_via_receiver_row(testdata: Path) -> None:
-    line = replay_lines(testdata, REPLAY)[1]
-    beacon = ogn.parse_line(line)
-    assert isinstance(beacon, AircraftBeacon)
-    row = ogn.via_receiver_row(beacon, 5)
-    assert row is not None
-    assert (row.name, row.last_packet_us, row.lat) == (line.split(":")[0].split(",")[-1], 5, None)
-
-
 def test_protocol_bench_smoke(testdata: Path) -> None:
     from soar.bench import protocols as bench
 
