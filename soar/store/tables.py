@@ -77,7 +77,8 @@ class TableSpec:
 
     @property
     def direct_copy_sql(self) -> str:
-        """COPY straight into the real table: the benchmark's baseline, not used by the writer."""
+        """COPY straight into the real table: the writer's fast path (a batch that conflicts falls
+        back to staging + merge) and the store benchmark's baseline."""
         return f"COPY {self.table} ({self.column_names}) FROM STDIN (FORMAT BINARY)"
 
 
