@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
 import trio
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for a child process that must be told its port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def postgres_processes(data_dir: Path) -> list[str]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.support import free_port
 
 # Bounds for a busy machine (replays of 38,000 messages, a start), not measurements.
 pytestmark = [pytest.mark.slow, pytest.mark.time_limit(300)]
@@ -68,12 +69,6 @@ def test_per_flight_events_are_at_debug(testdata: Path, db_url: str, tmp_path: P
     assert sum(e["how"] != "resumed" for e in opened) == summary["flights"] > MANY_FLIGHTS
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _ready(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=5) as resp:
@@ -90,7 +85,7 @@ def test_start_with_thousands_of_open_flights_logs_a_handful_of_lines(
     summary, _lines = _replay(testdata, _env(db_url, tmp_path, "warning"))
     assert summary["flights"] > MANY_FLIGHTS
 
-    port = _free_port()
+    port = free_port()
     env = _env(db_url, tmp_path, "info", SOAR_HTTP_ADDR=f"127.0.0.1:{port}")
     proc = subprocess.Popen([sys.executable, "-m", "soar", "run"], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

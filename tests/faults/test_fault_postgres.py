@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,16 +28,10 @@ from soar.records import Protocol
 from soar.store.embedded import EmbeddedPostgres, postmaster_pid
 from tests.faults.faultkit import Corpus, Reference, assert_same_as_reference, stored
 from tests.ingest.ingest_servers import OGN_TRACE
-from tests.support import postgres_processes
+from tests.support import free_port, postgres_processes
 
 #: a paced replay of the SBS capture (8 s recorded) keeps fixes coming through the outage
 SBS_SPEED = "0.5"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _status(url: str) -> int:
@@ -90,7 +83,7 @@ def _start_soar(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
 def test_postmaster_killed_under_soar_run_is_restarted_and_sigterm_exits_0(tmp_path: Path) -> None:
     data_dir = tmp_path / "var"
     pg_data = (data_dir / "postgres").resolve()
-    port = _free_port()
+    port = free_port()
     ready = f"http://127.0.0.1:{port}/readyz"
     proc = _start_soar(data_dir, port)
     try:
@@ -195,7 +188,7 @@ def test_orphan_of_a_killed_soar_is_stopped_by_the_next_start(
 ) -> None:
     data_dir = tmp_path / "var"
     pg_data = (data_dir / "postgres").resolve()
-    port = _free_port()
+    port = free_port()
     proc = _start_soar(data_dir, port)
     try:
         _wait(lambda: _status(f"http://127.0.0.1:{port}/readyz") == 200, 120, "/readyz", proc)

@@ -28,6 +28,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support import free_port
+
 SBS_SAMPLE = "sbs/adsbhub-sbs-sample-20260224.txt.gz"
 OGN_FULL_FEED = "ogn/svoop-ogn-full-feed-5000-20170419.txt"
 #: the APRS timestamp of a position or status: `/hhmmssh` or `>hhmmssh` after the header
@@ -161,12 +163,6 @@ class RunningSoar:
     inactive_after_s: int
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _status(url: str) -> int:
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
@@ -190,7 +186,7 @@ def run_soar(testdata: Path, tmp: Path, inactive_after_s: int = 300) -> Iterator
     threads = [threading.Thread(target=feed.serve, daemon=True) for feed in (sbs, ogn)]
     for thread in threads:
         thread.start()
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SOAR_")}
     env |= {
         "SOAR_DATA_DIR": str(tmp / "var"), "SOAR_HTTP_ADDR": f"127.0.0.1:{port}",
