@@ -49,7 +49,7 @@ import collections
 import math
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pyModeS._altcode import altcode_to_altitude
 from pyModeS._idcode import idcode_to_squawk
@@ -210,6 +210,18 @@ _EMITTER_AIRCRAFT_TYPE: dict[str, AircraftType] = {
 _CprFrame = tuple[int, int, int]
 
 
+def _take_frame(
+    frames: list[_CprFrame | None], me: int, received_us: int
+) -> tuple[int, _CprFrame, _CprFrame | None]:
+    """Keep a position message's CPR frame in `frames`: (its F bit, the frame, the newest frame
+    of the other parity, its possible partner)."""
+    odd = (me >> 34) & 1
+    frame = (received_us, (me >> 17) & 0x1FFFF, me & 0x1FFFF)
+    other = frames[1 - odd]
+    frames[odd] = frame
+    return odd, frame, other
+
+
 class Located(typing.Protocol):
     """Anything with a position: what an airport lookup returns."""
 
@@ -250,10 +262,9 @@ class AircraftState:
     squawk: str | None = None
     emergency_state: int | None = None
     on_ground: bool | None = None
-    even: _CprFrame | None = None
-    odd: _CprFrame | None = None
-    surface_even: _CprFrame | None = None
-    surface_odd: _CprFrame | None = None
+    # the newest even (index 0) and odd (index 1) frame; airborne and surface never pair
+    airborne_frames: list[_CprFrame | None] = field(default_factory=lambda: [None, None])
+    surface_frames: list[_CprFrame | None] = field(default_factory=lambda: [None, None])
     lat: float | None = None
     lon: float | None = None
     position_us: int = 0
@@ -535,16 +546,8 @@ class ModeSAccumulator:
             altitude = round(ac * 3.28084)
             state.gnss_altitude_ft = altitude
         state.on_ground = False
-        odd = (me >> 34) & 1
-        cpr_lat = (me >> 17) & 0x1FFFF
-        cpr_lon = me & 0x1FFFF
-        frame = (received_us, cpr_lat, cpr_lon)
-        if odd:
-            other = state.even
-            state.odd = frame
-        else:
-            other = state.odd
-            state.even = frame
+        odd, frame, other = _take_frame(state.airborne_frames, me, received_us)
+        _, cpr_lat, cpr_lon = frame
 
         position: tuple[float, float] | None = None
         global_misfit = False
@@ -618,16 +621,8 @@ class ModeSAccumulator:
         if fields["track"] is not None:
             state.track_deg = fields["track"]
         state.on_ground = True
-        odd = (me >> 34) & 1
-        cpr_lat = (me >> 17) & 0x1FFFF
-        cpr_lon = me & 0x1FFFF
-        frame = (received_us, cpr_lat, cpr_lon)
-        if odd:
-            other = state.surface_even
-            state.surface_odd = frame
-        else:
-            other = state.surface_odd
-            state.surface_even = frame
+        odd, frame, other = _take_frame(state.surface_frames, me, received_us)
+        _, cpr_lat, cpr_lon = frame
 
         position: tuple[float, float] | None = None
         global_misfit = False

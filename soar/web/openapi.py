@@ -275,10 +275,8 @@ ROUTES: tuple[Route, ...] = (
 
 
 def query_names(path: str) -> frozenset[str]:
-    for route in ROUTES:
-        if route.path == path:
-            return frozenset(p.name for p in route.params if p.where == "query")
-    raise KeyError(path)
+    """The query parameters the route at `path` (a template, as in ROUTES) declares."""
+    return frozenset(p.name for p in route_for(path).params if p.where == "query")
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -287,6 +285,7 @@ def _error(description: str) -> dict[str, Any]:
 
 
 def route_for(path: str) -> Route:
+    """The route whose template is `path`; KeyError for a path the API does not declare."""
     for route in ROUTES:
         if route.path == path:
             return route
