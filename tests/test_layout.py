@@ -23,7 +23,6 @@ KNOWN_PRIVATE_IMPORTS = {
     ("tests/broker/test_embedded.py", "soar.broker.embedded._alive"),
     ("tests/broker/test_embedded.py", "soar.broker.embedded._wait_dead"),
     ("tests/broker/test_restart.py", "soar.broker.embedded._wait_dead"),
-    ("tests/protocols/test_modes_surface.py", "soar.protocols.modes._surface_candidates"),
     ("tests/test_cli_errors.py", "soar.cli._parser"),
     ("tests/test_contrib.py", "soar.cli._parser"),
     ("tests/test_docs.py", "soar.cli._parser"),

@@ -287,7 +287,7 @@ def _reachable(lat: float, lon: float, from_lat: float, from_lon: float, elapsed
     return _distance_km(lat, lon, from_lat, from_lon) <= limit
 
 
-def _surface_candidates(
+def surface_candidates(
     even: _CprFrame, odd: _CprFrame, *, even_is_newer: bool
 ) -> list[tuple[float, float]]:
     """Every position an even/odd surface pair can mean: 4 longitudes 90 degrees apart, for
@@ -642,7 +642,7 @@ class ModeSAccumulator:
                     self.stats["position_surface_pair"] += 1
                 else:
                     global_misfit = True
-            elif candidates := _surface_candidates(even, odd_frame, even_is_newer=not odd):
+            elif candidates := surface_candidates(even, odd_frame, even_is_newer=not odd):
                 placed = self._place_surface_pair(candidates, message)
                 if isinstance(placed, Rejected):
                     return placed

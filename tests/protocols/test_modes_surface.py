@@ -35,8 +35,8 @@ from soar.protocols.modes import (
     SURFACE_RANGE_KM,
     AirportLookup,
     ModeSAccumulator,
-    _surface_candidates,
     icao_address,
+    surface_candidates,
 )
 from soar.records import Fix, Rejected
 from soar.tracking.airports import default_index
@@ -280,7 +280,7 @@ def test_candidates_hold_what_pymodes_picks_for_any_reference(
     lat_even: int, lon_even: int, lat_odd: int, lon_odd: int, even_is_newer: bool,
     ref_lat: float, ref_lon: float,
 ) -> None:
-    candidates = _surface_candidates(
+    candidates = surface_candidates(
         (0, lat_even, lon_even), (1, lat_odd, lon_odd), even_is_newer=even_is_newer
     )
     picked = surface_position_pair(
