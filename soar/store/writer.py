@@ -207,10 +207,6 @@ class StoreWriter(Generic[T]):
         """Nothing taken from the input is waiting: all committed or spooled to disk."""
         return self.settled == self.taken
 
-    @property
-    def spool_depth(self) -> int:
-        return self.spool.depth_records
-
     async def run(self, receive: trio.MemoryReceiveChannel[T | list[T]]) -> None:
         """Batch and commit until `receive` closes, then flush everything and return.
 

@@ -59,7 +59,7 @@ async def test_postgresql_stopped_for_30_s_mid_replay(
         try:
             while trio.current_time() - stopped < OUTAGE_S:
                 readiness.append(pipeline.database_ready())
-                spooled.append(sum(w.spool_depth for w in pipeline.writers.values()))
+                spooled.append(sum(w.spool.depth_records for w in pipeline.writers.values()))
                 await trio.sleep(0.25)
             record["committed_during"] = pipeline.committed["fixes"] - committed_at_stop
             record["finished_during"] = pipeline._core_done.is_set()

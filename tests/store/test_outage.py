@@ -73,7 +73,7 @@ async def _outage(
                         stopped_at = trio.current_time()
                     if number > len(chunks) // 8 and not pg.running:
                         seen_down |= not writer.healthy
-                        spooled_max = max(spooled_max, writer.spool_depth)
+                        spooled_max = max(spooled_max, writer.spool.depth_records)
                         if trio.current_time() - stopped_at >= outage_s:
                             await trio.to_thread.run_sync(pg.resume)
                     for fix in chunk:
@@ -86,7 +86,7 @@ async def _outage(
         await trio.to_thread.run_sync(writer.pool.close)
     assert seen_down, "the writer never noticed the database was gone"
     assert spooled_max > 0, "nothing went through the spool"
-    assert writer.healthy and writer.spool_depth == 0
+    assert writer.healthy and writer.spool.depth_records == 0
     assert STORE_UP.labels("fixes")._value.get() == 1
     await check_exactly_once(db_url, fixes, reports)
 
@@ -167,7 +167,7 @@ async def test_spool_left_by_a_stopped_writer_is_replayed_by_the_next(
     finally:
         await trio.to_thread.run_sync(first.pool.close)
     assert reports == []
-    assert first.spool_depth > 0
+    assert first.spool.depth_records > 0
 
     await trio.to_thread.run_sync(pg_server.resume)
     second = make_writer(db_url, spool_dir, reports)
@@ -177,5 +177,5 @@ async def test_spool_left_by_a_stopped_writer_is_replayed_by_the_next(
         await second.run(receive)
     finally:
         await trio.to_thread.run_sync(second.pool.close)
-    assert second.spool_depth == 0
+    assert second.spool.depth_records == 0
     await check_exactly_once(db_url, fixes, reports)

@@ -79,7 +79,7 @@ async def test_writer_commits_a_replayed_capture_exactly(
     reports: list[CommitReport] = []
     writer = await write_all(db_url, FixFamily(), capture_fixes, spool_dir, reports=reports)
 
-    assert writer.healthy and writer.spool_depth == 0
+    assert writer.healthy and writer.spool.depth_records == 0
     assert sum(r.rows for r in reports) == len(capture_fixes)
     assert all(r.committed_us >= max(r.stamps_us) for r in reports)
     with psycopg.connect(db_url) as conn:
@@ -258,7 +258,7 @@ async def test_batches_spooled_by_an_older_version_are_completed_not_refused(
     corrupt_before = REGISTRY.get_sample_value("soar_spool_corrupt_records_total", labels) or 0
 
     writer = await write_all(db_url, FixFamily(), [], spool_dir)
-    assert writer.spool_depth == 0
+    assert writer.spool.depth_records == 0
     left = sorted(p.name for p in await trio.to_thread.run_sync(lambda: list(spool_dir.iterdir())))
     assert [name for name in left if ".batch" in name] == [torn.name + ".corrupt"]
     assert not [name for name in left if name.startswith("0") and name.endswith(".tmp")]
@@ -283,7 +283,7 @@ async def test_an_undecodable_spooled_batch_is_counted_and_skipped(
         spool.append(b"\x80\x05not a pickle")  # intact frame, payload from nowhere
         spool.append(pickle.dumps(good))
     writer = await write_all(db_url, FixFamily(), [], spool_dir)
-    assert writer.spool_depth == 0 and writer.spool.corrupt_records == 1
+    assert writer.spool.depth_records == 0 and writer.spool.corrupt_records == 1
     with psycopg.connect(db_url) as conn:
         assert fix_keys(conn) == keys(fixes)
 

@@ -177,7 +177,7 @@ async def test_with_the_database_down_settled_means_spooled(
             await send.aclose()
     finally:
         await trio.to_thread.run_sync(pool.close)
-    assert up.spool_depth == 0
+    assert up.spool.depth_records == 0
     with psycopg.connect(db_url) as conn:
         stored = fix_keys(conn)
     assert keys(capture_fixes[:settled]) <= stored
