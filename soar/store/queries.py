@@ -65,10 +65,16 @@ def us_or_none(value: dt.datetime | None) -> int | None:
 
 @dataclass(slots=True)
 class OpenFlight:
-    """An open flight and its aircraft's latest fixes (oldest first), to restore a shard."""
+    """An open flight and its aircraft's latest fixes (oldest first), to restore a shard.
+
+    `positions` (own times in µs, latitudes, longitudes; oldest first), when asked for, reach
+    further back than `fixes`: the duplicate rules for late fixes need no more than these,
+    at 24 bytes a fix instead of a whole row.
+    """
 
     flight: FlightRow
     fixes: list[Fix] = field(default_factory=list)
+    positions: tuple[list[int], list[float], list[float]] | None = None
 
 
 def flight_from_row(row: dict[str, Any]) -> FlightRow:
@@ -143,13 +149,29 @@ def open_flights(
     shard_of: Callable[[int], int] | None = None,
     last_fixes: int = 10,
     history: dt.timedelta = dt.timedelta(hours=2),
+    last_positions: int = 0,
 ) -> list[OpenFlight]:
     """Open flights with their aircraft's last `last_fixes` fixes (within `history` of the
-    flight's last fix), for the shards in `shards` (all when None).
+    flight's last fix), for the shards in `shards` (all when None); with `last_positions`,
+    the times and positions of up to that many last fixes as well (`OpenFlight.positions`).
 
     `shard_of(aircraft_id) -> shard index` is the tracking router's own function, so the store
-    never duplicates the shard hash.
+    never duplicates the shard hash. Everything at once: for thousands of flights read
+    `open_flight_rows` and then `with_last_fixes` a chunk at a time.
     """
+    return with_last_fixes(
+        conn, open_flight_rows(conn, shards=shards, shard_of=shard_of),
+        last_fixes=last_fixes, history=history, last_positions=last_positions,
+    )
+
+
+def open_flight_rows(
+    conn: Connection,
+    *,
+    shards: Collection[int] | None = None,
+    shard_of: Callable[[int], int] | None = None,
+) -> list[FlightRow]:
+    """The open flights of the shards in `shards` (all when None), by aircraft."""
     if shards is not None and shard_of is None:
         raise ValueError("selecting shards needs shard_of")
     columns = sql.SQL(", ").join(sql.Identifier(name) for name, _ in FLIGHT_COLUMNS)
@@ -162,31 +184,58 @@ def open_flights(
                 )
             ).fetchall()
         ]
-        if shards is not None and shard_of is not None:
-            wanted = set(shards)
-            flights = [f for f in flights if shard_of(f.aircraft_id) in wanted]
-        if not flights:
-            return []
-        by_aircraft = {f.aircraft_id: OpenFlight(f) for f in flights}
-        # One round trip: the latest fixes of every restored aircraft (lateral, index-backed).
-        rows = cur.execute(
-            "SELECT x.* FROM unnest(%s::bigint[], %s::timestamptz[]) AS f(aircraft_id, last_fix_at)"
-            " CROSS JOIN LATERAL ("
-            "   SELECT * FROM fixes"
-            "   WHERE fixes.aircraft_id = f.aircraft_id"
-            f"     AND {FIX_TIME} <= f.last_fix_at"
-            f"     AND {FIX_TIME} > f.last_fix_at - %s"
-            f"   ORDER BY {FIX_TIME} DESC LIMIT %s) AS x"
-            " ORDER BY x.aircraft_id, coalesce(x.time, x.received_at)",
-            (
-                [f.aircraft_id for f in flights],
-                [ts(f.last_fix_us) for f in flights],
-                history,
-                last_fixes,
-            ),
-        ).fetchall()
-    for row in rows:
-        by_aircraft[row["aircraft_id"]].fixes.append(fix_from_row(row))
+    if shards is not None and shard_of is not None:
+        wanted = set(shards)
+        flights = [f for f in flights if shard_of(f.aircraft_id) in wanted]
+    return flights
+
+
+def with_last_fixes(
+    conn: Connection,
+    flights: list[FlightRow],
+    *,
+    last_fixes: int,
+    history: dt.timedelta = dt.timedelta(hours=2),
+    last_positions: int = 0,
+) -> list[OpenFlight]:
+    """`flights` with their aircraft's last `last_fixes` fixes within `history` of each
+    flight's last fix (and `last_positions` times and positions: see `open_flights`)."""
+    if not flights:
+        return []
+    by_aircraft = {f.aircraft_id: OpenFlight(f) for f in flights}
+    # One round trip per kind: the latest fixes of every aircraft (lateral, index-backed).
+    lateral = (
+        " FROM unnest(%s::bigint[], %s::timestamptz[]) AS f(aircraft_id, last_fix_at)"
+        " CROSS JOIN LATERAL ("
+        "   SELECT {columns} FROM fixes"
+        "   WHERE fixes.aircraft_id = f.aircraft_id"
+        f"     AND {FIX_TIME} <= f.last_fix_at"
+        f"     AND {FIX_TIME} > f.last_fix_at - %s"
+        f"   ORDER BY {FIX_TIME} DESC LIMIT %s) AS x"
+    )
+    keys = ([f.aircraft_id for f in flights], [ts(f.last_fix_us) for f in flights], history)
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "SELECT x.*" + lateral.format(columns="*")
+            + " ORDER BY x.aircraft_id, coalesce(x.time, x.received_at)",
+            (*keys, last_fixes),
+        )
+        for row in cur:
+            by_aircraft[row["aircraft_id"]].fixes.append(fix_from_row(row))
+    if last_positions > 0:
+        # Aggregated in the database: three lists per aircraft, not a row per fix.
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT f.aircraft_id, array_agg(x.t ORDER BY x.t),"
+                " array_agg(x.lat ORDER BY x.t), array_agg(x.lon ORDER BY x.t)"
+                + lateral.format(
+                    columns=f"(extract(epoch FROM {FIX_TIME}) * 1000000)::bigint AS t, lat, lon"
+                )
+                + " GROUP BY f.aircraft_id",
+                (*keys, last_positions),
+            )
+            for ident, times, lats, lons in cur:
+                by_aircraft[ident].positions = (times, lats, lons)
     return list(by_aircraft.values())
 
 

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import copy
 import uuid
+from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -71,10 +72,12 @@ from soar.records import Protocol as Feed
 from soar.tracking.agl import AglCalculator
 from soar.tracking.enrichment import Enricher, EnrichFn, EnrichmentResult, airport_enrich
 from soar.tracking.flight import (
+    ACCEPTED_HISTORY,
     HOUR,
     MINUTE,
     SECOND,
     SPLIT_MAX_GAP_US,
+    AcceptedHistory,
     EnrichmentDue,
     Event,
     FixAccepted,
@@ -150,6 +153,20 @@ _FIX_DELAY = {protocol: FIX_DELAY.labels(protocol.value) for protocol in Feed}
 
 LiveFn = Callable[[Fix], None]
 """Hands one fix to the live publisher; must never block (`LivePublisher.offer`)."""
+
+
+def _accept_positions(
+    accepted: AcceptedHistory, times: list[int], lats: list[float], lons: list[float]
+) -> None:
+    """Merge restored fix positions into a restored machine's accepted history (the fixes it
+    was restored with win a tie, as `AcceptedHistory.add` keeps the first)."""
+    known = dict(zip(accepted.times, zip(accepted.lats, accepted.lons, strict=True), strict=True))
+    for t, lat, lon in zip(times, lats, lons, strict=True):
+        known.setdefault(t, (lat, lon))
+    merged = sorted(known.items())[-ACCEPTED_HISTORY:]
+    accepted.times = array("q", [t for t, _ in merged])
+    accepted.lats = array("d", [p[0] for _, p in merged])
+    accepted.lons = array("d", [p[1] for _, p in merged])
 
 
 @dataclass(slots=True)
@@ -278,7 +295,9 @@ class Shard:
 
         Each item is an open flight and its last fixes (any order; a few minutes' worth is
         plenty), as a `(row, fixes)` pair or an object with `.flight` and `.fixes` (what
-        `soar.store.queries.open_flights` returns). With `now_us`, flights whose last fix is
+        `soar.store.queries.open_flights` returns), whose `.positions` (times, latitudes,
+        longitudes), when it has them, reach the duplicate rules for late fixes further back
+        than the fixes do. With `now_us`, flights whose last fix is
         1 h or more before it are closed as timed out at once; the others resume. Without it,
         the shard's fix clock decides at its first sweep (run on the first input), exactly as
         if it had never stopped. The resulting rows are emitted when `run` starts.
@@ -287,9 +306,15 @@ class Shard:
         `RESTORE_TRUST_US` past the newest restored fix it is not used (nothing the first
         input would not decide as well), so a clock ten years ahead at start times nothing
         out and cannot drag the shard's clock along.
+
+        Thousands of flights come back in parts (their fixes need not all be in memory at
+        once): restore each part without `now_us`, then call `restore([], now_us)`, which
+        judges every flight restored so far as one call with all of them would.
         """
-        restored = [state for item in open_flights if (state := self._restore_one(item))]
-        now = self._trusted_now(now_us, restored)
+        for item in open_flights:
+            self._restore_one(item)
+        # every aircraft held, not only this call's: a restart restores in parts
+        now = self._trusted_now(now_us, list(self.aircraft.values()))
         if now is not None:
             self.clock_us = max(self.clock_us, now)
             self._backlog.extend(self._sweep())
@@ -310,6 +335,9 @@ class Shard:
         if not row.is_open:
             return None
         machine = FlightStateMachine.restore(row, list(fixes), self.new_id, self.agl.airports)
+        positions = getattr(item, "positions", None)
+        if positions is not None:
+            _accept_positions(machine.accepted, *positions)
         state = self.aircraft[row.aircraft_id] = _Aircraft(OrderedTrack(machine))
         log.debug("shard.restored_flight", shard=self.index, flight=str(row.id))
         return state
