@@ -126,6 +126,3 @@ def test_non_readers_drop_oldest_counted_and_connections_are_released(seen: Seen
     # 300 clients that never read: their queues overflow, and every loss is counted
     assert seen.dropped_after - seen.dropped_before > 0
     assert seen.connections_after == 0, "connections of clients that left are still counted open"
-
-
-@pytest.mark.time_limit(900)
