@@ -594,6 +594,7 @@ class PartitionFeed:
         self._fed_at: dict[int, float] = {}
         self._envelopes_in: dict[int, int] = {}  # id(delivery) -> its envelopes, uncommitted
         self.unacked_envelopes = 0
+        self._reserved = 0  # messages being fetched, counted against max_unacked
         self._room = trio.Event()
         self.received = 0
         #: committed, not yet acknowledged, oldest first
@@ -707,45 +708,64 @@ class PartitionFeed:
         await trio.sleep(wait_s)
 
     async def _fetch_forever(self, consumer: PartitionConsumer) -> None:
-        dispatch = self.pipeline.dispatch
         while True:
-            while (self.watermark.pending >= self.max_unacked
+            # every partition's task fetches: a fetch reserves its batch against the bound
+            # until each message it got is counted by the watermark, so that together they
+            # go at most one batch over it
+            while (self.watermark.pending + self._reserved >= self.max_unacked
                    or self.unacked_envelopes >= MAX_UNACKED_ENVELOPES):
                 await self._room.wait()
-            deliveries = await consumer.fetch(batch=self.fetch_batch, timeout=1.0)
-            for index, delivery in enumerate(deliveries):
-                try:
-                    envelopes = decode_batch(delivery.data)
-                except CodecError as exc:
-                    BAD_BATCHES.inc()
-                    _bad_batch_log.log("bad_batch", "error", "track.bad_batch",
-                                       partition=consumer.partition, msg_id=delivery.msg_id,
-                                       error=str(exc))
-                    with trio.CancelScope(shield=True):
-                        await delivery.term()
-                    continue
-                try:
-                    for env in envelopes:
-                        await dispatch.send(env)
-                except trio.Cancelled:
-                    # given back mid-message: what was sent is processed, the rest (and this
-                    # message) comes again to the next holder at once instead of after ack_wait
-                    with trio.CancelScope(shield=True), contextlib.suppress(BrokerError):
-                        for rest in deliveries[index:]:
-                            await rest.nak()
-                    raise
-                self.received += len(envelopes)
-                RECEIVED.inc(len(envelopes))
-                self._fed_at[id(delivery)] = trio.current_time()
-                self._envelopes_in[id(delivery)] = len(envelopes)
-                self.unacked_envelopes += len(envelopes)
-                if envelopes:
-                    newest = max(env.received_us for env in envelopes)
-                    self._data_us[id(delivery)] = newest
-                    self.newest_us = max(self.newest_us, newest)
-                delivery.release_data()
-                self.watermark.add(delivery)
-                UNACKED.set(self.watermark.pending)
+            self._reserved += self.fetch_batch
+            reserved = self.fetch_batch
+            try:
+                deliveries = await consumer.fetch(batch=self.fetch_batch, timeout=1.0)
+                self._reserved -= reserved - len(deliveries)
+                reserved = len(deliveries)
+                for index in range(len(deliveries)):
+                    await self._feed(consumer, deliveries, index)
+                    self._reserved -= 1
+                    reserved -= 1
+            finally:
+                self._reserved -= reserved
+                self._room.set()
+                self._room = trio.Event()
+
+    async def _feed(self, consumer: PartitionConsumer, deliveries: list[Delivery],
+                    index: int) -> None:
+        """Send one message's envelopes into the pipeline and register it with the watermark
+        (a message that is not a batch of envelopes is terminated and counted)."""
+        delivery = deliveries[index]
+        try:
+            envelopes = decode_batch(delivery.data)
+        except CodecError as exc:
+            BAD_BATCHES.inc()
+            _bad_batch_log.log("bad_batch", "error", "track.bad_batch",
+                               partition=consumer.partition, msg_id=delivery.msg_id,
+                               error=str(exc))
+            with trio.CancelScope(shield=True):
+                await delivery.term()
+            return
+        try:
+            for env in envelopes:
+                await self.pipeline.dispatch.send(env)
+        except trio.Cancelled:
+            # given back mid-message: what was sent is processed, the rest (and this
+            # message) comes again to the next holder at once instead of after ack_wait
+            with trio.CancelScope(shield=True), contextlib.suppress(BrokerError):
+                await consumer.nak(deliveries[index:])
+            raise
+        self.received += len(envelopes)
+        RECEIVED.inc(len(envelopes))
+        self._fed_at[id(delivery)] = trio.current_time()
+        self._envelopes_in[id(delivery)] = len(envelopes)
+        self.unacked_envelopes += len(envelopes)
+        if envelopes:
+            newest = max(env.received_us for env in envelopes)
+            self._data_us[id(delivery)] = newest
+            self.newest_us = max(self.newest_us, newest)
+        delivery.release_data()
+        self.watermark.add(delivery)
+        UNACKED.set(self.watermark.pending)
 
     async def _settle(self, items: list[Delivery | trio.Event]) -> None:
         """Committed: held, then acknowledged by `acknowledge_held`."""
@@ -819,31 +839,41 @@ class PartitionFeed:
             log.warning("track.return_failed", messages=len(returned), error=str(exc))
 
     async def _restore(self, partition: int) -> int:
-        from soar.store.queries import open_flights
+        """The open flights of the partition's aircraft, from PostgreSQL, to their shards:
+        loaded a chunk at a time with what a restored machine keeps (`soar.pipeline`'s
+        RESTORE_* numbers), handed over in smaller chunks, which a shard rebuilds between
+        its other inputs (the process, and its lease heartbeat, stays responsive)."""
+        from soar.pipeline import RESTORE_CHUNK as LOAD_CHUNK
+        from soar.pipeline import RESTORE_FIXES, RESTORE_POSITIONS
+        from soar.store.queries import open_flight_rows, with_last_fixes
         from soar.tracking.inputs import RestoreFlights
 
         pipeline = self.pipeline
+        partitions = self.partitions
 
-        def load() -> list[Any]:
+        def rows() -> list[Any]:
             with pipeline.pool.connection() as conn:
-                return open_flights(conn, shards=[partition],
-                                    shard_of=lambda ident: partition_of(ident, self.partitions),
-                                    last_fixes=600)
+                return open_flight_rows(conn, shards=[partition],
+                                        shard_of=lambda ident: partition_of(ident, partitions))
 
-        found = await trio.to_thread.run_sync(load)
-        by_shard: dict[int, list[Any]] = {}
-        for item in found:
-            by_shard.setdefault(pipeline.local_shard(item.flight.aircraft_id), []).append(
-                (item.flight, item.fixes))
-        for index, flights in by_shard.items():
-            # judged by the shard's own clock (the fixes' time), not the wall clock: a
-            # replayed capture's flights are hours "old" by the wall clock. In chunks: a
-            # shard rebuilds one chunk between other inputs, so the process (and its lease
-            # heartbeat) stays responsive while thousands of flights come back.
-            for start in range(0, len(flights), RESTORE_CHUNK):
-                await pipeline.shard_input(
-                    index, RestoreFlights(flights[start:start + RESTORE_CHUNK], None))
-        return len(found)
+        def load(chunk: list[Any]) -> list[Any]:
+            with pipeline.pool.connection() as conn:
+                return with_last_fixes(conn, chunk, last_fixes=RESTORE_FIXES,
+                                       last_positions=RESTORE_POSITIONS)
+
+        flights = await trio.to_thread.run_sync(rows)
+        for start in range(0, len(flights), LOAD_CHUNK):
+            found = await trio.to_thread.run_sync(load, flights[start:start + LOAD_CHUNK])
+            by_shard: dict[int, list[Any]] = {}
+            for item in found:
+                by_shard.setdefault(pipeline.local_shard(item.flight.aircraft_id), []).append(item)
+            for index, items in by_shard.items():
+                # judged by the shard's own clock (the fixes' time), not the wall clock: a
+                # replayed capture's flights are hours "old" by the wall clock
+                for first in range(0, len(items), RESTORE_CHUNK):
+                    await pipeline.shard_input(
+                        index, RestoreFlights(items[first:first + RESTORE_CHUNK], None))
+        return len(flights)
 
     async def _forget(self, partition: int) -> None:
         from soar.tracking.inputs import ForgetAircraft
