@@ -93,6 +93,9 @@ class OverflowSink:
         self._wake = trio.Event()
         self._progress = trio.Event()
         self._in_flight: deque[bytes] = deque()
+        # `drain` and `flush` both send what is in flight: one at a time, or both send the
+        # first record and both pop it (one record twice, the next one never, or an empty pop)
+        self._sending = trio.Lock()
         self._spool_failing = False
         self._labels = {"protocol": protocol.value}
 
@@ -183,6 +186,11 @@ class OverflowSink:
     async def _send_in_flight(self) -> None:
         """Send the records read but not yet sent, then acknowledge them to the spool. If this
         is cancelled half-way, `flush` carries on from the first record not sent."""
+        assert self._spool is not None
+        async with self._sending:
+            await self._send_in_flight_locked()
+
+    async def _send_in_flight_locked(self) -> None:
         assert self._spool is not None
         while self._in_flight:
             record = self._in_flight[0]

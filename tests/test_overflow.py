@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import trio
+import trio.lowlevel
 
 from soar.overflow import OverflowSink, decode_envelope, encode_envelope
 from soar.records import Envelope, Protocol
@@ -105,4 +106,35 @@ async def test_drain_cancelled_mid_batch_then_flush_loses_and_repeats_nothing(
         nursery.start_soon(consume)
         await sink.flush()
         await send.aclose()
+    assert got == envs
+
+
+async def test_flush_while_the_drain_still_runs_loses_and_repeats_nothing(
+    testdata: Path, tmp_path: Path
+) -> None:
+    """A role may flush before its drain task has seen its cancellation (or without stopping
+    it): both then send what is in flight. Before they took turns, both sent the first record
+    and both popped it (one envelope twice, the next never, or "pop from an empty deque")."""
+    envs = ogn_envelopes(testdata, 1000)
+    send, receive = trio.open_memory_channel[Envelope](5)
+    sink = OverflowSink(Protocol.OGN, send, tmp_path / "spool", 10 * 1024 * 1024)
+    sink.open()
+    for env in envs:
+        await sink.send(env)
+    got: list[Envelope] = []
+
+    async def consume() -> None:
+        async for env in receive:
+            got.append(env)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sink.drain)
+        nursery.start_soon(consume)
+        while len(got) < 100:  # the drain is part-way through a batch, blocked on the channel
+            await trio.lowlevel.checkpoint()
+        await sink.flush()  # beside it, not after it
+        nursery.cancel_scope.cancel()
+    await send.aclose()
+    async for env in receive:
+        got.append(env)
     assert got == envs
