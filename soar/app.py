@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import os
-import signal
 import socket
 import sys
 from collections.abc import Callable
@@ -38,7 +37,7 @@ import trio
 
 from soar.config import Settings
 from soar.database import Database, open_database
-from soar.runtime import log_slow_gc_pauses, settle_runtime
+from soar.runtime import log_slow_gc_pauses, settle_runtime, watch_signals
 from soar.supervisor import ChildSpec, RestartPolicy
 from soar.topology import Stage, when_started
 from soar.web.app import WebContext, open_api_pool
@@ -54,13 +53,6 @@ def migrate_command(settings: Settings) -> int:
     db = open_database(settings)  # applies the migrations
     db.stop()
     return 0
-
-
-async def _watch_signals(shutdown: trio.Event) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            log.info("shutdown.requested", signal=signal.Signals(signum).name)
-            shutdown.set()
 
 
 async def run_all_in_one(
@@ -132,7 +124,7 @@ async def _run(
 
     transient = RestartPolicy.TRANSIENT
     topology = pipeline.declare("run", [
-        Stage("signals", [ChildSpec("signals", functools.partial(_watch_signals, shutdown))]),
+        Stage("signals", [ChildSpec("signals", functools.partial(watch_signals, shutdown))]),
         Stage("web", [ChildSpec("web.server", web, transient)]),
         Stage("hub", [ChildSpec("live.hub", when_started(hub.run, hub_ready))]),
         Stage("directory", [ChildSpec("aircraft.directory", when_started(

@@ -32,6 +32,7 @@ keeps the live path responsive; throughput was unchanged in the benchmark
 from __future__ import annotations
 
 import gc
+import signal
 import sys
 import time
 from collections import deque
@@ -103,3 +104,11 @@ def settle_runtime() -> None:
         gc.callbacks.append(_on_gc)
     log.info("runtime.settled", gc_frozen=gc.get_freeze_count(),
              gc_thresholds=list(GC_THRESHOLDS), switch_interval_s=SWITCH_INTERVAL_S)
+
+
+async def watch_signals(shutdown: trio.Event) -> None:
+    """SIGTERM or SIGINT sets `shutdown` (every role's orderly stop starts there)."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("shutdown.requested", signal=signal.Signals(signum).name)
+            shutdown.set()

@@ -38,7 +38,6 @@ import functools
 import itertools
 import json
 import os
-import signal
 import socket
 import sys
 import uuid
@@ -73,7 +72,7 @@ from soar.log import RateLimited
 from soar.overflow import OverflowSink
 from soar.pipeline import Pipeline, SourceSpec, live_sources
 from soar.records import Envelope, Protocol
-from soar.runtime import log_slow_gc_pauses, settle_runtime
+from soar.runtime import log_slow_gc_pauses, settle_runtime, watch_signals
 from soar.supervisor import ChildSpec, RestartPolicy, Supervisor
 from soar.topology import Edge, EdgePolicy, Stage, Topology, when_started
 from soar.tracking.router import shard_of
@@ -143,13 +142,6 @@ def partition_of(ident: int, partitions: int) -> int:
 
 def stream_spec(settings: Settings) -> StreamSpec:
     return StreamSpec(partitions=settings.nats_partitions, replicas=settings.nats_replicas)
-
-
-async def _signalled(stop: trio.Event) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            log.info("shutdown.requested", signal=signal.Signals(signum).name)
-            stop.set()
 
 
 # -- the broker connection of a split-mode process --------------------------------------------
@@ -493,7 +485,7 @@ async def _run_ingest(
             broker.append(ChildSpec("nats.embedded", keeper))
         transient = RestartPolicy.TRANSIENT
         topology = Topology("ingest", [
-            Stage("signals", [ChildSpec("signals", functools.partial(_signalled, stop))]),
+            Stage("signals", [ChildSpec("signals", functools.partial(watch_signals, stop))]),
             Stage("broker", broker),
             Stage("routers", [ChildSpec(f"route.{p.value}", functools.partial(route, p),
                                         transient) for p in Protocol],
@@ -992,7 +984,7 @@ async def _track_on(
         broker.append(ChildSpec("nats.embedded", keeper))
     ready = {"database": pipeline.database_ready, "nats": lambda: link.connected}
     topology = pipeline.declare("track", [
-        Stage("signals", [ChildSpec("signals", functools.partial(_signalled, stop))]),
+        Stage("signals", [ChildSpec("signals", functools.partial(watch_signals, stop))]),
         Stage("broker", broker),
         Stage("partitions", [ChildSpec("leases", functools.partial(feed.run, leases),
                                        RestartPolicy.TRANSIENT)]),
@@ -1073,7 +1065,7 @@ async def _run_web(settings: Settings, listener: socket.socket) -> int:
             if keeper is not None:
                 services.append(ChildSpec("nats.embedded", keeper))
             topology = Topology("web", [
-                Stage("signals", [ChildSpec("signals", functools.partial(_signalled, stop))]),
+                Stage("signals", [ChildSpec("signals", functools.partial(watch_signals, stop))]),
                 Stage("services", services),
                 Stage("web", [ChildSpec("web.server", web, RestartPolicy.TRANSIENT)]),
                 Stage("runtime", [ChildSpec("gc.pauses", log_slow_gc_pauses)],

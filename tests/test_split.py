@@ -12,7 +12,6 @@ import itertools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from psycopg import sql
 from soar.broker import rendezvous
 from soar.broker.embedded import EmbeddedNats
 from soar.split import FETCH_BATCH, MAX_HELD, MAX_UNACKED
+from tests.support import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -43,12 +43,6 @@ PARTITIONS = 16
 #: how many partitions each of tracks t0 and t1 owns when both run (rendezvous hashing)
 SHARE = [len(rendezvous.share(f"t{k}", PARTITIONS, {"t0", "t1"})) for k in range(2)]
 _names = itertools.count()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
