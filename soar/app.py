@@ -25,9 +25,7 @@ line naming the setting to change, with no database started and nothing to undo.
 from __future__ import annotations
 
 import functools
-import os
 import socket
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,12 +39,10 @@ from soar.runtime import log_slow_gc_pauses, settle_runtime, watch_signals
 from soar.supervisor import ChildSpec, RestartPolicy
 from soar.topology import Stage, when_started
 from soar.web.app import WebContext, open_api_pool
-from soar.web.server import listen_socket, serve_web
+from soar.web.server import await_web_or_leave, listen_socket, serve_web
 
 log = structlog.get_logger(__name__)
 
-#: after the pipeline has drained, how long the web server may take to close its connections
-WEB_GRACE_S = 5.0
 
 
 def migrate_command(settings: Settings) -> int:
@@ -148,19 +144,12 @@ async def _run(
                 stage.stop()
         web_stop.set()
         await pipeline.close()
-        with trio.move_on_after(WEB_GRACE_S):
-            await web_done.wait()
-        if not web_done.is_set():
-            # hypercorn shields its socket writes from cancellation, so a WebSocket client that
-            # stopped reading holds its connection task for ever and this nursery could never
-            # close. Everything is committed by now: stop the database and leave.
-            log.error("shutdown.web_stuck", hint="a WebSocket client stopped reading",
-                      grace_s=WEB_GRACE_S)
+
+        async def leave() -> None:  # the web server is stuck: stop the database and leave
             await trio.to_thread.run_sync(db.stop)
             log.info("soar.stopped", exit_code=exit_code)
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(exit_code)
+
+        await await_web_or_leave(web_done, exit_code, leave)
         topology.stop()  # the signal watcher, the live hub, the directory, the GC pause log
     await trio.to_thread.run_sync(ctx.pool.close)
     log.info("soar.stopped", exit_code=exit_code)

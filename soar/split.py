@@ -37,9 +37,7 @@ import fcntl
 import functools
 import itertools
 import json
-import os
 import socket
-import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -81,8 +79,6 @@ from soar.watermark import CommitWatermark, Flow
 log = structlog.get_logger(__name__)
 
 LEASE_BUCKET = "soar_leases"
-#: after the data path has drained, how long the web server may take to close its connections
-WEB_GRACE_S = 5.0
 
 PUBLISHED = Counter("soar_ingest_envelopes_published_total",
                     "Envelopes stored in the JetStream stream (acknowledged by it)")
@@ -1033,7 +1029,7 @@ async def _run_web(settings: Settings, listener: socket.socket) -> int:
     from soar.store.writer import open_pool
     from soar.web.app import WebContext
     from soar.web.live import AircraftDirectory, LiveHub
-    from soar.web.server import serve_web
+    from soar.web.server import await_web_or_leave, serve_web
 
     db = await trio.to_thread.run_sync(open_database, settings)
     pool = await trio.to_thread.run_sync(open_pool, db.url)
@@ -1078,18 +1074,12 @@ async def _run_web(settings: Settings, listener: socket.socket) -> int:
                 log.info("web.started", http=settings.http_addr)
                 await stop.wait()
                 web_stop.set()  # hypercorn finishes its requests and returns
-                with trio.move_on_after(WEB_GRACE_S):
-                    await web_done.wait()
-                if not web_done.is_set():
-                    # a WebSocket client that stopped reading holds hypercorn's shielded
-                    # write for ever (see soar.app): nothing is left to commit here
-                    log.error("shutdown.web_stuck", hint="a WebSocket client stopped reading",
-                              grace_s=WEB_GRACE_S)
+
+                async def leave() -> None:  # nothing is left to commit here
                     await trio.to_thread.run_sync(pool.close)
                     await trio.to_thread.run_sync(db.stop)
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                    os._exit(0)
+
+                await await_web_or_leave(web_done, 0, leave)
                 topology.stop()
     finally:
         with trio.CancelScope(shield=True):

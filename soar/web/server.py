@@ -13,7 +13,10 @@ not the thousands of connections that never send one.
 from __future__ import annotations
 
 import errno
+import os
 import socket
+import sys
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 import structlog
@@ -168,3 +171,28 @@ async def _serve(
                 connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()
+
+
+#: after the data path has drained, how long the web server may take to close its connections
+WEB_GRACE_S = 5.0
+
+
+async def await_web_or_leave(
+    web_done: trio.Event, exit_code: int, leave: Callable[[], Awaitable[None]]
+) -> None:
+    """Wait up to WEB_GRACE_S for the web server to end (`web_done`); if it does not, run
+    `leave` (stop what the role started) and end the process with `exit_code`.
+
+    hypercorn shields its socket writes from cancellation, so a WebSocket client that stopped
+    reading holds its connection task for ever and the role's nursery could never close. The
+    caller has committed everything by now.
+    """
+    with trio.move_on_after(WEB_GRACE_S):
+        await web_done.wait()
+    if web_done.is_set():
+        return
+    log.error("shutdown.web_stuck", hint="a WebSocket client stopped reading", grace_s=WEB_GRACE_S)
+    await leave()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)
