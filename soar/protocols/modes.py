@@ -298,13 +298,16 @@ def surface_candidates(
     each result is one of its four longitudes.
     """
     candidates: list[tuple[float, float]] = []
-    for hemisphere in (45.0, -45.0):
+    # A northern latitude L means L - 90 in the south. At L = 0 a reference of exactly 45 S
+    # is as far from 0 as from the pole and pyModeS keeps 0, so the southern reference sits
+    # a hair further south: a pair at latitude 0 can mean the South Pole too.
+    for hemisphere in (45.0, -45.000001):
         pair = surface_position_pair(
             even[1], even[2], odd[1], odd[2],
             lat_ref=hemisphere, lon_ref=0.0, even_is_newer=even_is_newer,
         )
         if pair is None or any(abs(pair[0] - lat) < 1e-9 for lat, _ in candidates):
-            continue  # no solution here, or latitude 0, which both hemispheres return
+            continue  # no solution in this hemisphere
         lat, lon = pair
         candidates.extend((lat, (lon + quadrant + 180.0) % 360.0 - 180.0)
                           for quadrant in (0.0, 90.0, 180.0, 270.0))

@@ -26,7 +26,7 @@ from datetime import datetime
 from functools import cache
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from pyModeS.position import surface_position_pair, surface_position_with_ref
 
@@ -276,6 +276,8 @@ def test_a_pair_contradicting_the_track_re_anchors_it() -> None:
     st.booleans(),
     st.floats(-89.9, 89.9), st.floats(-180, 180, exclude_max=True),
 )
+# latitude 0 in the north is the South Pole in the south, which a reference at 46 S picks
+@example(0, 0, 0, 0, False, -46.0, 0.0)
 def test_candidates_hold_what_pymodes_picks_for_any_reference(
     lat_even: int, lon_even: int, lat_odd: int, lon_odd: int, even_is_newer: bool,
     ref_lat: float, ref_lon: float,
