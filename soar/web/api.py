@@ -303,7 +303,9 @@ def iso(value: dt.datetime | None) -> str | None:
     return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
-def _type_name(code: int | None) -> str | None:
+def aircraft_type_name(code: int | None) -> str | None:
+    """The API's name of a stored OGN aircraft type code (`glider`, `tow_plane`, ...);
+    None for no code or one `AircraftType` does not know."""
     if code is None:
         return None
     try:
@@ -334,7 +336,7 @@ def aircraft_json(row: dict[str, Any]) -> dict[str, Any]:
         "registration": row["registration"],
         "competition_number": row["competition_number"],
         "model": row["model"],
-        "aircraft_type": _type_name(row["aircraft_type"]),
+        "aircraft_type": aircraft_type_name(row["aircraft_type"]),
         "category": row["category"],
         "device_type": row["device_type"],
         "first_seen": iso(row["first_seen_at"]),
@@ -425,7 +427,7 @@ def flight_json(row: dict[str, Any]) -> dict[str, Any]:
         "registration": row["registration"],
         "competition_number": row["competition_number"],
         "model": row["model"],
-        "aircraft_type": _type_name(row["aircraft_type"]),
+        "aircraft_type": aircraft_type_name(row["aircraft_type"]),
         "protocol": row["protocol"],
         "callsign": row["callsign"],
         "takeoff": iso(row["takeoff_at"]),
@@ -697,8 +699,9 @@ async def answer(ctx: WebContext, build: Callable[[Conn], Any],
     return Response(body, content_type=content_type)
 
 
-async def _db(ctx: WebContext, fn: Callable[..., T], *args: Any) -> T:
-    """`fn(conn, *args)` in a worker thread (for callers that shape the rows themselves)."""
+async def with_connection(ctx: WebContext, fn: Callable[..., T], *args: Any) -> T:
+    """`fn(conn, *args)` in a worker thread on a connection of the API pool, for routes that
+    shape the rows themselves (the map's data routes): `run_query` with its arguments."""
     return await run_query(ctx, lambda conn: fn(conn, *args))
 
 

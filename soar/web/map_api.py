@@ -36,7 +36,14 @@ from quart import Blueprint, Response, jsonify, request
 
 from soar.store.queries import FIX_TIME
 from soar.web import queries
-from soar.web.api import ApiError, _db, _type_name, iso, parse_bbox, parse_time
+from soar.web.api import (
+    ApiError,
+    aircraft_type_name,
+    iso,
+    parse_bbox,
+    parse_time,
+    with_connection,
+)
 from soar.web.app import WebContext
 
 log = structlog.get_logger(__name__)
@@ -444,7 +451,7 @@ def replay_fix_json(row: queries.Row) -> dict[str, Any]:
         "registration": row["registration"],
         "competition_number": row["competition_number"],
         "model": row["model"],
-        "aircraft_type": _type_name(row["aircraft_type"]),
+        "aircraft_type": aircraft_type_name(row["aircraft_type"]),
         "category": row["category"],
         "protocol": row["protocol"],
         "time_us": _epoch_us(row["time"]),
@@ -491,7 +498,7 @@ def map_blueprint(ctx: WebContext) -> Blueprint:
         minutes = _number("minutes", map_settings(ctx).trail_minutes, 0.5, MAX_TRAIL_MINUTES)
         until = parse_time("until") or dt.datetime.now(dt.UTC)
         since = until - dt.timedelta(minutes=minutes)
-        rows = await _db(ctx, trails, area, since, until)
+        rows = await with_connection(ctx, trails, area, since, until)
         out: dict[str, list[list[Any]]] = {}
         points = shown(rows, "trails")
         for row in points:
@@ -505,9 +512,9 @@ def map_blueprint(ctx: WebContext) -> Blueprint:
     async def track_route(aircraft_id: str) -> Response:
         _only()
         ident = _aircraft_id(aircraft_id)
-        if await _db(ctx, queries.aircraft_is_hidden, ident):
+        if await with_connection(ctx, queries.aircraft_is_hidden, ident):
             raise ApiError(404, "aircraft not found")
-        aircraft, flight, fixes = await _db(ctx, track, ident, dt.datetime.now(dt.UTC))
+        aircraft, flight, fixes = await with_connection(ctx, track, ident, dt.datetime.now(dt.UTC))
         if aircraft is None:
             raise ApiError(404, "aircraft not found")
         return jsonify({
@@ -538,7 +545,7 @@ def map_blueprint(ctx: WebContext) -> Blueprint:
         cursor = request.args.get("cursor")
         after = None if cursor is None else decode_replay_cursor(cursor)
         limit = int(_number("limit", 5000, 1, REPLAY_PAGE_MAX))
-        rows = await _db(ctx, replay, start, end, area, after, limit)
+        rows = await with_connection(ctx, replay, start, end, area, after, limit)
         next_cursor = (encode_replay_cursor(rows[-1]["time"], rows[-1]["id"],
                                             rows[-1]["received_at"])
                        if len(rows) == limit else None)
@@ -549,7 +556,7 @@ def map_blueprint(ctx: WebContext) -> Blueprint:
     @bp.get("/map/data/receivers")
     async def receivers_route() -> Response:
         _only("bbox")
-        rows = await _db(ctx, receivers_in, box())
+        rows = await with_connection(ctx, receivers_in, box())
         now = dt.datetime.now(dt.UTC)
         return jsonify({"receivers": [
             {"name": r["name"], "lat": r["lat"], "lon": r["lon"],
