@@ -67,7 +67,8 @@ def _utc_time(text: str) -> int:
         ) from None
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line: every command, option and help text (the docs' tests read it)."""
     p = _Parser(prog="soar", description="Real-time aircraft tracker")
     p.add_argument("--version", action="version", version=f"soar {__version__}",
                    help="print the version and exit")
@@ -155,7 +156,7 @@ def _check_captures(files: list[Path]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     command = args.command or "run"
     try:
         overrides: dict[str, Any] = {}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from soar.cli import _parser
+from soar.cli import build_parser
 
 UNREACHABLE_DB = "postgresql://nobody@127.0.0.1:1/none"  # would be the error if it got that far
 
@@ -136,7 +136,7 @@ def walk(parser: argparse.ArgumentParser, path: str = "soar") -> Iterator[tuple[
 
 def test_every_argument_has_a_help_text() -> None:
     seen = 0
-    for path, action in walk(_parser()):
+    for path, action in walk(build_parser()):
         if isinstance(action, argparse._HelpAction):
             continue
         seen += 1

@@ -405,14 +405,14 @@ def test_unit_restarts_drains_and_is_hardened(name: str) -> None:
 
 @pytest.mark.parametrize("name", UNITS)
 def test_unit_runs_a_real_soar_command(name: str) -> None:
-    from soar.cli import _parser
+    from soar.cli import build_parser
 
     exec_start = one(unit_file(name)["Service"], "ExecStart").split()
     assert exec_start[1:3] == ["-m", "soar"]
     command = exec_start[3]
     assert command == {"soar.service": "run", "soar-ingest.service": "ingest",
                        "soar-track@.service": "track", "soar-web.service": "web"}[name]
-    commands = next(a for a in _parser()._actions if a.dest == "command").choices
+    commands = next(a for a in build_parser()._actions if a.dest == "command").choices
     assert commands is not None and command in commands
 
 
@@ -573,7 +573,7 @@ SPLIT_SERVICES = {"soar-ingest": "ingest", "soar-track-0": "track", "soar-track-
 
 
 def test_compose_split_profile_runs_nats_ingest_two_tracks_and_web(tmp_path: Path) -> None:
-    from soar.cli import _parser
+    from soar.cli import build_parser
     from soar.config import load_settings
 
     data = compose()
@@ -585,7 +585,7 @@ def test_compose_split_profile_runs_nats_ingest_two_tracks_and_web(tmp_path: Pat
     config = next(v.split(":")[0] for v in nats["volumes"] if v.endswith(":ro"))
     assert (DOCKER / config).resolve() == DOCKER / "nats.conf"
     assert nats["environment"]["SOAR_NATS_TOKEN"] == "${SOAR_NATS_TOKEN:-soar}"
-    commands = next(a for a in _parser()._actions if a.dest == "command").choices
+    commands = next(a for a in build_parser()._actions if a.dest == "command").choices
     assert commands is not None
     named = set(data["volumes"])
     track_ids = []

@@ -36,7 +36,7 @@ from pathlib import Path
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from soar.cli import _parser
+from soar.cli import build_parser
 from soar.config import load_settings
 from tests.support import free_port
 
@@ -390,7 +390,7 @@ def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.Argument
 
 def check_soar_arguments(words: list[str]) -> None:
     """Every subcommand and --flag exists in soar's argparse tree (values are not checked)."""
-    parser = _parser()
+    parser = build_parser()
     for word in words:
         if word.startswith("-"):
             flag = word.split("=", 1)[0]

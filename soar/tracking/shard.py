@@ -191,7 +191,9 @@ class _Aircraft:
         return self.track.machine  # replaced when a late fix is merged: never keep it
 
 
-def _seen(fix: Fix) -> AircraftSeen:
+def aircraft_seen(fix: Fix) -> AircraftSeen:
+    """The `aircraft` row a fix makes: the aircraft seen there, then, as its first sighting
+    (the store keeps the earliest `first_seen_us` and the newest position)."""
     return AircraftSeen(
         aircraft_id=fix.aircraft_id,
         address_type=fix.address_type,
@@ -369,7 +371,7 @@ class Shard:
             state = self.aircraft.pop(ident)
             events.extend(state.track.handover())
             if state.unsent is not None:
-                self._seen_outbox.append(_seen(state.unsent))
+                self._seen_outbox.append(aircraft_seen(state.unsent))
         self._landed = {ident: t for ident, t in self._landed.items() if not owned(ident)}
 
         def icao_owned(address: int) -> bool:
@@ -638,7 +640,7 @@ class Shard:
             self._anonymous.discard(ident)
             state = self.aircraft.pop(ident)
             if state.unsent is not None:
-                self._seen_outbox.append(_seen(state.unsent))
+                self._seen_outbox.append(aircraft_seen(state.unsent))
             if state.machine.landed_us is not None:
                 self._landed[ident] = state.machine.landed_us
         if self._landed and now >= self._next_landed_prune_us:
@@ -750,7 +752,7 @@ class Shard:
                 assert isinstance(event, FlightUpdated)
                 await _store(sinks.flights, event.row, "flights")
             if state.unsent is not None:
-                await _store(sinks.aircraft, _seen(state.unsent), "aircraft")
+                await _store(sinks.aircraft, aircraft_seen(state.unsent), "aircraft")
                 state.unsent = None
 
     async def _emit(self, events: list[Event], sinks: ShardSinks) -> None:
@@ -813,11 +815,11 @@ class Shard:
                 log.warning("shard.live_failed", shard=self.index, error=repr(exc))
         state = self.aircraft.get(fix.aircraft_id)
         if state is None:
-            await _store(sinks.aircraft, _seen(fix), "aircraft")
+            await _store(sinks.aircraft, aircraft_seen(fix), "aircraft")
         elif fix.received_us - state.seen_sent_us >= self.seen_every_us:
             state.seen_sent_us = fix.received_us
             state.unsent = None
-            await _store(sinks.aircraft, _seen(fix), "aircraft")
+            await _store(sinks.aircraft, aircraft_seen(fix), "aircraft")
         else:
             state.unsent = fix
 

@@ -19,7 +19,7 @@ from soar.store.tables import AircraftFamily, FixFamily, FlightFamily
 from soar.tracking.agl import AglCalculator
 from soar.tracking.airports import Airport, AirportIndex
 from soar.tracking.flight import FixAccepted, FixRevised, FlightClosed, FlightOpened, FlightUpdated
-from soar.tracking.shard import Shard, _seen
+from soar.tracking.shard import Shard, aircraft_seen
 from soar.web.app import WebContext, create_app
 from tests.support import write_rows
 from tests.tracking.flood import LANDING_GLIDER, flood_beacons, koenigsdorf_airports
@@ -50,7 +50,7 @@ async def stored_flood(testdata: Path, db_url: str, tmp_path: Path) -> list[Fix]
         for e in shard.process(to_fix(parsed, b.received_us, "flood")):
             if isinstance(e, FixAccepted):
                 fixes.append(e.fix)
-                seen.append(_seen(e.fix))
+                seen.append(aircraft_seen(e.fix))
             elif isinstance(e, FixRevised):
                 fixes.append(e.fix)
             elif isinstance(e, FlightOpened | FlightUpdated | FlightClosed):
