@@ -173,7 +173,7 @@ _VISIBLE = "(a.tracked IS NOT FALSE AND a.stealth IS NOT TRUE)"
 _HIDDEN = "(a.tracked IS FALSE OR a.stealth IS TRUE)"
 
 _MAP_AIRCRAFT = f"""
-    fx.aircraft_id AS id, a.address_type, a.address, {queries._AIRCRAFT_PUBLIC}
+    fx.aircraft_id AS id, a.address_type, a.address, {queries.AIRCRAFT_PUBLIC}
 """
 
 _MAP_FIX = f"""
@@ -191,7 +191,7 @@ def trails(conn: queries.Conn, box: tuple[float, float, float, float], since: dt
         where = "a.lon BETWEEN %(west)s AND %(east)s"
     else:
         where = "(a.lon >= %(west)s OR a.lon <= %(east)s)"
-    return queries._all(
+    return queries.fetch_all(
         conn,
         f"""
         WITH wanted AS (
@@ -222,7 +222,7 @@ def track(conn: queries.Conn, aircraft_id: int, now: dt.datetime
     last_fix = aircraft["last_fix_at"] or now
     # The open flight, else the one that ended with the aircraft's last fix (it landed or
     # timed out a moment ago and is still on the map), else its last hours of fixes.
-    flight = queries._one(
+    flight = queries.fetch_one(
         conn,
         f"""
         SELECT id, first_fix_at, last_fix_at, takeoff_at, departure_airport,
@@ -243,7 +243,7 @@ def track(conn: queries.Conn, aircraft_id: int, now: dt.datetime
         until = None if flight["open"] else flight["last_fix_at"]
     else:
         since, until = last_fix - dt.timedelta(hours=TRACK_FALLBACK_HOURS), None
-    fixes = queries._all(
+    fixes = queries.fetch_all(
         conn,
         f"""
         SELECT {FIX_TIME} AS time, lat, lon, altitude_ft, agl_ft, ground_speed_kt, climb_fpm
@@ -267,7 +267,7 @@ def replay(conn: queries.Conn, start: dt.datetime, end: dt.datetime,
     lon_where = ("fx.lon BETWEEN %(west)s AND %(east)s" if west <= east
                  else "(fx.lon >= %(west)s OR fx.lon <= %(east)s)")
     after_time, after_id, after_received = after if after is not None else (None, None, None)
-    return queries._all(
+    return queries.fetch_all(
         conn,
         f"""
         SELECT {_MAP_FIX}, {_MAP_AIRCRAFT}, a.aircraft_type, {_HIDDEN} AS hidden
@@ -292,7 +292,7 @@ def receivers_in(conn: queries.Conn, box: tuple[float, float, float, float]) -> 
     west, south, east, north = box
     lon_where = ("lon BETWEEN %(west)s AND %(east)s" if west <= east
                  else "(lon >= %(west)s OR lon <= %(east)s)")
-    return queries._all(
+    return queries.fetch_all(
         conn,
         f"""
         SELECT name, lat, lon, altitude_ft, latest_packet_at FROM receivers

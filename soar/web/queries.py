@@ -5,7 +5,7 @@ Functions take a sync psycopg connection (the API calls them in a worker thread 
 
 * `tracked = false`: filtered out of every statement.
 * `identified = false`: registration, competition number and model are NULL
-  (`_AIRCRAFT_PUBLIC`).
+  (`AIRCRAFT_PUBLIC`).
 * `stealth` (the beacon's stealth bit, or set in the device table): no identity at all. The
   aircraft is not listed, not found by id, address or registration; its flights are listed
   with the flight's own (random) id only: `aircraft_id`, callsign and identity NULL, and as a
@@ -35,8 +35,9 @@ from soar.tracking.launch import WINCH_WINDOW_S
 Conn = psycopg.Connection[Any]
 Row = dict[str, Any]
 
-#: Public columns of an aircraft `a` (LEFT JOINed: every column may be NULL).
-_AIRCRAFT_PUBLIC = """
+#: Public columns of an aircraft `a` (LEFT JOINed: every column may be NULL); the map's
+#: statements (`soar.web.map_api`) select the same.
+AIRCRAFT_PUBLIC = """
     CASE WHEN a.identified AND NOT a.stealth THEN a.registration END AS registration,
     CASE WHEN a.identified AND NOT a.stealth THEN a.competition_number END AS competition_number,
     CASE WHEN a.identified AND NOT a.stealth THEN a.model END AS model,
@@ -44,7 +45,7 @@ _AIRCRAFT_PUBLIC = """
 """
 
 _AIRCRAFT_COLUMNS = f"""
-    a.id, a.address_type, a.address, a.protocol, {_AIRCRAFT_PUBLIC},
+    a.id, a.address_type, a.address, a.protocol, {AIRCRAFT_PUBLIC},
     a.first_seen_at, a.last_fix_at, a.lat, a.lon, a.altitude_ft, a.callsign,
     f.ground_speed_kt, f.track_deg, f.climb_fpm, f.agl_ft
 """
@@ -75,7 +76,7 @@ _FLIGHT_COLUMNS = f"""
          ELSE fl.tow_aircraft_id END AS tow_aircraft_id,
     fl.tow_aircraft_id IS NOT NULL AS has_tow, fl.release_at,
     fl.release_altitude_ft, fl.release_height_ft, fl.end_reason,
-    {_AIRCRAFT_PUBLIC},
+    {AIRCRAFT_PUBLIC},
     CASE WHEN tow.tracked AND tow.identified AND NOT tow.stealth THEN tow.registration
     END AS tow_registration,
     CASE WHEN tow.tracked AND tow.identified AND NOT tow.stealth THEN tow.competition_number
@@ -117,13 +118,15 @@ _FIX_COLUMNS = f"""
 """
 
 
-def _all(conn: Conn, query: str, params: dict[str, Any]) -> list[Row]:
+def fetch_all(conn: Conn, query: str, params: dict[str, Any]) -> list[Row]:
+    """Every row of a parameterised statement, as dicts (the map's data routes use it too)."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(query, params)
         return cur.fetchall()
 
 
-def _one(conn: Conn, query: str, params: dict[str, Any]) -> Row | None:
+def fetch_one(conn: Conn, query: str, params: dict[str, Any]) -> Row | None:
+    """The first row of a parameterised statement, or None."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(query, params)
         return cur.fetchone()
@@ -148,7 +151,7 @@ def aircraft_in_bbox(
         where = (
             "a.lat BETWEEN %(south)s AND %(north)s AND (a.lon >= %(west)s OR a.lon <= %(east)s)"
         )
-    return _all(
+    return fetch_all(
         conn,
         f"""
         SELECT {_AIRCRAFT_COLUMNS}
@@ -165,7 +168,7 @@ def aircraft_in_bbox(
 
 
 def aircraft_by_id(conn: Conn, aircraft_id: int) -> Row | None:
-    return _one(
+    return fetch_one(
         conn,
         f"SELECT {_AIRCRAFT_COLUMNS} FROM aircraft a {_LATEST_FIX} "
         "WHERE a.id = %(id)s AND a.tracked AND NOT a.stealth",
@@ -175,7 +178,7 @@ def aircraft_by_id(conn: Conn, aircraft_id: int) -> Row | None:
 
 def aircraft_by_address(conn: Conn, address: int, limit: int) -> list[Row]:
     """Every address type's aircraft with this 24-bit address (ICAO and FLARM may share one)."""
-    return _all(
+    return fetch_all(
         conn,
         f"SELECT {_AIRCRAFT_COLUMNS} FROM aircraft a {_LATEST_FIX} "
         "WHERE a.address = %(address)s AND a.tracked AND NOT a.stealth "
@@ -186,7 +189,7 @@ def aircraft_by_address(conn: Conn, address: int, limit: int) -> list[Row]:
 
 def aircraft_by_registration(conn: Conn, registration: str, limit: int) -> list[Row]:
     """Aircraft registered so, ignoring case; only those whose identity may be shown."""
-    return _all(
+    return fetch_all(
         conn,
         f"SELECT {_AIRCRAFT_COLUMNS} FROM aircraft a {_LATEST_FIX} "
         "WHERE upper(a.registration) = upper(%(registration)s) AND a.tracked"
@@ -199,7 +202,8 @@ def aircraft_by_registration(conn: Conn, registration: str, limit: int) -> list[
 def aircraft_is_hidden(conn: Conn, aircraft_id: int) -> bool:
     """True when the aircraft exists and must not be shown by its id (not tracked, or stealth:
     the id holds the address)."""
-    row = _one(conn, "SELECT tracked, stealth FROM aircraft WHERE id = %(id)s", {"id": aircraft_id})
+    row = fetch_one(conn, "SELECT tracked, stealth FROM aircraft WHERE id = %(id)s",
+                    {"id": aircraft_id})
     return row is not None and (not row["tracked"] or row["stealth"])
 
 
@@ -214,7 +218,7 @@ def aircraft_fixes(
     """Fixes whose own time is in [since, until), in own-time order, strictly after the keyset
     `after` = (time, received_at) of the last fix of the previous page."""
     after_time, after_received = after if after is not None else (None, None)
-    return _all(
+    return fetch_all(
         conn,
         f"""
         SELECT {_FIX_COLUMNS}
@@ -246,7 +250,7 @@ def aircraft_flights_page(
     it has in all."""
     where = ("fl.aircraft_id = %(id)s AND a.tracked IS NOT FALSE AND a.stealth IS NOT TRUE")
     before_t, before_id = before if before is not None else (None, None)
-    rows = _all(
+    rows = fetch_all(
         conn,
         f"""
         SELECT {_FLIGHT_COLUMNS} {_FLIGHT_FROM}
@@ -258,7 +262,7 @@ def aircraft_flights_page(
         """,
         {"id": aircraft_id, "limit": limit, "before_t": before_t, "before_id": before_id},
     )
-    total = _one(
+    total = fetch_one(
         conn,
         f"SELECT count(*) AS n FROM flights fl LEFT JOIN aircraft a ON a.id = fl.aircraft_id "
         f"WHERE {where}",
@@ -268,7 +272,7 @@ def aircraft_flights_page(
 
 
 def current_flight(conn: Conn, aircraft_id: int) -> Row | None:
-    return _one(
+    return fetch_one(
         conn,
         f"""
         SELECT {_FLIGHT_COLUMNS} {_FLIGHT_FROM}
@@ -281,7 +285,7 @@ def current_flight(conn: Conn, aircraft_id: int) -> Row | None:
 
 def aircraft_directory(conn: Conn) -> list[Row]:
     """Aircraft the live hub must treat specially: hidden ones and identified ones."""
-    return _all(
+    return fetch_all(
         conn,
         """
         SELECT id, tracked, identified AND NOT stealth AS identified, registration, competition_number, model, category
@@ -321,7 +325,7 @@ def flights_on_day(
         "limit": limit, "after_t": None if after is None else after[0],
         "after_id": None if after is None else after[1],
     }
-    rows = _all(
+    rows = fetch_all(
         conn,
         f"""
         SELECT {_FLIGHT_COLUMNS} {_FLIGHT_FROM}
@@ -333,7 +337,7 @@ def flights_on_day(
         """,
         params,
     )
-    total = _one(
+    total = fetch_one(
         conn,
         f"SELECT count(*) AS n FROM flights fl LEFT JOIN aircraft a ON a.id = fl.aircraft_id "
         f"WHERE {_DAY_WHERE}",
@@ -343,7 +347,7 @@ def flights_on_day(
 
 
 def flight_by_id(conn: Conn, flight_id: uuid.UUID) -> Row | None:
-    return _one(
+    return fetch_one(
         conn,
         f"SELECT {_FLIGHT_COLUMNS} {_FLIGHT_FROM} "
         "WHERE fl.id = %(id)s AND a.tracked IS NOT FALSE",
@@ -355,7 +359,7 @@ def flight_track(conn: Conn, flight: Row, limit: int) -> list[Row]:
     """The flight's fixes: its aircraft between its first and last fix (one flight at a time),
     in the order of their own times (late fixes in their place). Found through the flight's
     id: the row the API holds has no aircraft id when the aircraft is stealth."""
-    return _all(
+    return fetch_all(
         conn,
         f"""
         SELECT {FIX_TIME} AS time, received_at, lat, lon, altitude_ft, agl_ft, ground_speed_kt,
@@ -388,7 +392,7 @@ _LATEST_STATUS = """
 
 
 def receivers(conn: Conn, with_position_only: bool, limit: int) -> list[Row]:
-    return _all(
+    return fetch_all(
         conn,
         f"""
         SELECT {_RECEIVER_COLUMNS}
@@ -402,7 +406,7 @@ def receivers(conn: Conn, with_position_only: bool, limit: int) -> list[Row]:
 
 
 def receiver_by_name(conn: Conn, name: str) -> Row | None:
-    return _one(
+    return fetch_one(
         conn,
         f"SELECT {_RECEIVER_COLUMNS} FROM receivers r {_LATEST_STATUS} WHERE r.name = %(name)s",
         {"name": name},
@@ -410,7 +414,7 @@ def receiver_by_name(conn: Conn, name: str) -> Row | None:
 
 
 def receiver_statuses(conn: Conn, name: str, limit: int) -> list[Row]:
-    return _all(
+    return fetch_all(
         conn,
         """
         SELECT received_at, version, platform, cpu_load, ram_free_mb, ram_total_mb,
