@@ -24,6 +24,8 @@ KNOWN_PRIVATE_IMPORTS = {
     ("tests/broker/test_embedded.py", "soar.broker.embedded._alive"),
     ("tests/broker/test_embedded.py", "soar.broker.embedded._wait_dead"),
     ("tests/broker/test_restart.py", "soar.broker.embedded._wait_dead"),
+    ("tests/test_bench_pipeline.py", "soar.bench.pipeline._ratio"),
+    ("tests/test_runtime.py", "soar.runtime._on_gc"),
 }
 
 
@@ -72,16 +74,37 @@ def test_helpers_are_imported_as_package_modules() -> None:
     assert not bare, f"test helpers imported by a bare name: {bare}"
 
 
+def is_soar_module(dotted: str) -> bool:
+    path = REPO.joinpath(*dotted.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
 def private_imports() -> set[tuple[str, str]]:
+    """(test file, soar.module._name) for every private soar name a test imports, or reads
+    as an attribute of a soar module it imported (`from soar import runtime`; `runtime._x`)."""
     found = set()
     for name, tree in sources().items():
+        modules: dict[str, str] = {}  # local name -> the soar module it is bound to
         for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                modules |= {alias.asname: alias.name for alias in node.names
+                            if alias.asname and alias.name.startswith("soar.")}
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("soar"):
                 found |= {
                     (name, f"{node.module}.{alias.name}")
                     for alias in node.names
                     if alias.name.startswith("_") and not alias.name.startswith("__")
                 }
+                modules |= {alias.asname or alias.name: f"{node.module}.{alias.name}"
+                            for alias in node.names
+                            if is_soar_module(f"{node.module}.{alias.name}")}
+        found |= {
+            (name, f"{modules[node.value.id]}.{node.attr}")
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+            and node.value.id in modules
+            and node.attr.startswith("_") and not node.attr.startswith("__")
+        }
     return found
 
 
