@@ -1,115 +1,31 @@
 """Headless Debian chromium against the running app while a real capture is published.
 
-Driven over the DevTools protocol with trio-websocket (no selenium/playwright). Screenshots go
-to tests/artifacts/. Skips when /usr/bin/chromium is not installed (`make test` installs it).
+Driven over the DevTools protocol with trio-websocket (no selenium/playwright; the client is
+`tests.web.browser`). Screenshots go to tests/artifacts/. Skips when /usr/bin/chromium is not
+installed (`make test` installs it).
 """
 
 from __future__ import annotations
 
-import base64
-import itertools
-import json
+import datetime as dt
 import math
-import shutil
-import subprocess
-import tempfile
-import urllib.request
-from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
-import trio_websocket
 
 from soar.live import LivePublisher
 from soar.records import Fix
 from soar.web.app import WebContext, create_app
 from soar.web.live import LiveHub
+from tests.support import wait_until
 
-from .conftest import Dataset, chunks, start_server, wait_until
+from .browser import ARTIFACTS, needs_chromium, open_page
+from .conftest import Dataset, chunks, start_server
 
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 # Atlanta: the densest part of the SBS sample.
 CENTER = (33.6, -84.4)
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not Path(CHROMIUM).exists(),
-        reason="chromium not installed (apt-get install chromium chromium-driver; make test does)",
-    ),
-]
-
-
-class DevTools:
-    """A minimal DevTools protocol client for one page target."""
-
-    def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
-        self.ws = ws
-        self._ids = itertools.count(1)
-
-    async def call(self, method: str, **params: Any) -> dict[str, Any]:
-        ident = next(self._ids)
-        await self.ws.send_message(json.dumps({"id": ident, "method": method, "params": params}))
-        while True:
-            message = json.loads(await self.ws.get_message())
-            if message.get("id") == ident:
-                if "error" in message:
-                    raise RuntimeError(f"{method}: {message['error']}")
-                result: dict[str, Any] = message["result"]
-                return result
-
-    async def evaluate(self, expression: str) -> Any:
-        result = await self.call("Runtime.evaluate", expression=expression, returnByValue=True,
-                                 awaitPromise=True)
-        if "exceptionDetails" in result:
-            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
-        return result["result"].get("value")
-
-    async def screenshot(self, path: Path) -> None:
-        data = await self.call("Page.captureScreenshot", format="png")
-        await trio.Path(path.parent).mkdir(parents=True, exist_ok=True)
-        await trio.Path(path).write_bytes(base64.b64decode(data["data"]))
-
-
-def _get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return json.load(response)
-
-
-async def _open_chromium(nursery: trio.Nursery, profile: Path, url: str) -> tuple[Any, str]:
-    process = await trio.lowlevel.open_process(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-         "--no-first-run", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--hide-scrollbars", f"--user-data-dir={profile}",
-         "--remote-debugging-port=0", "--window-size=1280,800", url],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    port_file = profile / "DevToolsActivePort"
-    # chromium writes the port, a newline, then the browser's path: whole once two lines are in
-    assert await wait_until(
-        lambda: port_file.exists() and len(port_file.read_text().splitlines()) >= 2, 60, 0.05
-    ), "chromium did not start"
-    port = int(port_file.read_text().split()[0])
-    pages: list[dict[str, Any]] = []
-    for _ in range(100):
-        targets = await trio.to_thread.run_sync(_get_json, f"http://127.0.0.1:{port}/json/list")
-        pages = [t for t in targets if t.get("type") == "page"]
-        if pages:
-            break
-        await trio.sleep(0.05)
-    return process, pages[0]["webSocketDebuggerUrl"]
-
-
-async def _stop(process: Any) -> None:
-    process.terminate()
-    with trio.move_on_after(5):
-        await process.wait()
-        return
-    process.kill()
-    await process.wait()
+pytestmark = [pytest.mark.slow, pytest.mark.browser, needs_chromium]
 
 
 async def test_live_map_and_flight_log_in_chromium(
@@ -123,88 +39,80 @@ async def test_live_map_and_flight_log_in_chromium(
     assert await wait_until(lambda: hub.connected, 30)
     host = await start_server(nursery, create_app(WebContext(pool=web_db.pool, live=hub)))
 
-    profile = Path(tempfile.mkdtemp(prefix="soar-chromium-"))
     url = f"http://{host}/?center={CENTER[0]},{CENTER[1]}&zoom=9&tiles=none"
-    process, debugger = await _open_chromium(nursery, profile, url)
-    try:
-        async with trio_websocket.open_websocket_url(debugger, max_message_size=64 * 2**20) as ws:
-            page = DevTools(ws)
-            await page.call("Page.enable")
-            assert await _poll(page, "!!(window.soar && window.soar.stats.connected)", 60)
-            assert await wait_until(lambda: any(c.squares for c in hub._clients), 30)
-            view = await page.evaluate(
-                "(() => { const b = window.soar.map.getBounds();"
-                " return [b.getSouth(), b.getWest(), b.getNorth(), b.getEast()]; })()"
-            )
-            south, west, north, east = view
-            # The page subscribes to the whole 1x1 degree squares under its view.
-            visible = [f for f in sbs_sample_fixes
-                       if math.floor(south) <= f.lat < math.floor(north) + 1
-                       and math.floor(west) <= f.lon < math.floor(east) + 1]
-            assert len(visible) > 100
-            visible_set = {id(f) for f in visible}
+    async with open_page(url) as page:
+        assert await page.poll("!!(window.soar && window.soar.stats.connected)", 60)
+        assert await wait_until(lambda: any(c.squares for c in hub._clients), 30)
+        view = await page.evaluate(
+            "(() => { const b = window.soar.map.getBounds();"
+            " return [b.getSouth(), b.getWest(), b.getNorth(), b.getEast()]; })()"
+        )
+        south, west, north, east = view
+        # The page subscribes to the whole 1x1 degree squares under its view.
+        visible = [f for f in sbs_sample_fixes
+                   if math.floor(south) <= f.lat < math.floor(north) + 1
+                   and math.floor(west) <= f.lon < math.floor(east) + 1]
+        assert len(visible) > 100
+        visible_set = {id(f) for f in visible}
 
-            # Replay the capture, watching the map as it goes: each step is drawn before the
-            # next is sent (counts, not time: the page may be slow on a busy machine).
-            first_positions: dict[str, list[float]] = {}
-            [page_client] = [c for c in hub._clients if c.squares]
-            shown = 0
-            for index, chunk in enumerate(chunks(sbs_sample_fixes, 400)):
-                for fix in chunk:
-                    publisher.offer(fix)
-                shown += sum(1 for f in chunk if id(f) in visible_set)
-                assert await _poll(
-                    page, f"window.soar.stats.fixes >= {shown - page_client.queue.dropped}", 60
-                ), f"the page drew fewer than {shown} fixes"
-                if index == 10:
-                    first_positions = await page.evaluate(_POSITIONS)
-            assert page_client.queue.dropped == 0, "the page fell behind: the test lost its count"
-            markers = await page.evaluate("document.querySelectorAll('.leaflet-marker-icon.ac-icon').length")
-            last_positions = await page.evaluate(_POSITIONS)
-            visible_ids = {str(f.aircraft_id) for f in visible}
-            assert markers == len(last_positions) > 10
-            assert set(last_positions) <= visible_ids | set(first_positions)
-            moved = [ident for ident, pos in first_positions.items()
-                     if ident in last_positions and last_positions[ident] != pos]
-            assert len(moved) >= 3, "markers did not move"
-            rotations = await page.evaluate(
-                "[...document.querySelectorAll('.ac-icon .glyph')].map(g => g.style.transform)"
-                ".filter(t => t && t !== 'rotate(0deg)').length"
-            )
-            assert rotations > 0, "no marker is rotated to its heading"
-            labels = await page.evaluate(
-                "[...document.querySelectorAll('.ac-label')].map(l => l.textContent)"
-            )
-            callsigns = {f.callsign for f in visible if f.callsign}
-            assert any(any(label.startswith(cs) for cs in callsigns) for label in labels)
+        # Replay the capture, watching the map as it goes: each step is drawn before the
+        # next is sent (counts, not time: the page may be slow on a busy machine).
+        first_positions: dict[str, list[float]] = {}
+        [page_client] = [c for c in hub._clients if c.squares]
+        shown = 0
+        for index, chunk in enumerate(chunks(sbs_sample_fixes, 400)):
+            for fix in chunk:
+                publisher.offer(fix)
+            shown += sum(1 for f in chunk if id(f) in visible_set)
+            assert await page.poll(
+                f"window.soar.stats.fixes >= {shown - page_client.queue.dropped}", 60
+            ), f"the page drew fewer than {shown} fixes"
+            if index == 10:
+                first_positions = await page.evaluate(_POSITIONS)
+        assert page_client.queue.dropped == 0, "the page fell behind: the test lost its count"
+        markers = await page.evaluate("document.querySelectorAll('.leaflet-marker-icon.ac-icon').length")
+        last_positions = await page.evaluate(_POSITIONS)
+        visible_ids = {str(f.aircraft_id) for f in visible}
+        assert markers == len(last_positions) > 10
+        assert set(last_positions) <= visible_ids | set(first_positions)
+        moved = [ident for ident, pos in first_positions.items()
+                 if ident in last_positions and last_positions[ident] != pos]
+        assert len(moved) >= 3, "markers did not move"
+        rotations = await page.evaluate(
+            "[...document.querySelectorAll('.ac-icon .glyph')].map(g => g.style.transform)"
+            ".filter(t => t && t !== 'rotate(0deg)').length"
+        )
+        assert rotations > 0, "no marker is rotated to its heading"
+        labels = await page.evaluate(
+            "[...document.querySelectorAll('.ac-label')].map(l => l.textContent)"
+        )
+        callsigns = {f.callsign for f in visible if f.callsign}
+        assert any(any(label.startswith(cs) for cs in callsigns) for label in labels)
 
-            # Click one: the details panel opens.
-            ident = moved[0]
-            await page.evaluate(f"window.soar.select({int(ident)})")
-            assert await _poll(page, "document.getElementById('panel').style.display === 'block'", 30)
-            assert await _poll(page, "!document.getElementById('panel').textContent.includes('loading')", 30)
-            await page.screenshot(ARTIFACTS / "map.png")
+        # Click one: the details panel opens.
+        ident = moved[0]
+        await page.evaluate(f"window.soar.select({int(ident)})")
+        assert await page.poll("document.getElementById('panel').style.display === 'block'", 30)
+        assert await page.poll("!document.getElementById('panel').textContent.includes('loading')", 30)
+        await page.screenshot(ARTIFACTS / "map.png")
 
-            # The flight log of the day of the trace's second flight, filtered by airfield.
-            second = max((f for f in web_db.flights if f["aircraft_id"] == web_db.trace_id),
-                         key=lambda f: f["first"])
-            day = _day(second["takeoff"])
-            await page.call("Page.navigate", url=f"http://{host}/flights?date={day}&airport=LEBL")
-            assert await _poll(page, "document.querySelectorAll('table.log tbody tr').length > 0", 30)
-            rows = await page.evaluate(
-                "[...document.querySelectorAll('table.log tbody tr')].map(r => r.textContent)"
-            )
-            assert len(rows) == 1 and "OO-TRC" in rows[0] and "LEMD" in rows[0]
-            csv_link = await page.evaluate("document.getElementById('csv').getAttribute('href')")
-            assert "format=csv" in csv_link and "airport=LEBL" in csv_link
-            await page.screenshot(ARTIFACTS / "flights.png")
-            await page.call("Emulation.setDeviceMetricsOverride", width=390, height=780,
-                            deviceScaleFactor=2, mobile=True)
-            await trio.sleep(0.3)
-            await page.screenshot(ARTIFACTS / "flights-phone.png")
-    finally:
-        await _stop(process)
-        shutil.rmtree(profile, ignore_errors=True)
+        # The flight log of the day of the trace's second flight, filtered by airfield.
+        second = max((f for f in web_db.flights if f["aircraft_id"] == web_db.trace_id),
+                     key=lambda f: f["first"])
+        day = _day(second["takeoff"])
+        await page.navigate(f"http://{host}/flights?date={day}&airport=LEBL")
+        assert await page.poll("document.querySelectorAll('table.log tbody tr').length > 0", 30)
+        rows = await page.evaluate(
+            "[...document.querySelectorAll('table.log tbody tr')].map(r => r.textContent)"
+        )
+        assert len(rows) == 1 and "OO-TRC" in rows[0] and "LEMD" in rows[0]
+        csv_link = await page.evaluate("document.getElementById('csv').getAttribute('href')")
+        assert "format=csv" in csv_link and "airport=LEBL" in csv_link
+        await page.screenshot(ARTIFACTS / "flights.png")
+        await page.call("Emulation.setDeviceMetricsOverride", width=390, height=780,
+                        deviceScaleFactor=2, mobile=True)
+        await trio.sleep(0.3)
+        await page.screenshot(ARTIFACTS / "flights-phone.png")
     nursery.cancel_scope.cancel()
 
 
@@ -215,14 +123,5 @@ _POSITIONS = (
 
 
 def _day(us: int) -> str:
-    import datetime as dt
-
     return (dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=us)).date().isoformat()
 
-
-async def _poll(page: DevTools, expression: str, timeout: float) -> bool:
-    for _ in range(round(timeout / 0.1)):
-        if await page.evaluate(expression):
-            return True
-        await trio.sleep(0.1)
-    return bool(await page.evaluate(expression))
