@@ -3,57 +3,33 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.support import free_port, postgres_processes
+from tests.support import (
+    free_port,
+    http_get,
+    postgres_processes,
+    sigterm,
+    soar_cli,
+    soar_env,
+    soar_process,
+    wait_ready,
+)
 
 pytestmark = pytest.mark.slow
-
-
-def get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-
-def wait_ready(base: str, proc: subprocess.Popen[bytes], timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else "exited"
-        try:
-            status, _ = get(base + "/readyz")
-        except OSError:
-            status = 0
-        if status == 200:
-            return
-        time.sleep(0.2)
-    raise AssertionError("soar never became ready")
 
 
 def test_start_ready_metrics_sigterm(tmp_path: Path) -> None:
     port = free_port()
     data_dir = tmp_path / "var"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SOAR_")}
-    env |= {"SOAR_DATA_DIR": str(data_dir), "SOAR_HTTP_ADDR": f"127.0.0.1:{port}",
-            "SOAR_LOG_FORMAT": "json", "SOAR_SHUTDOWN_DEADLINE": "20"}
-    proc = subprocess.Popen([sys.executable, "-m", "soar"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    env = soar_env(SOAR_DATA_DIR=str(data_dir), SOAR_HTTP_ADDR=f"127.0.0.1:{port}",
+                   SOAR_LOG_FORMAT="json", SOAR_SHUTDOWN_DEADLINE="20")
     base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(base, proc)
-        status, body = get(base + "/healthz")
+    with soar_process(env=env) as proc:
+        wait_ready(base, proc, 90)
+        status, body = http_get(base + "/healthz", 5)
         assert status == 200
         health = json.loads(body)
         assert health["status"] == "ok"
@@ -65,21 +41,16 @@ def test_start_ready_metrics_sigterm(tmp_path: Path) -> None:
                 "signals", "directory"} <= set(stages)
         assert stages["shards"]["supervisor"]["children"]["shard.0"]["state"] == "running"
         assert stages["web"]["supervisor"]["children"]["web.server"]["state"] == "running"
-        status, body = get(base + "/metrics")
+        status, body = http_get(base + "/metrics", 5)
         assert status == 200
         assert b"soar_task_running" in body
         assert postgres_processes(data_dir), "the embedded PostgreSQL should be running"
 
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
+        out = sigterm(proc, 60)
         # exit 0 means it drained within SOAR_SHUTDOWN_DEADLINE: past it, soar exits 1
-        assert proc.returncode == 0, out.decode()[-3000:]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        assert proc.returncode == 0, out[-3000:]
     assert postgres_processes(data_dir) == []
-    events = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     names = [e["event"] for e in events]
     assert "shutdown.requested" in names and "soar.stopped" in names
     assert all("task" in e for e in events), "every log line carries the task name"
@@ -100,15 +71,11 @@ def _run_with_replay(tmp_path: Path, testdata: Path) -> None:
 
     capture = testdata / "ogn" / "soar-flight-descended-out-of-range-then-took-off.txt"
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SOAR_")}
-    env |= {"SOAR_DATA_DIR": str(tmp_path / "var"), "SOAR_HTTP_ADDR": f"127.0.0.1:{port}",
-            "SOAR_LOG_FORMAT": "json", "SOAR_SHUTDOWN_DEADLINE": "20",
-            "SOAR_LIVE_ADDR": f"inproc://soar-run-replay-{port}"}
+    env = soar_env(SOAR_DATA_DIR=str(tmp_path / "var"), SOAR_HTTP_ADDR=f"127.0.0.1:{port}",
+                   SOAR_LOG_FORMAT="json", SOAR_SHUTDOWN_DEADLINE="20",
+                   SOAR_LIVE_ADDR=f"inproc://soar-run-replay-{port}")
     # at twice real time, the capture's first flight takes 5 minutes to play: the client
     # subscribes long before it is over, however slow the start
-    proc = subprocess.Popen([sys.executable, "-m", "soar", "run", "--replay", str(capture),
-                             "--speed", "2"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
 
     async def first_fix() -> dict[str, object]:
@@ -125,19 +92,14 @@ def _run_with_replay(tmp_path: Path, testdata: Path) -> None:
                 if message.get("type") == "fixes" and message["fixes"]:
                     return dict(message["fixes"][0])
 
-    try:
-        wait_ready(base, proc)
+    with soar_process("run", "--replay", str(capture), "--speed", "2", env=env) as proc:
+        wait_ready(base, proc, 90)
         fix = trio.run(lambda: _within(120, first_fix))
         assert fix["id"], fix
         # the capture's clock, not the wall clock: the beacons were heard on 2025-12-23
         assert 1766528000_000000 <= int(str(fix["time_us"])) <= 1766532000_000000, fix
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
-        assert proc.returncode == 0, out.decode()[-3000:]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        out = sigterm(proc, 60)
+        assert proc.returncode == 0, out[-3000:]
 
 
 async def _within(seconds: float, fn: object) -> dict[str, object]:
@@ -155,11 +117,8 @@ async def _within(seconds: float, fn: object) -> dict[str, object]:
 def test_run_replay_refuses_bad_captures_in_one_line_before_starting(
     tmp_path: Path, args: list[str], says: str
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SOAR_")}
-    env["SOAR_DATA_DIR"] = str(tmp_path / "var")
-    result = subprocess.run([sys.executable, "-m", "soar", "run", *args], env=env,
-                            capture_output=True, text=True, timeout=60,
-                            cwd=Path(__file__).resolve().parents[1])
+    result = soar_cli("run", *args, env={"SOAR_DATA_DIR": str(tmp_path / "var")}, timeout=60,
+                      cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and says in lines[0], result.stderr

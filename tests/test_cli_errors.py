@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import subprocess
 import sys
@@ -13,14 +12,9 @@ from pathlib import Path
 import pytest
 
 from soar.cli import build_parser
+from tests.support import soar_cli
 
 UNREACHABLE_DB = "postgresql://nobody@127.0.0.1:1/none"  # would be the error if it got that far
-
-
-def soar(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("SOAR_")} | env
-    return subprocess.run([sys.executable, "-m", "soar", *args], env=full, capture_output=True,
-                          text=True, timeout=120)
 
 
 def one_line(proc: subprocess.CompletedProcess[str]) -> str:
@@ -45,7 +39,7 @@ def taken_port() -> Iterator[int]:
 
 def test_run_with_its_http_port_in_use_starts_nothing(taken_port: int, tmp_path: Path) -> None:
     data_dir = tmp_path / "var"
-    proc = soar("run", env={"SOAR_HTTP_ADDR": f"127.0.0.1:{taken_port}",
+    proc = soar_cli("run", env={"SOAR_HTTP_ADDR": f"127.0.0.1:{taken_port}",
                             "SOAR_DATA_DIR": str(data_dir)})
     line = one_line(proc)
     assert line == (f"soar: http_addr: 127.0.0.1:{taken_port} is already in use (another soar "
@@ -67,7 +61,7 @@ def test_split_roles_with_their_port_in_use(
 ) -> None:
     env = env | {f"SOAR_{setting.upper()}": f"127.0.0.1:{taken_port}",
                  "SOAR_DATA_DIR": str(tmp_path / "var")}
-    line = one_line(soar(command, env=env))
+    line = one_line(soar_cli(command, env=env))
     # the port, not the unreachable database: it was checked before anything else
     assert line.startswith(f"soar: {setting}: 127.0.0.1:{taken_port} is already in use")
     assert f"set SOAR_{setting.upper()} to a free host:port" in line
@@ -81,7 +75,7 @@ def test_a_listen_address_that_is_not_local(tmp_path: Path) -> None:
             pass
         else:  # net.ipv4.ip_nonlocal_bind: any address binds here
             pytest.skip("this host lets a socket bind an address it does not have")
-    line = one_line(soar("run", env={"SOAR_HTTP_ADDR": "192.0.2.1:8080",  # TEST-NET-1
+    line = one_line(soar_cli("run", env={"SOAR_HTTP_ADDR": "192.0.2.1:8080",  # TEST-NET-1
                                      "SOAR_DATA_DIR": str(tmp_path / "var")}))
     assert line.startswith("soar: http_addr: cannot listen on 192.0.2.1:8080: ")
     assert not (tmp_path / "var").exists()
@@ -92,18 +86,18 @@ def test_a_listen_address_that_is_not_local(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("speed", ["0", "-1", "nan", "inf", "fast"])
 def test_replay_speed_must_be_a_positive_number(speed: str, tmp_path: Path) -> None:
-    line = one_line(soar("replay", "--speed", speed, str(tmp_path / "x.txt"), env={}))
+    line = one_line(soar_cli("replay", "--speed", speed, str(tmp_path / "x.txt"), env={}))
     assert line == (f"soar replay: argument --speed: must be a positive number, got {speed!r} "
                     "(see soar replay --help)")
 
 
 def test_ingest_speed_is_checked_too(tmp_path: Path) -> None:
-    line = one_line(soar("ingest", "--replay", str(tmp_path / "x"), "--speed", "0", env={}))
+    line = one_line(soar_cli("ingest", "--replay", str(tmp_path / "x"), "--speed", "0", env={}))
     assert "--speed: must be a positive number" in line
 
 
 def test_replay_start_must_be_a_time(tmp_path: Path) -> None:
-    line = one_line(soar("replay", "--start", "yesterday", str(tmp_path / "x.txt"), env={}))
+    line = one_line(soar_cli("replay", "--start", "yesterday", str(tmp_path / "x.txt"), env={}))
     assert "--start: expected an ISO-8601 time" in line
 
 
@@ -118,7 +112,7 @@ def test_replay_start_must_be_a_time(tmp_path: Path) -> None:
 def test_out_of_range_settings_stop_every_command(env: dict[str, str], key: str) -> None:
     for command in ("run", "web", "replay"):
         args = (command, "capture.txt") if command == "replay" else (command,)
-        assert one_line(soar(*args, env=env)).startswith(f"soar: {key}: ")
+        assert one_line(soar_cli(*args, env=env)).startswith(f"soar: {key}: ")
 
 
 # -- --help ---------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from soar.ingest.tcp import LineSplitter
 from soar.live import decode_message, encode_batches
 from soar.overflow import SPOOL_PROTOCOL_CODES, EnvelopeError, decode_envelope, encode_envelope
-from soar.records import AddressType, Envelope, Fix, Protocol
+from soar.records import Envelope, Fix, Protocol
 from soar.web.live import (
     MAX_SQUARES_PER_CLIENT,
     BadRequest,
@@ -26,6 +26,7 @@ from soar.web.live import (
     handle_client_message,
     squares_in_bounds,
 )
+from tests.support import arbitrary_fixes
 
 OGN_TRACE = "ogn/soar-flight-descended-out-of-range-then-took-off.txt"
 
@@ -105,17 +106,7 @@ def test_line_splitter_arbitrary_lines(lines: list[bytes], cuts: list[int]) -> N
 
 # -- the live-fix wire format between shards and the web side -----------------------------------
 
-fixes = st.builds(
-    Fix,
-    protocol=st.sampled_from(list(Protocol)),
-    address_type=st.sampled_from(list(AddressType)),
-    address=st.integers(0, 0xFFFFFF),
-    received_us=st.integers(0, 2**53),
-    lat=st.floats(-89.999, 89.999),
-    lon=st.floats(-179.999, 179.999),
-    altitude_ft=st.none() | st.floats(-2000, 60000),
-    callsign=st.none() | st.text(max_size=8),
-)
+fixes = arbitrary_fixes()
 
 
 @given(st.lists(fixes, max_size=40))

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from soar.config import ConfigError, Settings, load_settings, reference_markdown
 from soar.hostport import parse_host_port
+from tests.support import soar_cli
 
 
 def test_defaults() -> None:
@@ -101,12 +100,6 @@ def test_bad_toml_values_name_the_key(tmp_path: Path) -> None:
         load_settings(cfg, environ={})
 
 
-def _soar(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SOAR_")} | env
-    return subprocess.run([sys.executable, "-m", "soar", *args], env=full_env,
-                          capture_output=True, text=True, timeout=60)
-
-
 @pytest.mark.parametrize(
     ("env", "key"),
     [
@@ -116,7 +109,7 @@ def _soar(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     ],
 )
 def test_start_up_fails_with_one_line_and_no_traceback(env: dict[str, str], key: str) -> None:
-    proc = _soar("run", env=env)
+    proc = soar_cli("run", env=env)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import types
 from pathlib import Path
 from typing import Any
@@ -16,34 +15,18 @@ from soar.ddb import DDB_REFRESH, DdbError, ddb_command, import_ddb, load_privac
 from soar.ddb import refresh_forever as refresh
 from soar.records import AddressType, aircraft_id
 from soar.tracking.privacy import PrivacyDirectory
-
-
-def device(kind: str, ident: str, **fields: str) -> dict[str, str]:
-    base = {
-        "device_type": kind,
-        "device_id": ident,
-        "aircraft_model": "ASK-21",
-        "registration": "D-1234",
-        "cn": "XY",
-        "tracked": "Y",
-        "identified": "Y",
-    }
-    return base | fields
-
+from tests.support import ddb_device, write_ddb
 
 DEVICES = [
-    device("F", "DD1234"),
-    device("O", "07A1B2", aircraft_model="Discus 2", registration="D-KXYZ", cn="", identified="N"),
-    device("I", "3D2E8F", aircraft_model="Robin DR-400", registration="D-EFGH", cn="", tracked="N"),
-    device("X", "ABCDEF"),  # unknown device type
-    device("F", "12345"),  # not 6 hex digits
-    device("F", "DD5678", tracked="maybe"),
+    ddb_device("F", "DD1234"),
+    ddb_device("O", "07A1B2", aircraft_model="Discus 2", registration="D-KXYZ", cn="",
+               identified="N"),
+    ddb_device("I", "3D2E8F", aircraft_model="Robin DR-400", registration="D-EFGH", cn="",
+               tracked="N"),
+    ddb_device("X", "ABCDEF"),  # unknown device type
+    ddb_device("F", "12345"),  # not 6 hex digits
+    ddb_device("F", "DD5678", tracked="maybe"),
 ]
-
-
-def write_ddb(path: Path, devices: list[dict[str, str]]) -> Path:
-    path.write_text(json.dumps({"devices": devices}))
-    return path
 
 
 def table(url: str) -> list[tuple[Any, ...]]:
@@ -77,7 +60,7 @@ def test_import_is_idempotent_and_counts_everything(db_url: str, tmp_path: Path)
     assert (again["inserted"], again["updated"], again["unchanged"]) == (0, 0, 3)
     assert table(db_url) == rows  # not even a timestamp moved
 
-    changed = [device("F", "DD1234", registration="D-4321"), *DEVICES[1:]]
+    changed = [ddb_device("F", "DD1234", registration="D-4321"), *DEVICES[1:]]
     third = import_ddb(db_url, write_ddb(tmp_path / "ddb2.json", changed))
     assert (third["inserted"], third["updated"], third["unchanged"]) == (0, 1, 2)
     assert [r[3] for r in table(db_url) if r[0] == flarm] == ["D-4321"]

@@ -27,8 +27,6 @@ import subprocess
 import sys
 import sysconfig
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +36,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from soar.cli import build_parser
 from soar.config import load_settings
-from tests.support import free_port
+from tests.support import free_port, soar_env, wait_ready
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -233,14 +231,6 @@ def clean_copy(dest: Path, testdata: Path) -> Path:
 # -- running a document ----------------------------------------------------------------------
 
 
-def answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return int(resp.status) == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 class Server:
     """`make run` (or `soar run`) as the document starts it, in its own process group."""
 
@@ -249,11 +239,10 @@ class Server:
         self.log = log.open("w")
         self.proc = subprocess.Popen(["bash", "-c", text], cwd=cwd, env=env, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + COMMAND_TIMEOUT
-        while not answers(f"http://127.0.0.1:{port}/readyz"):
-            assert self.proc.poll() is None, f"`{text}` exited:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"`{text}` never became ready"
-            time.sleep(0.2)
+        try:
+            wait_ready(f"http://127.0.0.1:{port}", self.proc, COMMAND_TIMEOUT, log)
+        except AssertionError as exc:
+            raise AssertionError(f"`{text}`: {exc}") from None
 
     def stop(self) -> None:
         """SIGTERM to make and soar, as Ctrl-C would; soar drains and exits."""
@@ -297,9 +286,7 @@ def runnable_docs() -> list[Path]:
 
 @pytest.fixture
 def session_env(db_url: str) -> Iterator[dict[str, str]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SOAR_")}
-    env |= {"SOAR_DATABASE_URL": db_url}
-    yield env
+    yield soar_env(SOAR_DATABASE_URL=db_url)
 
 
 @pytest.mark.slow

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from soar.protocols import ogn
 from soar.records import AddressType, Fix
 from soar.tracking.privacy import PrivacyDirectory, PrivacyRegistry
 from soar.web.live import LiveHub, squares_in_bounds
+from tests.support import ddb_device, wait_for, write_ddb
 
 FEED = "ogn/svoop-ogn-full-feed-5000-20170419.txt"
 DEVICE_TYPE = {AddressType.FLARM: "F", AddressType.ICAO: "I", AddressType.OGN: "O"}
@@ -39,16 +40,15 @@ def capture_aircraft(testdata: Path) -> dict[str, list[Fix]]:
     return dict(zip(ROLES, by_id.values(), strict=True))
 
 
-def write_ddb(path: Path, aircraft: dict[str, list[Fix]]) -> None:
+def ddb_of(path: Path, aircraft: dict[str, list[Fix]]) -> Path:
     flags = {"hidden": ("N", "Y"), "anonymous": ("Y", "N"), "named": ("Y", "Y"),
              "stealthy": ("Y", "Y")}
-    path.write_text(json.dumps({"devices": [
-        {"device_type": DEVICE_TYPE[aircraft[role][0].address_type],
-         "device_id": f"{aircraft[role][0].address:06X}", "aircraft_model": "ASK 21",
-         "registration": f"D-{role[:4].upper()}", "cn": role[:2].upper(),
-         "tracked": tracked, "identified": identified, "aircraft_type": "1"}
+    return write_ddb(path, [
+        ddb_device(DEVICE_TYPE[aircraft[role][0].address_type], f"{aircraft[role][0].address:06X}",
+                   aircraft_model="ASK 21", registration=f"D-{role[:4].upper()}",
+                   cn=role[:2].upper(), tracked=tracked, identified=identified, aircraft_type="1")
         for role, (tracked, identified) in flags.items()
-    ]}))
+    ])
 
 
 @pytest.fixture
@@ -61,8 +61,8 @@ def pool(db_url: str) -> Iterator[ConnectionPool]:
 @pytest.fixture
 def aircraft(testdata: Path, tmp_path: Path, db_url: str) -> dict[str, list[Fix]]:
     planes = capture_aircraft(testdata)
-    write_ddb(tmp_path / "ddb.json", planes)
-    assert import_ddb(db_url, tmp_path / "ddb.json", progress=False)["inserted"] == 4
+    ddb = ddb_of(tmp_path / "ddb.json", planes)
+    assert import_ddb(db_url, ddb, progress=False)["inserted"] == 4
     seen = planes["seen_only"][0]
     with psycopg.connect(db_url) as conn:
         # the tracker's own row for an aircraft the DDB does not know; and the writer's record
@@ -142,7 +142,7 @@ async def test_refresh_keeps_the_last_good_copy_and_recovers(
         with psycopg.connect(db_url) as conn:  # the table is away for a while: reads fail
             conn.execute("ALTER TABLE aircraft RENAME TO aircraft_away")
         failed = registry.failures
-        await _until(lambda: registry.failures >= failed + 3)
+        await wait_for(lambda: registry.failures >= failed + 3, 60, "three failed refreshes")
         assert registry.directory == loaded  # decisions unchanged while it is away
         assert not registry.directory.tracked(ids["hidden"])
 
@@ -150,12 +150,7 @@ async def test_refresh_keeps_the_last_good_copy_and_recovers(
             conn.execute("ALTER TABLE aircraft_away RENAME TO aircraft")
             conn.execute("UPDATE aircraft SET tracked = true WHERE id = %s", (ids["hidden"],))
         read = registry.refreshes
-        await _until(lambda: registry.refreshes > read)
+        await wait_for(lambda: registry.refreshes > read, 60, "a refresh")
         assert registry.directory.tracked(ids["hidden"])
         nursery.cancel_scope.cancel()
 
-
-async def _until(condition: Callable[[], bool]) -> None:
-    with trio.fail_after(60):
-        while not condition():
-            await trio.sleep(0.01)

@@ -34,21 +34,12 @@ from soar.protocols.live_wire import (
     unframe,
     wire_square,
 )
-from soar.records import AddressType, Fix, Protocol
+from soar.records import Fix
+from tests.support import arbitrary_fixes
 
 OGN_TRACE = "ogn/soar-flight-descended-out-of-range-then-took-off.txt"
 
-fixes = st.builds(
-    Fix,
-    protocol=st.sampled_from(list(Protocol)),
-    address_type=st.sampled_from(list(AddressType)),
-    address=st.integers(0, 0xFFFFFF),
-    received_us=st.integers(0, 2**53),
-    lat=st.floats(-89.9999999, 89.9999999),
-    lon=st.floats(-179.9999999, 179.9999999),
-    altitude_ft=st.none() | st.floats(-2000, 60000),
-    callsign=st.none() | st.text(max_size=8),
-)
+fixes = arbitrary_fixes()
 names = st.sampled_from([PYNNG_TOPICS, NATS_TOPICS])
 
 

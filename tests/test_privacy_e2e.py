@@ -9,8 +9,6 @@ A third SBS aircraft is listed normally and keeps its identity (the control).
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from soar.replay import CaptureSource
 from soar.supervisor import RestartPolicy
 from soar.web.app import WebContext, create_app
 from soar.web.live import AircraftDirectory, LiveHub
+from tests.support import ddb_device, fetch, fetch_json, write_ddb
 
 OGN_TRACE = "ogn/soar-flight-descended-out-of-range-then-took-off.txt"
 SBS_SAMPLE = "sbs/adsbhub-sbs-sample-20260224.txt.gz"
@@ -37,35 +36,19 @@ ANONYMOUS = 0xE49206  # two aircraft with positions in the SBS sample
 NAMED = 0xE49174
 
 
-def write_ddb(path: Path) -> None:
-    def device(address: int, registration: str, cn: str, tracked: str, identified: str) -> dict[str, str]:
-        return {"device_type": "I", "device_id": f"{address:06X}", "aircraft_model": "A320",
-                "registration": registration, "cn": cn, "tracked": tracked,
-                "identified": identified, "aircraft_type": "9"}
-
-    path.write_text(json.dumps({"devices": [
-        device(HIDDEN, "OO-HID", "HD", "N", "Y"),
-        device(ANONYMOUS, "D-ANON", "AN", "Y", "N"),
-        device(NAMED, "EI-NAM", "NM", "Y", "Y"),
-    ]}))
-
-
-async def http_get(host: str, path: str) -> tuple[int, Any]:
-    def get() -> tuple[int, Any]:
-        try:
-            with urllib.request.urlopen(f"http://{host}{path}", timeout=10) as resp:
-                return resp.status, json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"null")
-
-    return await trio.to_thread.run_sync(get)
+def airliner(address: int, registration: str, **fields: str) -> dict[str, str]:
+    """An A320 of the device database (tracked and identified unless `fields` say not)."""
+    return ddb_device("I", f"{address:06X}", aircraft_model="A320", registration=registration,
+                      cn=registration[-2:], aircraft_type="9", **fields)
 
 
 async def test_ddb_privacy_on_storage_api_and_websocket(
     testdata: Path, tmp_path: Path, db_url: str, nursery: trio.Nursery
 ) -> None:
     ddb = tmp_path / "ddb.json"
-    write_ddb(ddb)
+    write_ddb(ddb, [airliner(HIDDEN, "OO-HID", tracked="N"),
+                    airliner(ANONYMOUS, "D-ANON", identified="N"),
+                    airliner(NAMED, "EI-NAM")])
     summary = await trio.to_thread.run_sync(import_ddb, db_url, ddb)
     assert summary["read"] == 3
 
@@ -130,14 +113,13 @@ async def test_ddb_privacy_on_storage_api_and_websocket(
     assert hidden not in counts and hidden_flights == 0, "tracked = N: nothing stored"
     assert counts.get(anonymous, 0) >= 1 and counts.get(named, 0) >= 1
     # API
-    status, _ = await http_get(host, f"/api/aircraft/{hidden}")
+    status, _ = await fetch(f"http://{host}/api/aircraft/{hidden}")
     assert status == 404
-    status, body = await http_get(host, f"/api/aircraft/{anonymous}")
-    assert status == 200
+    body = await fetch_json(f"http://{host}/api/aircraft/{anonymous}")
     assert body.get("registration") is None and body.get("competition_number") is None
-    status, body = await http_get(host, f"/api/aircraft/{named}")
-    assert status == 200 and body["registration"] == "EI-NAM"
-    status, body = await http_get(host, "/api/aircraft?bbox=-179,-89,179,89")
+    body = await fetch_json(f"http://{host}/api/aircraft/{named}")
+    assert body["registration"] == "EI-NAM"
+    body = await fetch_json(f"http://{host}/api/aircraft?bbox=-179,-89,179,89")
     listed = body["aircraft"] if isinstance(body, dict) else body
     assert all(a["id"] != hidden for a in listed)
     # WebSocket: what the hub took is on the client's socket once its queue is empty and both
@@ -168,10 +150,7 @@ async def test_stealth_bit_stored_never_streamed_and_shown_without_identity(
     the stealth bit (0x80 of the id field) set on every beacon; the DDB lists the aircraft as
     identified, with a registration the stealth bit must still keep private."""
     ddb = tmp_path / "ddb.json"
-    ddb.write_text(json.dumps({"devices": [{
-        "device_type": "I", "device_id": f"{HIDDEN:06X}", "aircraft_model": "A320",
-        "registration": "OO-STL", "cn": "ST", "tracked": "Y", "identified": "Y",
-        "aircraft_type": "9"}]}))
+    write_ddb(ddb, [airliner(HIDDEN, "OO-STL")])
     await trio.to_thread.run_sync(import_ddb, db_url, ddb)
     stealthy = tmp_path / "stealth-trace.txt"
     lines = (testdata / OGN_TRACE).read_text().splitlines()
@@ -205,7 +184,7 @@ async def test_stealth_bit_stored_never_streamed_and_shown_without_identity(
     assert len(client.queue) == 0 and hub.received_fixes == 0, "and never streamed"
     # REST: a stealth aircraft is not found by its id (which holds its address); its flights
     # are listed without identity (tests/web/test_flight_log.py)
-    status, _ = await http_get(host, f"/api/aircraft/{ident}")
+    status, _ = await fetch(f"http://{host}/api/aircraft/{ident}")
     assert status == 404
     await pipeline.close()
     nursery.cancel_scope.cancel()

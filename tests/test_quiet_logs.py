@@ -5,19 +5,14 @@ are metrics), so nothing is lost, only kept off the terminal."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support import free_port
+from tests.support import free_port, sigterm, soar_env, soar_process, wait_ready
 
 # Bounds for a busy machine (replays of 38,000 messages, a start), not measurements.
 pytestmark = [pytest.mark.slow, pytest.mark.time_limit(300)]
@@ -31,9 +26,8 @@ MANY_FLIGHTS = 5000
 
 
 def _env(db_url: str, data_dir: Path, level: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SOAR_")}
-    return env | {"SOAR_DATABASE_URL": db_url, "SOAR_DATA_DIR": str(data_dir),
-                  "SOAR_LOG_LEVEL": level, "SOAR_LOG_FORMAT": "json", **extra}
+    return soar_env(SOAR_DATABASE_URL=db_url, SOAR_DATA_DIR=str(data_dir), SOAR_LOG_LEVEL=level,
+                    SOAR_LOG_FORMAT="json", **extra)
 
 
 def _replay(testdata: Path, env: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
@@ -69,14 +63,6 @@ def test_per_flight_events_are_at_debug(testdata: Path, db_url: str, tmp_path: P
     assert sum(e["how"] != "resumed" for e in opened) == summary["flights"] > MANY_FLIGHTS
 
 
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return int(resp.status) == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 def test_start_with_thousands_of_open_flights_logs_a_handful_of_lines(
     testdata: Path, db_url: str, tmp_path: Path
 ) -> None:
@@ -87,20 +73,9 @@ def test_start_with_thousands_of_open_flights_logs_a_handful_of_lines(
 
     port = free_port()
     env = _env(db_url, tmp_path, "info", SOAR_HTTP_ADDR=f"127.0.0.1:{port}")
-    proc = subprocess.Popen([sys.executable, "-m", "soar", "run"], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 300  # a bound for a stuck start, not a measurement
-        while not _ready(f"http://127.0.0.1:{port}/readyz"):
-            assert proc.poll() is None, proc.communicate()[0][-3000:]
-            assert time.monotonic() < deadline, "soar never became ready"
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    with soar_process("run", env=env) as proc:
+        wait_ready(f"http://127.0.0.1:{port}", proc, 300)
+        out = sigterm(proc, 120)
     assert proc.returncode == 0, out[-3000:]
     lines = out.splitlines()
     events = {e["event"]: e for e in _events(lines)}

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,19 +12,14 @@ import psycopg
 import pytest
 
 from soar.protocols import ogn
+from tests.support import soar_cli
 
 OGN_TRACE = "ogn/soar-flight-descended-out-of-range-then-took-off.txt"
 SBS_SAMPLE = "sbs/adsbhub-sbs-sample-20260224.txt.gz"
 
 
-def soar(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("SOAR_")} | env
-    return subprocess.run([sys.executable, "-m", "soar", *args], env=full, capture_output=True,
-                          text=True, timeout=120)
-
-
 def test_replay_json_summary(testdata: Path, tmp_path: Path, db_url: str) -> None:
-    proc = soar("replay", str(testdata / OGN_TRACE), "--json",
+    proc = soar_cli("replay", str(testdata / OGN_TRACE), "--json",
                 env={"SOAR_DATABASE_URL": db_url, "SOAR_DATA_DIR": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads(proc.stdout)  # the whole of stdout is the one object
@@ -39,11 +32,11 @@ def test_replay_json_summary(testdata: Path, tmp_path: Path, db_url: str) -> Non
 
 def test_replay_of_a_missing_or_unknown_file_is_one_line(tmp_path: Path, db_url: str) -> None:
     env = {"SOAR_DATABASE_URL": db_url, "SOAR_DATA_DIR": str(tmp_path)}
-    proc = soar("replay", str(tmp_path / "nope.txt"), env=env)
+    proc = soar_cli("replay", str(tmp_path / "nope.txt"), env=env)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "nope.txt" in proc.stderr
     junk = tmp_path / "junk.bin"
     junk.write_bytes(b"\x00\x01 this is no capture\n")
-    proc = soar("replay", str(junk), env=env)
+    proc = soar_cli("replay", str(junk), env=env)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
 
 
@@ -69,7 +62,7 @@ def test_raw_aprs_is_capture_replays_with_keepalive_times(
 ) -> None:
     path = testdata / FULL_FEED
     env = {"SOAR_DATABASE_URL": db_url, "SOAR_DATA_DIR": str(tmp_path)}
-    proc = soar("replay", str(path), "--json", env=env)  # --format auto: recognised as OGN
+    proc = soar_cli("replay", str(path), "--json", env=env)  # --format auto: recognised as OGN
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads(proc.stdout)
     assert summary["formats"] == {str(path): "ogn"}
@@ -94,10 +87,10 @@ def test_raw_aprs_is_capture_without_keepalive_needs_start(
 ) -> None:
     path = testdata / NO_KEEPALIVE
     env = {"SOAR_DATABASE_URL": db_url, "SOAR_DATA_DIR": str(tmp_path)}
-    proc = soar("replay", str(path), env=env)
+    proc = soar_cli("replay", str(path), env=env)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "keep-alive" in proc.stderr and "--start" in proc.stderr
-    proc = soar("replay", str(path), "--json", "--start", "2016-09-21T07:00:00Z", env=env)
+    proc = soar_cli("replay", str(path), "--json", "--start", "2016-09-21T07:00:00Z", env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads(proc.stdout)
     # the logger's own first line is the one line no parser takes
@@ -114,7 +107,7 @@ def test_start_is_refused_for_a_capture_with_its_own_times(
     testdata: Path, tmp_path: Path, db_url: str
 ) -> None:
     env = {"SOAR_DATABASE_URL": db_url, "SOAR_DATA_DIR": str(tmp_path)}
-    proc = soar("replay", str(testdata / OGN_TRACE), "--start", "2020-01-01T00:00:00Z", env=env)
+    proc = soar_cli("replay", str(testdata / OGN_TRACE), "--start", "2020-01-01T00:00:00Z", env=env)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "--start" in proc.stderr and "records its own" in proc.stderr
 
@@ -130,7 +123,7 @@ def test_replay_with_nothing_accepted_exits_1_and_says_why(
     testdata: Path, tmp_path: Path, db_url: str, fmt: str, capture: str, looks: str
 ) -> None:
     env = {"SOAR_DATABASE_URL": db_url, "SOAR_DATA_DIR": str(tmp_path)}
-    proc = soar("replay", str(testdata / capture), "--format", fmt, "--json", env=env)
+    proc = soar_cli("replay", str(testdata / capture), "--format", fmt, "--json", env=env)
     assert proc.returncode == 1, proc.stderr[-2000:]
     summary = json.loads(proc.stdout)  # the summary is still printed, whole
     assert summary["accepted"] == 0 and summary["fixes"] == 0
@@ -144,7 +137,7 @@ def test_replay_with_nothing_accepted_exits_1_and_says_why(
 def test_replay_of_one_good_capture_exits_0(testdata: Path, tmp_path: Path, db_url: str) -> None:
     """The exit status is about nothing accepted, not about some rejects."""
     env = {"SOAR_DATABASE_URL": db_url, "SOAR_DATA_DIR": str(tmp_path)}
-    proc = soar("replay", str(testdata / "ogn/edge-cases-from-parser-tests.txt"), "--start",
+    proc = soar_cli("replay", str(testdata / "ogn/edge-cases-from-parser-tests.txt"), "--start",
                 "2017-01-01T00:00:00Z", "--json", env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads(proc.stdout)
@@ -158,7 +151,7 @@ def test_log_lines_never_run_into_the_progress_bar(
     testdata: Path, tmp_path: Path, db_url: str
 ) -> None:
     env = {"SOAR_DATABASE_URL": db_url, "SOAR_DATA_DIR": str(tmp_path), "SOAR_LOG_FORMAT": "json"}
-    proc = soar("replay", str(testdata / FULL_FEED), "--progress", "always", env=env)
+    proc = soar_cli("replay", str(testdata / FULL_FEED), "--progress", "always", env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     bar_draws = log_lines = 0
     for line in proc.stderr.split("\n"):
@@ -189,11 +182,11 @@ def test_a_beast_replay_says_which_anchor_its_times_hang_on(
     mtime = dt.datetime(2020, 2, 12, 10, 15, tzinfo=dt.UTC).timestamp()
     os.utime(capture, (mtime, mtime))
     env = {"SOAR_DATABASE_URL": db_url, "SOAR_DATA_DIR": str(tmp_path / "var")}
-    proc = soar("replay", str(capture), "--json", env=env)
+    proc = soar_cli("replay", str(capture), "--json", env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     anchor = json.loads(proc.stdout)["anchors"][str(capture)]
     assert anchor == {"first_frame_at": "2020-02-12T10:15:00Z",
                       "from": "file modification time (no --start)"}
-    proc = soar("replay", str(capture), "--start", "2020-02-12T09:00:00Z", env=env)
+    proc = soar_cli("replay", str(capture), "--start", "2020-02-12T09:00:00Z", env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "lfbo.beast: first frame at 2020-02-12T09:00:00Z (--start)" in proc.stdout

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import socket
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import psycopg
@@ -20,6 +20,7 @@ from soar.records import Fix, FlightRow, Protocol
 from soar.store.queries import fix_keys
 from soar.store.tables import FixFamily, FlightFamily
 from soar.store.writer import CommitReport, StoreWriter, open_pool
+from tests.support import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -39,15 +40,6 @@ def unreachable_url() -> str:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"postgresql://soar@127.0.0.1:{port}/soar"
-
-
-async def wait_for(condition: Callable[[], bool], what: str) -> None:
-    try:
-        with trio.fail_after(40):  # a hang guard, not a timing assertion
-            while not condition():
-                await trio.sleep(0.01)
-    except trio.TooSlowError:
-        raise AssertionError(f"gave up waiting for {what}") from None
 
 
 async def test_items_settle_only_after_their_rows_commit(
@@ -158,9 +150,9 @@ async def test_with_the_database_down_settled_means_spooled(
                     await send.send(fix)
 
             nursery.start_soon(feed)
-            await wait_for(lambda: down.stalled, "the spool to fill")
+            await wait_for(lambda: down.stalled, 40, "the spool to fill")
             # The batcher keeps taking until its hand-off to the committer is full.
-            await wait_for(lambda: down.taken > down.settled + 100, "items held unsettled")
+            await wait_for(lambda: down.taken > down.settled + 100, 40, "items held unsettled")
             settled = down.settled
             assert 0 < settled < down.taken < len(capture_fixes)
             assert not down.healthy

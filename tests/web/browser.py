@@ -14,7 +14,6 @@ import json
 import shutil
 import subprocess
 import tempfile
-import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,6 +22,8 @@ from typing import Any
 import pytest
 import trio
 import trio_websocket
+
+from tests.support import fetch_json
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
@@ -91,11 +92,6 @@ class DevTools:
         await trio.Path(path).write_bytes(base64.b64decode(data["data"]))
 
 
-def _get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return json.load(response)
-
-
 async def open_chromium(
     profile: Path, url: str, width: int = 1280, height: int = 800
 ) -> tuple[trio.Process, str]:
@@ -117,7 +113,7 @@ async def open_chromium(
     pages: list[dict[str, Any]] = []
     with trio.move_on_after(30):
         while not pages:
-            targets = await trio.to_thread.run_sync(_get_json, f"http://127.0.0.1:{port}/json/list")
+            targets = await fetch_json(f"http://127.0.0.1:{port}/json/list", timeout=5)
             pages = [t for t in targets if t.get("type") == "page"]
             if not pages:
                 await trio.sleep(0.05)

@@ -9,7 +9,7 @@ import itertools
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -238,10 +238,9 @@ def web_db(testdata: Path) -> Iterator[Dataset]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-async def wait_until(condition: Callable[[], bool], timeout: float, step: float = 0.02) -> bool:
-    """Poll `condition` until it holds or `timeout` passes; returns whether it held."""
-    for _ in range(max(1, round(timeout / step))):
-        if condition():
-            return True
-        await trio.sleep(step)
-    return condition()
+async def get_json(client: Any, path: str, status: int = 200) -> Any:
+    """The JSON body of GET `path` on a quart test client, which must answer `status`."""
+    response = await client.get(path)
+    body = await response.get_json()
+    assert response.status_code == status, (path, body)
+    return body

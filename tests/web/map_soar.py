@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import os
 import re
 import signal
 import socket
@@ -23,12 +22,11 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support import free_port
+from tests.support import free_port, soar_env, wait_ready
 
 SBS_SAMPLE = "sbs/adsbhub-sbs-sample-20260224.txt.gz"
 OGN_FULL_FEED = "ogn/svoop-ogn-full-feed-5000-20170419.txt"
@@ -163,23 +161,6 @@ class RunningSoar:
     inactive_after_s: int
 
 
-def _status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return int(response.status)
-    except OSError:
-        return 0
-
-
-def wait_for(condition: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @contextlib.contextmanager
 def run_soar(testdata: Path, tmp: Path, inactive_after_s: int = 300) -> Iterator[RunningSoar]:
     sbs, ogn = SbsFeed.from_capture(testdata), OgnFeed.from_capture(testdata)
@@ -187,25 +168,20 @@ def run_soar(testdata: Path, tmp: Path, inactive_after_s: int = 300) -> Iterator
     for thread in threads:
         thread.start()
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SOAR_")}
-    env |= {
-        "SOAR_DATA_DIR": str(tmp / "var"), "SOAR_HTTP_ADDR": f"127.0.0.1:{port}",
-        "SOAR_LOG_FORMAT": "json", "SOAR_SHUTDOWN_DEADLINE": "20",
-        "SOAR_SBS_SERVERS": sbs.address, "SOAR_APRS_SERVER": ogn.address,
-        "SOAR_ELEVATION_DIR": str(testdata / "elevation"),
-        "SOAR_MAP_INACTIVE_AFTER": str(inactive_after_s),
-    }
+    env = soar_env(
+        SOAR_DATA_DIR=str(tmp / "var"), SOAR_HTTP_ADDR=f"127.0.0.1:{port}",
+        SOAR_LOG_FORMAT="json", SOAR_SHUTDOWN_DEADLINE="20",
+        SOAR_SBS_SERVERS=sbs.address, SOAR_APRS_SERVER=ogn.address,
+        SOAR_ELEVATION_DIR=str(testdata / "elevation"),
+        SOAR_MAP_INACTIVE_AFTER=str(inactive_after_s),
+    )
     log = tmp / "soar.log"
     with log.open("wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "soar"], env=env, stdout=out,
                                    stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        def ready() -> bool:
-            assert process.poll() is None, log.read_text()[-3000:]
-            return _status(base + "/readyz") == 200
-
-        wait_for(ready, 180, "soar to be ready")
+        wait_ready(base, process, 180, log)
         yield RunningSoar(base, sbs, ogn, process, log, inactive_after_s)
     finally:
         ogn.stopping = True

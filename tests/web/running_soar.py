@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import json
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import trio
 from hypercorn.config import Config
@@ -38,6 +38,7 @@ from soar.records import AddressType, aircraft_id
 from soar.replay import CaptureSource
 from soar.supervisor import RestartPolicy
 from soar.web.app import WebContext, create_app
+from tests.support import ddb_device, fetch, fetch_json, write_ddb
 from tests.tracking.flood import FLOOD, aprs_line
 
 TAKEOFF_CSV = "ogn/ognmonitoring-takeoff-koenigsdorf-20240329.csv"
@@ -86,20 +87,20 @@ def replay_lines(testdata: Path) -> list[str]:
     return out
 
 
-def write_ddb(path: Path) -> None:
-    path.write_text(json.dumps({"devices": [
-        {"device_type": "F", "device_id": callsign[3:], "aircraft_model": "ASK 21",
-         "registration": registration, "cn": registration[-2:], "tracked": "Y",
-         "identified": "Y", "aircraft_type": "1"}
-        for callsign, registration in REGISTRATIONS.items()
-    ]}))
-
-
 @dataclass
 class RunningSoar:
     host: str
     db_url: str
     pipeline: Pipeline
+
+    async def get(self, path: str) -> tuple[int, str]:
+        """GET `path` over HTTP: its status and body text, an error status included."""
+        code, body = await fetch(f"http://{self.host}{path}")
+        return code, body.decode()
+
+    async def get_json(self, path: str, status: int = 200) -> Any:
+        """The JSON body of GET `path`, which must answer `status`."""
+        return await fetch_json(f"http://{self.host}{path}", status)
 
 
 async def start_soar(
@@ -107,8 +108,11 @@ async def start_soar(
 ) -> RunningSoar:
     """Replay the captures through a real pipeline into `db_url`, served on 127.0.0.1; returns
     once every line is stored (the replay's sources have ended and the writers drained)."""
-    ddb = tmp_path / "ddb.json"
-    write_ddb(ddb)
+    ddb = write_ddb(tmp_path / "ddb.json", [
+        ddb_device("F", callsign[3:], aircraft_model="ASK 21", registration=registration,
+                   cn=registration[-2:], aircraft_type="1")
+        for callsign, registration in REGISTRATIONS.items()
+    ])
     await trio.to_thread.run_sync(import_ddb, db_url, ddb)
     capture = tmp_path / "flight-log-replay.txt"
     capture.write_text("\n".join(replay_lines(testdata)) + "\n")

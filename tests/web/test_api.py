@@ -15,7 +15,7 @@ from soar.records import Fix
 from soar.web import openapi
 from soar.web.app import WebContext, create_app
 
-from .conftest import Dataset
+from .conftest import Dataset, get_json
 
 
 @pytest.fixture
@@ -25,13 +25,6 @@ def client(web_db: Dataset) -> Any:
 
 def _iso(us: int) -> str:
     return (dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=us)).isoformat()
-
-
-async def get_json(client: Any, path: str, status: int = 200) -> Any:
-    response = await client.get(path)
-    body = await response.get_json()
-    assert response.status_code == status, (path, body)
-    return body
 
 
 def test_openapi_documents_exactly_the_api_routes() -> None:

@@ -28,6 +28,7 @@ from soar.web.connections import (
     default_max_connections,
 )
 from soar.web.server import serve_web
+from tests.support import wait_for
 
 LONG_KEEP_ALIVE_S = 600.0  # no close in these tests may come from the keep-alive timer
 
@@ -136,12 +137,6 @@ def test_accept_errors_are_counted_and_reported_once_a_minute() -> None:
 LIMIT = 20
 
 
-async def _until(condition: object, what: str) -> None:
-    with trio.fail_after(60):
-        while not condition():  # type: ignore[operator]
-            await trio.sleep(0.01)
-
-
 def _answer(conn: socket.socket) -> bytes:
     """Everything the server sends until it closes (60 s at most: far past any close here)."""
     conn.settimeout(60)
@@ -159,7 +154,7 @@ async def test_past_the_limit_connections_get_503_and_health_is_still_answered(
     # LIMIT clients that connect and say nothing: held until the keep-alive timeout (600 s)
     held = [socket.create_connection((host, port)) for _ in range(LIMIT)]
     try:
-        await _until(lambda: CONNECTIONS._value.get() - open_before == LIMIT, "all held")
+        await wait_for(lambda: CONNECTIONS._value.get() - open_before == LIMIT, 60, "all held")
 
         def over_the_limit(request: bytes) -> bytes:
             with socket.create_connection((host, port)) as conn:
@@ -184,9 +179,9 @@ async def test_past_the_limit_connections_get_503_and_health_is_still_answered(
         # before it sends a byte.
         silent = [socket.create_connection((host, port)) for _ in range(PRIORITY_SLOTS)]
         try:
-            await _until(
+            await wait_for(
                 lambda: CONNECTIONS._value.get() - open_before == LIMIT + PRIORITY_SLOTS,
-                "the priority slots taken")
+                60, "the priority slots taken")
             with socket.create_connection((host, port)) as conn:
                 answer = await trio.to_thread.run_sync(_answer, conn)
             assert answer.startswith(b"HTTP/1.1 503"), answer[:80]
@@ -201,7 +196,7 @@ async def test_past_the_limit_connections_get_503_and_health_is_still_answered(
         for conn in held:
             conn.close()
     # every descriptor the server took is given back, and the count with it
-    await _until(lambda: CONNECTIONS._value.get() == open_before, "the held ones released")
+    await wait_for(lambda: CONNECTIONS._value.get() == open_before, 60, "the held ones released")
     nursery.cancel_scope.cancel()
 
 
@@ -235,10 +230,11 @@ async def test_requests_past_the_slots_wait_in_order_and_health_never_waits() ->
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(get, 1)
-        await _until(lambda: order == [1], "the first request in its slot")
+        await wait_for(lambda: order == [1], 60, "the first request in its slot")
         for n in (2, 3):  # one after the other: trio does not promise the order tasks start in
             nursery.start_soon(get, n)
-            await _until(lambda n=n: WAITING._value.get() - waiting_before == n - 1, f"{n} waits")
+            await wait_for(lambda n=n: WAITING._value.get() - waiting_before == n - 1, 60,
+                           f"{n} waits")
         # health, readiness and metrics are answered while the only slot is taken
         assert (await client.get("/healthz")).status_code == 200
         assert (await client.get("/metrics")).status_code == 200

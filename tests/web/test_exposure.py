@@ -8,8 +8,6 @@ interface with the client address a remote caller would have.
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 from functools import partial
 from typing import Any
 
@@ -19,6 +17,7 @@ from soar.config import load_settings
 from soar.supervisor import ChildSpec, RestartPolicy, Supervisor
 from soar.web.app import WebContext, create_app
 from soar.web.server import serve_web
+from tests.support import fetch
 
 TOKEN = "s3cret-token"
 REMOTE = ("203.0.113.7", 40000)  # TEST-NET-3: documentation addresses, never a real host
@@ -35,13 +34,8 @@ async def _crashed_tree() -> dict[str, Any]:
     return sup.tree()
 
 
-def _get(url: str, token: str | None = None) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 async def test_local_callers_see_error_details_and_metrics_need_the_token(
@@ -53,20 +47,20 @@ async def test_local_callers_see_error_details_and_metrics_need_the_token(
     binds = await nursery.start(partial(serve_web, bind="127.0.0.1:0"), settings,
                                 WebContext(tree=lambda: tree), trio.Event())
     base = binds[0]
-    status, body = await trio.to_thread.run_sync(_get, f"{base}/healthz")
+    status, body = await fetch(f"{base}/healthz")
     assert status == 200 and "No space left" in body.decode()  # this host: details
-    status, _ = await trio.to_thread.run_sync(_get, f"{base}/metrics")
+    status, _ = await fetch(f"{base}/metrics")
     assert status == 401
-    status, _ = await trio.to_thread.run_sync(_get, f"{base}/metrics", "wrong")
+    status, _ = await fetch(f"{base}/metrics", headers=bearer("wrong"))
     assert status == 401
-    status, body = await trio.to_thread.run_sync(_get, f"{base}/metrics", TOKEN)
+    status, body = await fetch(f"{base}/metrics", headers=bearer(TOKEN))
     assert status == 200 and b"soar_" in body
     nursery.cancel_scope.cancel()
 
 
 async def _remote_get(app: Any, path: str, token: str | None = None) -> tuple[int, str]:
     client = app.test_client()
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    headers = bearer(token) if token else {}
     response = await client.get(path, headers=headers, scope_base={"client": REMOTE})
     return response.status_code, await response.get_data(as_text=True)
 

@@ -25,6 +25,8 @@ from tests.support import write_rows
 from tests.tracking.flood import LANDING_GLIDER, flood_beacons, koenigsdorf_airports
 from tests.tracking.helpers import ids
 
+from .conftest import get_json
+
 S = 1_000_000
 
 
@@ -65,12 +67,6 @@ async def stored_flood(testdata: Path, db_url: str, tmp_path: Path) -> list[Fix]
 
 def iso(us: int) -> str:
     return datetime.fromtimestamp(us / S, UTC).isoformat().replace("+00:00", "Z")
-
-
-async def get_json(client: Any, path: str) -> Any:
-    response = await client.get(path)
-    assert response.status_code == 200, path
-    return await response.get_json()
 
 
 async def test_fixes_and_tracks_are_in_own_time_with_the_receive_time_beside(

@@ -7,8 +7,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -31,23 +29,6 @@ from .running_soar import (
 pytestmark = pytest.mark.slow
 
 
-async def fetch(soar: RunningSoar, path: str) -> tuple[int, str]:
-    def get() -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://{soar.host}{path}", timeout=30) as resp:
-                return resp.status, resp.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
-
-    return await trio.to_thread.run_sync(get)
-
-
-async def get_json(soar: RunningSoar, path: str, status: int = 200) -> Any:
-    code, text = await fetch(soar, path)
-    assert code == status, (path, text)
-    return json.loads(text)
-
-
 @pytest.fixture
 async def soar(
     nursery: trio.Nursery, testdata: Path, tmp_path: Path, db_url: str
@@ -60,7 +41,7 @@ def by_aircraft(flights: list[dict[str, Any]], ident: int | None) -> list[dict[s
 
 
 async def test_estimates_launch_methods_and_durations(soar: RunningSoar) -> None:
-    koenigsdorf = await get_json(soar, "/api/flights?date=2024-03-29&include_spurious=true")
+    koenigsdorf = await soar.get_json("/api/flights?date=2024-03-29&include_spurious=true")
     # FLRD01CFE: winch launch at 10:08:38, then the capture ends: timed out an hour after its
     # last fix (10:08:44). Its duration runs to that fix, not to the timeout.
     (lost,) = by_aircraft(koenigsdorf["flights"], flarm_id(TIMED_OUT_WINCH))
@@ -75,13 +56,13 @@ async def test_estimates_launch_methods_and_durations(soar: RunningSoar) -> None
 
     # The airliner: lost descending into Amsterdam (landing projected), then first seen
     # climbing out of it hours later (takeoff projected): both estimates, and why.
-    evening = await get_json(soar, "/api/flights?date=2025-12-23")
+    evening = await soar.get_json("/api/flights?date=2025-12-23")
     (descent,) = by_aircraft(evening["flights"], TRACE_ID)
     assert descent["takeoff"] is None and descent["takeoff_estimate"] == "first_seen_airborne"
     assert descent["landing"] == "2025-12-24T22:32:41Z".replace("24T", "23T")
     assert descent["landing_estimate"] == "out_of_coverage"
     assert descent["arrival_airport"] == "EHAM" and descent["launch"] == "unknown"
-    morning = await get_json(soar, "/api/flights?date=2025-12-24")
+    morning = await soar.get_json("/api/flights?date=2025-12-24")
     (climb,) = by_aircraft(morning["flights"], TRACE_ID)
     assert climb["takeoff"] == "2025-12-24T05:45:07Z"
     assert climb["takeoff_estimate"] == "out_of_coverage"
@@ -92,14 +73,14 @@ async def test_estimates_launch_methods_and_durations(soar: RunningSoar) -> None
 
 
 async def test_paging_with_cursor_and_total(soar: RunningSoar) -> None:
-    whole = await get_json(soar, "/api/flights?date=2024-03-29&include_spurious=true")
+    whole = await soar.get_json("/api/flights?date=2024-03-29&include_spurious=true")
     assert whole["total"] == whole["count"] == len(whole["flights"]) >= 4
     assert whole["next_cursor"] is None
     seen: list[str] = []
     path = "/api/flights?date=2024-03-29&include_spurious=true&limit=1"
     pages = 0
     while path:
-        body = await get_json(soar, path)
+        body = await soar.get_json(path)
         pages += 1
         assert body["total"] == whole["total"] and body["count"] == len(body["flights"])
         seen += [f["id"] for f in body["flights"]]
@@ -109,32 +90,32 @@ async def test_paging_with_cursor_and_total(soar: RunningSoar) -> None:
     assert seen == [f["id"] for f in whole["flights"]]
     assert pages == whole["total"]
     # the default hides flights marked spurious: its total counts what it lists
-    plain = await get_json(soar, "/api/flights?date=2024-03-29")
+    plain = await soar.get_json("/api/flights?date=2024-03-29")
     assert plain["total"] == len(plain["flights"]) < whole["total"]
     # a cursor belongs to its list: another day, zone or filter refuses it
-    first = await get_json(soar, "/api/flights?date=2024-03-29&include_spurious=true&limit=1")
+    first = await soar.get_json("/api/flights?date=2024-03-29&include_spurious=true&limit=1")
     for other in ("date=2024-03-30", "date=2024-03-29&tz=Europe/Paris",
                   "date=2024-03-29&airport=EHAM", "date=2024-03-29"):
-        body = await get_json(soar, f"/api/flights?{other}&cursor={first['next_cursor']}", 400)
+        body = await soar.get_json(f"/api/flights?{other}&cursor={first['next_cursor']}", 400)
         assert "cursor" in body["error"]
     # an aircraft's flights page the same way, newest first (the airliner's two flights)
-    mine = await get_json(soar, f"/api/aircraft/{TRACE_ID}/flights?limit=1")
+    mine = await soar.get_json(f"/api/aircraft/{TRACE_ID}/flights?limit=1")
     assert mine["total"] == 2 and mine["count"] == 1 and mine["next_cursor"]
-    rest = await get_json(soar, f"/api/aircraft/{TRACE_ID}/flights?limit=1"
+    rest = await soar.get_json(f"/api/aircraft/{TRACE_ID}/flights?limit=1"
                                 f"&cursor={mine['next_cursor']}")
     assert rest["flights"][0]["first_fix"] < mine["flights"][0]["first_fix"]
     assert rest["total"] == 2 and rest["next_cursor"] is None  # the last page says so
-    other = await get_json(soar, f"/api/aircraft/{flarm_id(FLOOD_WINCH)}/flights"
+    other = await soar.get_json(f"/api/aircraft/{flarm_id(FLOOD_WINCH)}/flights"
                                  f"?cursor={mine['next_cursor']}", 400)
     assert "cursor" in other["error"]
 
 
 async def test_csv_has_the_date_and_complete_rows(soar: RunningSoar) -> None:
-    code, text = await fetch(soar, "/api/flights?date=2024-03-29&include_spurious=true&format=csv")
+    code, text = await soar.get("/api/flights?date=2024-03-29&include_spurious=true&format=csv")
     assert code == 200
     rows = list(csv.DictReader(io.StringIO(text)))
     assert tuple(rows[0]) == CSV_COLUMNS
-    json_body = await get_json(soar, "/api/flights?date=2024-03-29&include_spurious=true")
+    json_body = await soar.get_json("/api/flights?date=2024-03-29&include_spurious=true")
     assert [r["flight_id"] for r in rows] == [f["id"] for f in json_body["flights"]]
     lost = next(r for r in rows if r["registration"] == REGISTRATIONS[TIMED_OUT_WINCH])
     # the timed-out flight: everything known about it, not just its id
@@ -149,24 +130,24 @@ async def test_csv_has_the_date_and_complete_rows(soar: RunningSoar) -> None:
 async def test_time_zone_moves_the_day_and_the_csv_times(soar: RunningSoar) -> None:
     # Tokyo is UTC+9: the airliner's evening descent (22:18 UTC on the 23rd) and its
     # morning flight are both on the 24th there.
-    tokyo = await get_json(soar, "/api/flights?date=2025-12-24&tz=Asia/Tokyo")
+    tokyo = await soar.get_json("/api/flights?date=2025-12-24&tz=Asia/Tokyo")
     assert tokyo["tz"] == "Asia/Tokyo"
     assert len(by_aircraft(tokyo["flights"], TRACE_ID)) == 2 and tokyo["total"] == 2
-    utc = await get_json(soar, "/api/flights?date=2025-12-24")
+    utc = await soar.get_json("/api/flights?date=2025-12-24")
     assert len(by_aircraft(utc["flights"], TRACE_ID)) == 1 and utc["tz"] == "UTC"
-    code, text = await fetch(soar, "/api/flights?date=2025-12-24&tz=Asia/Tokyo&format=csv")
+    code, text = await soar.get("/api/flights?date=2025-12-24&tz=Asia/Tokyo&format=csv")
     assert code == 200
     rows = list(csv.DictReader(io.StringIO(text)))
     assert [(r["date"], r["first_seen"], r["takeoff"], r["landing"]) for r in rows] == [
         ("2025-12-24", "07:18", "", "07:32"), ("2025-12-24", "14:46", "14:45", "16:28")]
     assert {r["time_zone"] for r in rows} == {"Asia/Tokyo"}
     for bad in ("Mars/Olympus", "../../etc/passwd", "Europe/Paris;", "x" * 80, ""):
-        body = await get_json(soar, f"/api/flights?tz={bad}", 400)
+        body = await soar.get_json(f"/api/flights?tz={bad}", 400)
         assert "tz" in body["error"]
 
 
 async def test_day_summary_per_airfield(soar: RunningSoar) -> None:
-    body = await get_json(soar, "/api/flights?date=2024-03-29&include_spurious=true"
+    body = await soar.get_json("/api/flights?date=2024-03-29&include_spurious=true"
                                 "&summary=true&limit=1")
     summary = body["summary"]
     assert summary["complete"] is True
@@ -177,27 +158,27 @@ async def test_day_summary_per_airfield(soar: RunningSoar) -> None:
         for method, n in field["launches"].items():
             launches[method] = launches.get(method, 0) + n
     expected: dict[str, int] = {}
-    every = await get_json(soar, "/api/flights?date=2024-03-29&include_spurious=true")
+    every = await soar.get_json("/api/flights?date=2024-03-29&include_spurious=true")
     for flight in every["flights"]:
         expected[flight["launch"]] = expected.get(flight["launch"], 0) + 1
     assert {k: v for k, v in launches.items() if v} == expected
     assert launches["winch"] >= 2
-    assert "summary" not in await get_json(soar, "/api/flights?date=2024-03-29")
+    assert "summary" not in await soar.get_json("/api/flights?date=2024-03-29")
 
 
 async def test_aircraft_lookup_by_address_and_registration(soar: RunningSoar) -> None:
-    body = await get_json(soar, "/api/aircraft?address=48683e")
+    body = await soar.get_json("/api/aircraft?address=48683e")
     assert [a["id"] for a in body["aircraft"]] == [TRACE_ID]
     assert body["aircraft"][0]["address"] == "48683E"
-    body = await get_json(soar, f"/api/aircraft?registration={REGISTRATIONS[FLOOD_WINCH].lower()}")
+    body = await soar.get_json(f"/api/aircraft?registration={REGISTRATIONS[FLOOD_WINCH].lower()}")
     assert [a["id"] for a in body["aircraft"]] == [flarm_id(FLOOD_WINCH)]
     assert body["aircraft"][0]["registration"] == REGISTRATIONS[FLOOD_WINCH]
-    assert (await get_json(soar, "/api/aircraft?registration=N-OPE"))["aircraft"] == []
-    assert (await get_json(soar, "/api/aircraft?address=000001"))["count"] == 0
+    assert (await soar.get_json("/api/aircraft?registration=N-OPE"))["aircraft"] == []
+    assert (await soar.get_json("/api/aircraft?address=000001"))["count"] == 0
     for bad in ("address=XYZ", "address=1234567", "registration=", "registration=%27OR1",
                 "address=48683E&registration=D-KXYZ", "address=48683E&bbox=0,0,1,1",
                 "address=48683E&seen_after=2025-01-01T00:00:00Z", ""):
-        assert (await get_json(soar, f"/api/aircraft?{bad}", 400))["error"], bad
+        assert (await soar.get_json(f"/api/aircraft?{bad}", 400))["error"], bad
 
 
 async def test_stealth_aircraft_has_no_identity_anywhere_in_rest(soar: RunningSoar) -> None:
@@ -216,13 +197,13 @@ async def test_stealth_aircraft_has_no_identity_anywhere_in_rest(soar: RunningSo
     # not found by id, address or registration
     for path in (f"/api/aircraft/{ident}", f"/api/aircraft/{ident}/fixes",
                  f"/api/aircraft/{ident}/flights"):
-        assert (await get_json(soar, path, 404))["error"] == "aircraft not found"
-    assert (await get_json(soar, f"/api/aircraft?address={address}"))["aircraft"] == []
+        assert (await soar.get_json(path, 404))["error"] == "aircraft not found"
+    assert (await soar.get_json(f"/api/aircraft?address={address}"))["aircraft"] == []
     registration = REGISTRATIONS[STEALTH_GLIDER]
-    assert (await get_json(soar, f"/api/aircraft?registration={registration}"))["aircraft"] == []
+    assert (await soar.get_json(f"/api/aircraft?registration={registration}"))["aircraft"] == []
 
     # its flight is listed with an anonymous per-flight id only
-    day = await get_json(soar, "/api/flights?date=2024-03-29&include_spurious=true&summary=1")
+    day = await soar.get_json("/api/flights?date=2024-03-29&include_spurious=true&summary=1")
     anonymous = [f for f in day["flights"] if f["aircraft_id"] is None]
     assert len(anonymous) == 1
     (flight,) = anonymous
@@ -239,7 +220,7 @@ async def test_stealth_aircraft_has_no_identity_anywhere_in_rest(soar: RunningSo
         f"/api/flights/{flight['id']}.igc",
         f"/api/flights/{flight['id']}.kml",
     ):
-        code, text = await fetch(soar, path)
+        code, text = await soar.get(path)
         assert code == 200, path
         bodies.append(text)
     geo = json.loads(bodies[4])

@@ -16,7 +16,6 @@ from soar.web.api import CSV_COLUMNS
 
 from .browser import ARTIFACTS, DevTools, needs_chromium, open_page
 from .running_soar import REGISTRATIONS, TIMED_OUT_WINCH, RunningSoar, start_soar
-from .test_flight_log import get_json
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser, needs_chromium]
 
@@ -42,7 +41,7 @@ async def soar(
 
 
 async def test_flight_log_page(soar: RunningSoar) -> None:
-    api = await get_json(soar, "/api/flights?date=2024-03-29&include_spurious=true"
+    api = await soar.get_json("/api/flights?date=2024-03-29&include_spurious=true"
                                "&tz=Europe/Berlin&summary=true")
     assert api["total"] >= 4
     # Berlin is UTC+1 on 29 March 2024: the browser's zone decides the times shown

@@ -24,8 +24,9 @@ from soar.web.live import (
     handle_client_message,
     squares_in_bounds,
 )
+from tests.support import wait_until
 
-from .conftest import chunks, start_server, wait_until
+from .conftest import chunks, start_server
 
 # The busiest 10x10 degree box of the SBS sample (south-eastern USA).
 AREA = {"north": 40, "south": 30, "east": -80, "west": -90}

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import itertools
 import json
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,8 +19,9 @@ from soar.live import LIVE_DROPPED, NatsLivePublisher, nats_topics
 from soar.records import AddressType, Fix, Protocol
 from soar.web.app import WebContext, create_app
 from soar.web.live import LiveHub, squares_in_bounds
+from tests.support import embedded_nats, wait_until
 
-from .conftest import chunks, start_server, wait_until
+from .conftest import chunks, start_server
 
 # The two busiest disjoint 10x10 degree boxes of the SBS sample: south-eastern USA, western Europe.
 AREA_A = {"north": 40, "south": 30, "east": -80, "west": -90}
@@ -45,13 +44,8 @@ def sentinel(area: dict[str, float], address: int) -> Fix:
 
 @pytest.fixture(scope="module")
 def nats_server() -> Iterator[EmbeddedNats]:
-    with tempfile.TemporaryDirectory(prefix="soar-test-live-nats-") as tmp:
-        server = EmbeddedNats(Path(tmp))
-        server.start()
-        try:
-            yield server
-        finally:
-            server.stop()
+    with embedded_nats("soar-test-live-nats-") as server:
+        yield server
 
 
 @pytest.fixture

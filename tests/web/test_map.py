@@ -22,10 +22,11 @@ import pytest
 import trio
 
 from soar.web.app import WebContext, create_app
+from tests.support import http_json, wait_for_blocking
 
 from .browser import ARTIFACTS, DevTools, needs_chromium, open_page
 from .conftest import Dataset, start_server
-from .map_soar import RunningSoar, run_soar, wait_for
+from .map_soar import RunningSoar, run_soar
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser, needs_chromium]
 
@@ -33,11 +34,6 @@ NYC = (40.6, -73.6)  # the SBS sample's New York traffic, inside the SRTM tile N
 EUROPE = (51.5, 3.0)  # the OGN capture's busiest receivers and aircraft
 DESCENDING = "A715BB"  # an SBS aircraft at 1,700 ft over the N40W074 tile: AGL is known
 FEET_PER_METRE = 3.28084
-
-
-def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.load(response)
 
 
 @pytest.fixture(scope="module")
@@ -54,17 +50,17 @@ def soar(testdata: Path) -> Iterator[RunningSoar]:
 def _fed_soar(testdata: Path, tmp: Path) -> Iterator[RunningSoar]:
     with run_soar(testdata, tmp) as running:
         base = running.base
-        wait_for(running.sbs.first_sent.is_set, 120, "the first SBS snapshot to be sent")
-        wait_for(running.ogn.sent.is_set, 120, "the OGN capture to be sent")
+        wait_for_blocking(running.sbs.first_sent.is_set, 120, "the first SBS snapshot to be sent")
+        wait_for_blocking(running.ogn.sent.is_set, 120, "the OGN capture to be sent")
 
         def stored() -> bool:
-            nyc = get_json(base + "/api/aircraft?bbox=-76,39.5,-71,41.8&limit=1000")
-            europe = get_json(base + "/api/aircraft?bbox=-5,48,12,55&limit=1000")
-            receivers = get_json(base + "/api/receivers?positioned=true")
+            nyc = http_json(base + "/api/aircraft?bbox=-76,39.5,-71,41.8&limit=1000")
+            europe = http_json(base + "/api/aircraft?bbox=-5,48,12,55&limit=1000")
+            receivers = http_json(base + "/api/receivers?positioned=true")
             return (any(a["address"] == DESCENDING for a in nyc["aircraft"])
                     and europe["count"] > 100 and receivers["count"] > 10)
 
-        wait_for(stored, 120, "the captures to be stored")
+        wait_for_blocking(stored, 120, "the captures to be stored")
         yield running
 
 
@@ -112,14 +108,14 @@ async def test_history_live_list_and_feed_states(soar: RunningSoar) -> None:
     async with open_page(page_url(soar, NYC, 8), timezone="Europe/Paris") as page:
         await loaded(page)
         bbox = await page_bbox(page)
-        stored = get_json(soar.base + f"/api/aircraft?bbox={bbox}&limit=1000")
+        stored = http_json(soar.base + f"/api/aircraft?bbox={bbox}&limit=1000")
         ids = {a["id"] for a in stored["aircraft"]}
         assert len(ids) > 20
         assert await page.poll(f"window.soar.aircraft.size >= {len(ids)}")
         shown = set(await page.evaluate("[...window.soar.aircraft.keys()]"))
         assert ids <= shown
         # History on open: the trails of the last minutes, from the database.
-        trails = get_json(soar.base + f"/map/data/trails?bbox={bbox}")["trails"]
+        trails = http_json(soar.base + f"/map/data/trails?bbox={bbox}")["trails"]
         assert {int(i) for i in trails} == ids
         drawn = await page.evaluate(
             "Object.fromEntries([...window.soar.aircraft].map(([id, e]) => [id, e.points.length]))")
@@ -281,7 +277,7 @@ async def test_search_filters_selection_and_shared_url(soar: RunningSoar) -> Non
 async def test_selected_aircraft_barogram_units_and_time_zone(soar: RunningSoar) -> None:
     soar.sbs.release_second()  # (if the first test did not): its second position
     ident = (1 << 24) | int(DESCENDING, 16)
-    wait_for(lambda: len(get_json(soar.base + f"/map/data/track/{ident}")["fixes"]) >= 2, 60,
+    wait_for_blocking(lambda: len(http_json(soar.base + f"/map/data/track/{ident}")["fixes"]) >= 2, 60,
              "the second position to be stored")
     # ?icao= alone: the page finds the aircraft, goes there and selects it
     async with open_page(soar.base + f"/?icao={DESCENDING}&tiles=none",
@@ -363,7 +359,7 @@ async def test_receivers_and_airfields_layers(soar: RunningSoar) -> None:
     async with open_page(page_url(soar, EUROPE, 7)) as page:
         assert await page.poll("window.soar.stats.receivers > 0"), page.console
         bbox = await page_bbox(page)
-        expected = get_json(soar.base + f"/map/data/receivers?bbox={bbox}")["receivers"]
+        expected = http_json(soar.base + f"/map/data/receivers?bbox={bbox}")["receivers"]
         assert all(r["online"] for r in expected)  # their beacons came in a moment ago
         drawn = await page.evaluate(
             "window.soar.layers.receivers.getLayers().map(m => m.soarReceiver.name)")
@@ -445,7 +441,7 @@ def _replay_window(soar: RunningSoar, start: str, end: str, bbox: str) -> list[d
     fixes: list[dict[str, Any]] = []
     cursor = None
     while True:
-        page = get_json(soar.base + f"/map/data/replay?start={start}&end={end}&bbox={bbox}"
+        page = http_json(soar.base + f"/map/data/replay?start={start}&end={end}&bbox={bbox}"
                         "&limit=5000" + (f"&cursor={cursor}" if cursor else ""))
         fixes.extend(page["fixes"])
         cursor = page["next_cursor"]

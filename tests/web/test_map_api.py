@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import urllib.request
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,9 @@ from soar.config import Settings, load_settings
 from soar.web.app import WebContext, create_app
 from soar.web.map_api import feed_states, shown
 from soar.web.server import serve_web
+from tests.support import fetch_json
 
-from .conftest import Dataset
+from .conftest import Dataset, get_json
 from .running_soar import FLOOD_WINCH, REGISTRATIONS, STEALTH_GLIDER, flarm_id, start_soar
 
 
@@ -31,13 +31,6 @@ def client(web_db: Dataset) -> Any:
 def _iso(us: int) -> str:
     moment = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=us)
     return moment.isoformat().replace("+00:00", "Z")
-
-
-async def get_json(client: Any, path: str, status: int = 200) -> Any:
-    response = await client.get(path)
-    body = await response.get_json()
-    assert response.status_code == status, (path, body)
-    return body
 
 
 async def test_config_defaults_and_settings(web_db: Dataset) -> None:
@@ -63,11 +56,7 @@ async def test_settings_from_a_toml_file_reach_the_page(
     binds = await nursery.start(partial(serve_web, bind="127.0.0.1:0"), settings, WebContext(),
                                 trio.Event())
 
-    def get() -> Any:
-        with urllib.request.urlopen(f"{binds[0]}/map/data/config", timeout=30) as response:
-            return json.loads(response.read())
-
-    body = await trio.to_thread.run_sync(get)
+    body = await fetch_json(f"{binds[0]}/map/data/config")
     assert (body["inactive_after_s"], body["remove_after_s"], body["trail_minutes"]) == (45, 300, 7)
     nursery.cancel_scope.cancel()
 

@@ -4,25 +4,16 @@ from __future__ import annotations
 
 import json
 import re
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import trio
 
 from soar.web.app import WebContext, create_app
+from tests.support import fetch
 
 from .conftest import start_server
 
 REPO = Path(__file__).resolve().parent.parent.parent
-
-
-def _fetch(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read().decode("utf-8", "replace")
-    except urllib.error.HTTPError as exc:
-        return exc.code, ""
 
 
 async def test_pages_and_vendored_leaflet_are_served(nursery: trio.Nursery) -> None:
@@ -30,7 +21,8 @@ async def test_pages_and_vendored_leaflet_are_served(nursery: trio.Nursery) -> N
     host = await start_server(nursery, create_app(WebContext()))
 
     async def get(path: str) -> tuple[int, str]:
-        return await trio.to_thread.run_sync(_fetch, f"http://{host}{path}")
+        status, body = await fetch(f"http://{host}{path}", timeout=5)
+        return status, body.decode("utf-8", "replace")
 
     pin = json.loads((REPO / "package.json").read_text())["dependencies"]["leaflet"]
     for path in ("/", "/flights"):
