@@ -20,6 +20,9 @@ after they end, so the live map shows a capture moving on its own clock.
 
 The listening socket is bound before anything else starts: an address already in use is one
 line naming the setting to change, with no database started and nothing to undo.
+
+May import: soar.config, soar.database, soar.pipeline, soar.replay, soar.runtime, soar.supervisor,
+soar.topology, soar.web
 """
 
 from __future__ import annotations

@@ -18,6 +18,8 @@ flaps climbs to `cap`.
 
 Jitter is downward only: a delay is drawn from [d * (1 - jitter), d]. At the cap, where many
 clients that lost the same server sit, the delays still spread, and no delay ever exceeds `cap`.
+
+May import: nothing of soar
 """
 
 from __future__ import annotations

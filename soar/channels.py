@@ -1,4 +1,7 @@
-"""Memory-channel helpers for the hot loops (decoders, shards)."""
+"""Memory-channel helpers for the hot loops (decoders, shards).
+
+May import: nothing of soar
+"""
 
 from __future__ import annotations
 

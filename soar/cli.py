@@ -2,6 +2,9 @@
 
 Every error a user can cause (a bad setting or argument, an unreachable database, a missing file,
 a listen address in use) ends in one line on stderr and exit status 2, never a traceback.
+
+May import: soar, soar.app, soar.bench, soar.config, soar.ddb, soar.ingest, soar.log, soar.replay,
+soar.split
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 The settings model is the single source of the configuration reference in docs/operations.md
 (`python -m soar config-reference` prints it). A bad value stops start-up with one line naming
 the key (`ConfigError`), never a traceback.
+
+May import: soar.hostport
 """
 
 from __future__ import annotations

@@ -1,10 +1,13 @@
-"""Pick the database: the configured URL, or an embedded PostgreSQL under the data directory.
+"""The database a process uses: the configured URL, or an embedded PostgreSQL under the data
+directory, opened, migrated and (embedded) supervised.
 
 The embedded PostgreSQL is supervised: `Database.supervise` watches its postmaster and starts it
 again with back-off when it has died (SIGKILL, OOM killer), while the store writers spool to disk
 and retry; when it is back they replay the spool and every fix is stored once. The pipeline runs
 `supervise` as a maintenance child of whichever process role opened the database
 (`embedded_supervisor`); with `SOAR_DATABASE_URL` nothing is started or watched here.
+
+May import: soar.backoff, soar.config, soar.store
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ never fatal.
 
 `refresh_forever` re-imports daily inside `soar run` and hands the new privacy snapshot to
 `on_update`; a failed download or import is logged and counted and tracking goes on.
+
+May import: soar.database, soar.records, soar.tracking
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ same time again); an SBS message's generated time, corrected for a feed that wri
 time (`sbs.SbsClock`). A time more than 10 s after its receive time is rejected and counted.
 ADS-B CPR and SBS accumulation are stateful per aircraft and so happen in the shards; this step
 only finds the aircraft address to route by.
+
+May import: soar.log, soar.protocols, soar.records, soar.tracking
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ and the source that later connects can never disagree about what an address mean
 Accepted: `host:port`, `[v6addr]:port`, and — where the protocol has a standard port — a bare
 `host`, `[v6addr]` or unbracketed `v6addr`. An IPv6 address with a port needs its brackets
 (`::1:30005` is not an address with a port).
+
+May import: nothing of soar
 """
 
 from __future__ import annotations

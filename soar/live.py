@@ -14,6 +14,8 @@ one message per fix would cap the whole system at ≈9k fixes/s. NATS gets the w
 bridge crossing (`JetStreamLink.publish_many`).
 
 The wire format (JSON array of fix objects, topic framing) is `soar.protocols.live_wire`.
+
+May import: soar.broker, soar.protocols, soar.records
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ where nothing is bound the trio task's own name is used, so no line is anonymous
 
 While a progress bar is on screen (`soar replay`), `lines_above` sends every log line through
 the bar's writer, so lines appear above the bar instead of being glued to it.
+
+May import: nothing of soar
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ reserve on the disk, ENOSPC) or fails (directory read-only), the refusal is coun
 `send` *blocks the source*, keeping the order: with envelopes already spooled it waits for the
 drain to make room and appends again; with none it waits on the channel. A TCP source that is
 not read applies back-pressure to its server; nothing read is lost. It resumes by itself.
+
+May import: soar.records, soar.spool
 """
 
 from __future__ import annotations

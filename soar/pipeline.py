@@ -19,6 +19,9 @@ under one root supervisor. Draining is the stages' closing chain: the sources ar
 spools flushed into the envelope edges and those closed; when every decoder has finished the
 shard edges close; when every shard has finished the writer edges close; the writers flush and
 return. Maintenance stops when the data path has finished.
+
+May import: soar.channels, soar.config, soar.database, soar.ddb, soar.decode, soar.ingest,
+soar.live, soar.overflow, soar.records, soar.store, soar.supervisor, soar.topology, soar.tracking
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ capture recorded for it). `time_us` is when the aircraft was at the position: th
 own `hhmmss`, the Beast receiver's 12 MHz counter anchored to the wall clock, the SBS generated
 time. The flight rules, duplicates, plausibility checks, tow detection and the API's `time` use
 `time_us`; `received_at` is kept beside it (delay, storage key, silence of a feed).
+
+May import: nothing of soar
 """
 
 from __future__ import annotations

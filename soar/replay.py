@@ -9,6 +9,9 @@ A replay in which nothing was accepted — every message rejected by the capture
 decoder, or none read at all — is almost always the wrong `--format`: it exits 1 with one line
 naming the format tried, the most common reject reason and, when the file looks like another
 format, that format.
+
+May import: soar.cli, soar.config, soar.database, soar.ingest, soar.log, soar.pipeline,
+soar.records, soar.runtime, soar.supervisor, soar.topology
 """
 
 from __future__ import annotations

@@ -27,6 +27,8 @@ the trio thread runs the live path. Every time the trio thread comes back from a
 it: 5 ms by default, many times a second when thousands of aircraft are new at once. 1 ms
 keeps the live path responsive; throughput was unchanged in the benchmark
 (docs/performance.md).
+
+May import: nothing of soar
 """
 
 from __future__ import annotations

@@ -57,6 +57,8 @@ An unusable directory (cannot create, read or write) raises `SpoolError` naming 
 Metrics, one family for every spool, labelled by the spool's name: `soar_spool_depth_records`,
 `soar_spool_depth_bytes`, `soar_spool_full_total`, `soar_spool_corrupt_records_total`,
 `soar_spool_errors_total`.
+
+May import: nothing of soar
 """
 
 from __future__ import annotations

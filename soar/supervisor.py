@@ -32,6 +32,8 @@ stopped and reported, and its supervisor runs on without it (see `soar.topology`
 Child names are metric labels and the `task` field of every log line the child writes (bound
 with structlog contextvars inside the child's task), so keep them unique across the whole tree
 ("source.ogn", "shard.3").
+
+May import: soar.backoff
 """
 
 from __future__ import annotations

@@ -28,6 +28,8 @@ is stopped instead: `/healthz` shows it `stopped` with its last error,
 
 A **topology** is the stages of one process under exactly one root supervisor; a role (`run`,
 `replay`, `bench`, and the split-mode roles) is a list of stages.
+
+May import: soar.supervisor
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""When is an input committed? A cascading watermark over the pipeline's counters.
+"""The commit watermark: when an input is committed, from a cascade over the pipeline's counters.
 
 A track process acknowledges a JetStream message only when every row it caused is committed
 to PostgreSQL (or durably spooled by the store writer). Tagging each row with the message it
@@ -19,6 +19,8 @@ Under continuous load this always advances (the counts a mark waits for are fixe
 taken; later traffic only raises the next mark's), unlike waiting for the pipeline to be idle.
 Items produced later by timers (a flight timed out by the clock) belong to no input and need
 no acknowledgement. Counters are monotonic; a stage that restarts after a crash keeps them.
+
+May import: nothing of soar
 """
 
 from __future__ import annotations

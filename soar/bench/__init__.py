@@ -1,1 +1,5 @@
-"""Benchmarks: each measurement printed beside a baseline measured in the same run."""
+"""The benchmarks of `soar bench` (`make bench`): each measurement printed beside a baseline
+measured in the same run.
+
+May import: nothing of soar
+"""

@@ -15,6 +15,8 @@ baseline: no trio in the path), each in a fresh process of its own:
 
 Rates are envelopes per second of wall time. The codec's own rate (encode and decode, no I/O)
 is one more row. Each bridge gets a fresh stream, so runs do not see each other's messages.
+
+May import: soar.broker, soar.records
 """
 
 from __future__ import annotations

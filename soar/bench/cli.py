@@ -1,4 +1,9 @@
-"""`soar bench [all|protocols|store|pipeline|split|crowds]`: each figure beside its baseline, same run."""
+"""The `soar bench [all|protocols|store|pipeline|split|crowds]` command: its flags, where the
+captures are, and which benchmarks run; each figure beside its baseline, same run.
+
+May import: soar.bench.crowds, soar.bench.pipeline, soar.bench.protocols, soar.bench.split,
+soar.bench.store, soar.cli, soar.config, soar.store
+"""
 
 from __future__ import annotations
 

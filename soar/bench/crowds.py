@@ -9,6 +9,8 @@ same crowd and asserts what is not timing: every request answered, no 5xx.
 
 The soar under test is a real `python -m soar run` fed the real SBS capture over TCP, on the
 database the bench is given.
+
+May import: nothing of soar
 """
 
 from __future__ import annotations

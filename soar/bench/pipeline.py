@@ -29,6 +29,9 @@ parity recomputed); SBS's 6,827 aircraft are copied twice. Baselines run in the 
 in the same run, on the same generated messages: aprslib alone, pyModeS.decode alone, a plain
 split, and a raw binary COPY of exactly the rows the pipeline committed. Each figure is reported
 first as its ratio to that baseline (steady across machines and load), then in absolute terms.
+
+May import: soar.config, soar.ingest, soar.log, soar.overflow, soar.pipeline, soar.protocols,
+soar.records, soar.runtime, soar.store, soar.supervisor, soar.topology, soar.web
 """
 
 from __future__ import annotations

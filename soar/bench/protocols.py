@@ -9,6 +9,8 @@ Mode S: `ModeSAccumulator.feed` against `pyModeS.decode` alone on the same messa
 
 Every corpus is passed over repeatedly for about `seconds` per row; the rate is items per
 second of wall time on one core.
+
+May import: soar.protocols
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ times to reach the requested count) into the same database in the same run:
 CHUNKS (default "100,1"): fixes per channel send, one run each. A shard that hands the writer
 a list per processed input chunk saves trio's per-send checkpoint (~10 µs, which alone caps
 one-fix-per-send at ~65k/s on this machine).
+
+May import: soar.protocols, soar.records, soar.store
 """
 
 from __future__ import annotations

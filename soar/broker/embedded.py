@@ -26,6 +26,8 @@ so clients that reconnect by themselves (nats-py does) find it again.
 
 All calls block (subprocess, file locks, a bounded wait for the server to listen); from trio,
 call them through `trio.to_thread.run_sync`.
+
+May import: nothing of soar
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ Every line the server sends becomes an `Envelope(Protocol.OGN, ...)`, server `#`
 lines included (the parser turns those into server messages). A `#` keepalive line goes to
 the server every `keepalive_interval` seconds whatever the traffic; `idle_timeout` seconds
 without a byte from the server mean a dead link.
+
+May import: soar, soar.backoff, soar.hostport, soar.ingest.tcp, soar.records
 """
 
 from __future__ import annotations

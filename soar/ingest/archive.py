@@ -17,6 +17,8 @@ to the ``.gz``: gzip readers read concatenated members as one stream.
 
 Whether the archive runs at all is the caller's choice (setting ``archive_raw``): the pipeline
 starts `RawArchive.run` only when it is on.
+
+May import: soar.ingest.metrics, soar.ingest.tcp, soar.records
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ to these receive times per source by the decoder (`soar.protocols.beast.MlatCloc
 `soar.decode`): from the envelope alone, so the spool, the raw archive and a re-delivery give
 the same time again, and a reconnect to the same receiver keeps its anchor (its counter runs on;
 a restarted receiver's counter jumps and re-anchors).
+
+May import: soar.hostport, soar.ingest.metrics, soar.ingest.tcp, soar.protocols, soar.records
 """
 
 from __future__ import annotations

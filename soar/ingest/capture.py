@@ -36,6 +36,8 @@ have no time: each is rejected as ``no_receive_time`` (`receive_time_problem` sa
 Any of them may be gzip-compressed: recognised by its magic bytes, whatever the file is called.
 A malformed line or stray bytes are counted in `CaptureStats.rejects` (and the
 `soar_source_rejects_total` metric) and skipped, never an exception.
+
+May import: soar.ingest.metrics, soar.protocols, soar.records
 """
 
 from __future__ import annotations

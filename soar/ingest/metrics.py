@@ -1,6 +1,8 @@
 """Prometheus metrics of the ingest edge, one series per source (label `source`).
 
 Live TCP sources and capture replays share them: a replayed file is a source named after it.
+
+May import: nothing of soar
 """
 
 from __future__ import annotations

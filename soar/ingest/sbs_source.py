@@ -1,4 +1,7 @@
-"""SBS/BaseStation TCP source (port 30003): one envelope per CSV line, on `tcp.py`."""
+"""SBS/BaseStation TCP source (port 30003): one envelope per CSV line, on `tcp.py`.
+
+May import: soar.backoff, soar.hostport, soar.ingest.tcp, soar.records
+"""
 
 from __future__ import annotations
 

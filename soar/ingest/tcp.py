@@ -20,6 +20,8 @@ Only connection trouble is retried: `Connection` turns socket errors into `Conne
 an error anywhere else (a closed downstream channel, a bug) propagates to the supervisor.
 The receive time of every chunk is taken right after the socket read returns, with the
 injectable wall clock `now_us`; timeouts and backoff use trio's clock, so MockClock drives them.
+
+May import: soar.backoff, soar.hostport, soar.ingest.metrics, soar.records
 """
 
 from __future__ import annotations

@@ -1,9 +1,12 @@
 """Pure codecs: bytes or str in, records out; no I/O, no clock, no soar state.
 
 Owns the feed formats (`ogn` APRS lines, `sbs` BaseStation CSV, `beast` framing, `modes` Mode S
-messages, `text` line splitting) and the live-fix wire format (`live_wire`). May import only
-`soar.records` (and the standard library, pyModeS, aprslib); every other layer may import it.
-The public names are exported here, loaded on first use.
+messages, `text` line splitting) and the live-fix wire format (`live_wire`). Its modules may
+import only `soar.records` (and the standard library, pyModeS, aprslib); every other layer may
+import them. The public names are exported here, loaded on first use: this module imports only
+its own.
+
+May import: soar.protocols
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ frame for the next call; the result never depends on where the stream was split.
 `MlatClock` turns one receiver's counter into wall-clock time: a frame's own time, which the
 chunk's receive time (shared by every frame of a read, late by whatever the network held it)
 only bounds.
+
+May import: nothing of soar
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ position, so a reordered enum cannot relabel fixes between processes of differen
 
 Topics are named by the caller (`TopicNames`): pynng uses ``aircraft.area.<lat>.<lon>`` and
 ``aircraft.fix.<id>``; NATS uses the subjects of `soar.broker.subjects`.
+
+May import: soar.records
 """
 
 from __future__ import annotations

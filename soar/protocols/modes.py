@@ -41,6 +41,8 @@ identity codes) and the CPR arithmetic (`airborne_position_pair`, `airborne_posi
   aircraft's latest callsign, altitude, ground speed, track, vertical rate, squawk and
   air/ground state. Velocity subtypes 3/4 (heading and air speed) go to their own state
   attributes, never into ground speed/track.
+
+May import: soar.records
 """
 
 from __future__ import annotations

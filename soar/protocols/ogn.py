@@ -16,6 +16,8 @@ Which record a line becomes:
 * status `>` with tocall `OGNDVS` → `WeatherBeacon`; via `qAC` → `ReceiverStatus`; otherwise
   → `AircraftStatus` (tracker telemetry / pilot info such as OGNTRK `h00 v00 9sat…`).
 * anything else, or anything malformed → `Rejected` with a reason; `parse_line` never raises.
+
+May import: soar.records
 """
 
 from __future__ import annotations

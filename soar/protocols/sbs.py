@@ -14,6 +14,8 @@ altitude, 4: speed, track and vertical rate, 5/6: squawk …), so a `Fix` needs 
 A fix's own time is the message's *generated* date and time (`generated_time_us`), read as
 UTC; the decoder corrects a feed that writes local time (see `soar.decode`) and falls back to
 the receive time when the fields are empty.
+
+May import: soar.records
 """
 
 from __future__ import annotations

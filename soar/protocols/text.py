@@ -10,6 +10,8 @@ bytes that are not UTF-8 with U+FFFD, and says which fields it touched so that e
 Cleaning is per field, after parsing: a control character inside a number is still a bad number
 (a rejected line, counted), never a different number. Clean lines, almost all of them, cost one
 `str.isprintable()` of the line.
+
+May import: nothing of soar
 """
 
 from __future__ import annotations

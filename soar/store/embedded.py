@@ -27,6 +27,8 @@ cluster (`make run`, and a `soar replay` beside it):
 `pause()` / `resume()` stop and start the same instance on the same data directory, with the
 same URL, for outage tests. All calls block; from trio, call them through
 `trio.to_thread.run_sync`.
+
+May import: nothing of soar
 """
 
 from __future__ import annotations

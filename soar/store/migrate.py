@@ -3,6 +3,8 @@
 Each file runs in its own transaction together with the row recording it, so a failing file
 leaves nothing behind. A session-level advisory lock serialises concurrent `migrate()` calls
 (two processes starting at once): the second waits, then finds nothing left to apply.
+
+May import: nothing of soar
 """
 
 from __future__ import annotations

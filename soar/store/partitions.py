@@ -13,6 +13,8 @@ stepped ten years ahead would otherwise drop every day there is (issue 18). That
 same holds for a database that holds only old data (a replayed capture): retention waits until
 fresh data arrives. Partitions are still created for the wall clock's days, since that is the
 clock live fixes are stamped with.
+
+May import: nothing of soar
 """
 
 from __future__ import annotations

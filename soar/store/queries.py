@@ -1,4 +1,6 @@
-"""Every read (and maintenance) query soar runs, in one place.
+"""The store's own reads, in one place: the open flights a process restores (with their last
+fixes), stale flights timed out, and row counts. The web's reads are `soar.web.queries`; the
+privacy query is `soar.tracking.privacy`'s.
 
 Sync functions taking a psycopg connection; parameterised SQL only. From trio, call them through
 `trio.to_thread.run_sync` with a connection from the pool:
@@ -18,6 +20,8 @@ Access paths the indexes are built for (see migrations/0001_initial.sql):
   (aircraft_id, received_at) is the storage key, in receive time;
 - flights by day: `flights.started_at` (takeoff, or first fix when first seen airborne);
   by airport: `departure_airport` / `arrival_airport` with `started_at`.
+
+May import: soar.records, soar.store.tables
 """
 
 from __future__ import annotations

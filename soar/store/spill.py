@@ -10,6 +10,8 @@ counted in `soar_spool_corrupt_records_total` and logged, never silently dropped
 half-way imports a batch twice at worst, and replays are idempotent in the database.
 
 Delete this module once no installation can hold a spool written before the change.
+
+May import: soar.spool
 """
 
 from __future__ import annotations

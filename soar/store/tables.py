@@ -6,6 +6,8 @@ an outage, or after a commit whose acknowledgement was lost) never writes a row 
 
 Each *family* turns the records the tracking core emits into `TableBatch`es of plain tuples
 (the order of `TableSpec.columns`), coalescing where the table keeps one row per key.
+
+May import: soar.records
 """
 
 from __future__ import annotations

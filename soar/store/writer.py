@@ -30,6 +30,8 @@ Progress for an upstream that acknowledges its own input (JetStream) only once i
 or durably spooled. Batches settle in the order they were taken, so the first `settled` items
 taken are all safe; an item that stores no row (coalesced away, skipped, refused) settles with
 its batch.
+
+May import: soar.backoff, soar.log, soar.spool, soar.store.spill, soar.store.tables
 """
 
 from __future__ import annotations

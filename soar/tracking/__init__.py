@@ -1,10 +1,12 @@
 """The tracking core: shards that turn inputs into fixes, flights, tows and enrichments.
 
 Owns the flight state machine (`flight`, `ordered`), the shard (`shard`, `inputs`, `router`),
-tows, launches, AGL (`agl`, `terrain`, `airports`) and the privacy registry. May import
-`soar.records`, `soar.protocols`, `soar.channels` and `soar.log`; the store only through the
-rows and callbacks its caller passes in. The public names are exported here, loaded on first
-use.
+tows, launches, AGL (`agl`, `terrain`, `airports`) and the privacy registry. Its modules may
+import `soar.records`, `soar.protocols`, `soar.channels` and `soar.log`; the store only through
+the rows and callbacks its caller passes in. The public names are exported here, loaded on
+first use: this module imports only its own.
+
+May import: soar.tracking
 """
 
 from __future__ import annotations

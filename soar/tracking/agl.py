@@ -3,6 +3,8 @@
 Terrain tiles win when configured and present; otherwise, within 2 km of an airport its
 elevation stands in for the ground (good enough to tell a takeoff or landing there); else
 AGL is unknown and the flight rules fall back to ground speed.
+
+May import: soar.tracking.airports, soar.tracking.geo, soar.tracking.terrain
 """
 
 from __future__ import annotations

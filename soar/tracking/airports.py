@@ -3,6 +3,8 @@
 The ICAO-keyed table (~28k airports, many small fields) is merged with the FAA LID table
 (~12k US fields, many without an ICAO code) once, on first use. Airports are bucketed in
 0.1° cells; a query scans only the cells a `max_m` circle can touch, never the whole table.
+
+May import: soar.tracking.geo
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ row, merges them and upserts the row. A slow or failing lookup costs only its ow
 
 The runway is the circular mean of the ground tracks within ±20 s of the event, as a runway
 number (true, not magnetic, heading: the declination is not applied).
+
+May import: soar.tracking.airports, soar.tracking.flight, soar.tracking.metrics
 """
 
 from __future__ import annotations

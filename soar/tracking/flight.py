@@ -57,6 +57,8 @@ Rules (DESIGN "Flight state machine"):
   only near airports (no terrain tiles), and the maximum of the part near an airport says
   nothing about the flight (an airliner's 163 ft "maximum" at 34,589 ft).
 * Spurious flights are marked with `spurious_reason` when they end, never deleted.
+
+May import: soar.records, soar.tracking.geo, soar.tracking.unseen
 """
 
 from __future__ import annotations

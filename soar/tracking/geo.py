@@ -1,4 +1,7 @@
-"""Small spherical-earth helpers: distances and angle averages."""
+"""Small spherical-earth helpers: distances and angle averages.
+
+May import: nothing of soar
+"""
 
 from __future__ import annotations
 

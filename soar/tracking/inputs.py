@@ -8,6 +8,8 @@ Control inputs travel in the same channel as the fixes so that they take effect 
 the fixes before and after them: in split mode a track process acquires and gives back
 partitions of aircraft while it runs (`RestoreFlights` when it takes some over, `ForgetAircraft`
 when it gives them back).
+
+May import: soar.protocols, soar.records
 """
 
 from __future__ import annotations

@@ -22,6 +22,8 @@ duty manager applies reading the launch point:
   neither climbed like a winch launch nor was paired with a tug (a self-launching motor
   glider and an aerotow whose tug soar did not hear look the same). A guess would be worse
   in a flight log than a blank.
+
+May import: soar.records
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Prometheus metrics of the tracking core (one registry per process, defined once here)."""
+"""Prometheus metrics of the tracking core (one registry per process, defined once here).
+
+May import: nothing of soar
+"""
 
 from __future__ import annotations
 

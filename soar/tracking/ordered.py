@@ -33,6 +33,8 @@ store's key is `(aircraft, received_at)`; one socket read stamps all its lines a
 Cost: the fixes of the last `window_us` per aircraft are kept (the journal) with about 18
 checkpoints, and a merge feeds again the fixes after the checkpoint it goes back to: a few for
 a beacon just behind, up to 64 more for one minutes late.
+
+May import: soar.records, soar.tracking.flight
 """
 
 from __future__ import annotations

@@ -22,6 +22,8 @@ time).
 * named: identified by its owner, its latest beacon not stealth, and something to show
   (registration, competition number, model or category). Only these are held with their
   identity: every aircraft ever seen would cost memory for nothing the view shows.
+
+May import: nothing of soar
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ Python's `hash()` is never used: it is salted per process for str and could chan
 
 Owns only the arithmetic; imports nothing from soar, so every layer (pipeline, split, tow,
 store) may import it.
+
+May import: nothing of soar
 """
 
 from __future__ import annotations

@@ -41,6 +41,10 @@ landing of a replay gets its airport.
 
 An input whose processing raises is quarantined: logged with its raw content, counted in
 `soar_shard_quarantined_total`, and the shard goes on with the next one.
+
+May import: soar.channels, soar.log, soar.protocols, soar.records, soar.tracking.agl,
+soar.tracking.enrichment, soar.tracking.flight, soar.tracking.inputs, soar.tracking.metrics,
+soar.tracking.ordered, soar.tracking.privacy, soar.tracking.tow
 """
 
 from __future__ import annotations

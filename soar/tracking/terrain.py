@@ -11,6 +11,8 @@ same few tiles, so a shard pays that once per tile per process, which is cheaper
 than "unknown until a worker thread has it" (and answers the same on every run, which keeps
 flights reproducible). A bounded LRU (default 16 tiles, ~415 MB at 1″) evicts the least
 recently used tile; a missing tile is remembered so it is not looked for on every fix.
+
+May import: nothing of soar
 """
 
 from __future__ import annotations

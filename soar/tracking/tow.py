@@ -24,6 +24,9 @@ Rules (issue #10, from how clubs launch):
   glider's takeoff altitude). Past 500 m without either sign: no tow.
 * Ambiguity: if, when a glider releases, another candidate of the same tow plane is still
   within the rules, no tow is recorded rather than a wrong one.
+
+May import: soar.records, soar.tracking.geo, soar.tracking.inputs, soar.tracking.router,
+soar.tracking.unseen
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ An operator reads that from the altitude and the vertical rate; so does this mod
   (the search radius is kept between 10 and 40 km).
 
 Pure: no I/O, no clock.
+
+May import: soar.records, soar.tracking.airports, soar.tracking.geo
 """
 
 from __future__ import annotations

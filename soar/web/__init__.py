@@ -1,9 +1,13 @@
 """HTTP and WebSocket: the API, the pages, the live hub and the server that runs them.
 
 Owns everything served on `http_addr` (`app`, `api`, `queries`, `map_api`, `pages`, `live`,
-`openapi`, `connections`, `server`). May import any lower layer (`soar.store`,
-`soar.tracking`, `soar.protocols`, `soar.live`, `soar.config`); nothing below imports it.
-The public names are exported here, loaded on first use.
+`openapi`, `connections`, `server`). Its modules may import any lower layer (`soar.store`,
+`soar.tracking`, `soar.protocols`, `soar.ingest`'s metrics, `soar.live`, `soar.broker`,
+`soar.config`, ...: `LAYERS` in tests/test_layering.py); nothing below imports them, and the
+pipeline beside them neither. The public names are exported here, loaded on first use: this
+module imports only its own.
+
+May import: soar.web
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ worker thread it runs the queries on one connection of the API's own pool (psyco
 does not run under trio; the writers have a pool of their own), shapes the rows and serialises
 the body with orjson. The event loop only moves bytes, so /healthz is not kept waiting behind a
 213 KB `/api/aircraft` being encoded (issue #18.6: /healthz p99 3.8 s beside 200 API clients).
+
+May import: soar.records, soar.tracking, soar.web.app, soar.web.live, soar.web.openapi,
+soar.web.pages, soar.web.queries
 """
 
 from __future__ import annotations

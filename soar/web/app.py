@@ -3,6 +3,8 @@
 The app holds no state of its own: everything it shows comes from a `WebContext` the process
 builds (database pool, live hub, supervision tree), so the same app serves the all-in-one and
 the split `soar web` mode.
+
+May import: soar.store, soar.web.api, soar.web.connections, soar.web.map_api
 """
 
 from __future__ import annotations

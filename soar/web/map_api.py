@@ -18,6 +18,8 @@ log, under its flight's random id); identity only when identified (`soar.web.que
 independent guards, as in the API: every statement filters them out, and every handler drops
 a row the statement marks `hidden` (and `track` asks `queries.aircraft_is_hidden` itself).
 Every parameter is validated; a bad one is a 400 `{"error": ...}`.
+
+May import: soar.config, soar.ingest, soar.store, soar.web.api, soar.web.app, soar.web.queries
 """
 
 from __future__ import annotations

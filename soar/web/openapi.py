@@ -6,6 +6,8 @@ in the app's url_map is here and nothing else is. Every JSON response has a sche
 (OpenAPI 3.1: plain JSON Schema 2020-12, objects closed with `additionalProperties: false`),
 and tests/web/test_openapi_schemas.py validates real responses against them, so a field
 cannot be added, renamed or retyped without the document following.
+
+May import: nothing of soar
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 Both pages are static HTML + JS that talk to `/api` and `/api/live`; Leaflet is vendored under
 `static/vendor/leaflet/` (scripts/vendor-leaflet.sh) so nothing is fetched from a CDN.
+
+May import: nothing of soar
 """
 
 from __future__ import annotations

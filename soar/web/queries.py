@@ -1,4 +1,6 @@
-"""Every SQL statement the web API runs, in one place, parameterised only.
+"""Every SQL statement of the JSON API (`/api`), in one place, parameterised only; the map's
+page-private statements (`soar.web.map_api`) select the same public columns through its
+`fetch_all` / `fetch_one`.
 
 Functions take a sync psycopg connection (the API calls them in a worker thread through
 `trio.to_thread.run_sync`) and return plain dicts. Privacy is enforced here, in SQL:
@@ -18,6 +20,8 @@ A fix's `time` is its own time (when the aircraft was there), `coalesce(time, re
 for rows written before it was stored (`soar.store.queries.FIX_TIME`, the expression the
 index `fixes_by_time` is built on); `received_at` is returned beside it. Fixes are listed in
 own-time order, and `aircraft.last_fix_at` and the flights' times are own times too.
+
+May import: soar.store, soar.tracking
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ setting to change; `serve_web` runs hypercorn's HTTP connections with the quart-
 `connections.guard` before hypercorn's `TCPServer` sees it. hypercorn has no hook at the
 connection level, and the connection is the unit that costs a descriptor: ASGI sees requests,
 not the thousands of connections that never send one.
+
+May import: soar.config, soar.web.app, soar.web.connections
 """
 
 from __future__ import annotations
