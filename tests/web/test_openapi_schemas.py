@@ -19,7 +19,6 @@ from soar.web.app import WebContext, create_app
 
 from .conftest import Dataset
 from .running_soar import STEALTH_GLIDER, TRACE_ID, flarm_id, start_soar
-from .test_flight_log import fetch
 
 DOCUMENT = openapi.document()
 
@@ -109,7 +108,7 @@ async def test_flight_responses_of_a_running_soar_match_their_schemas(
     soar = await start_soar(nursery, testdata, tmp_path, db_url)
 
     async def get(path: str) -> tuple[int, str, str]:
-        status, text = await fetch(soar, path)
+        status, text = await soar.get(path)
         content_type = "application/json"
         if path.endswith(".geojson"):
             content_type = "application/geo+json"
