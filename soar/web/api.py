@@ -10,8 +10,8 @@ does not run under trio; the writers have a pool of their own), shapes the rows 
 the body with orjson. The event loop only moves bytes, so /healthz is not kept waiting behind a
 213 KB `/api/aircraft` being encoded (issue #18.6: /healthz p99 3.8 s beside 200 API clients).
 
-May import: soar.records, soar.tracking, soar.web.app, soar.web.live, soar.web.openapi,
-soar.web.pages, soar.web.queries
+May import: soar.records, soar.store, soar.tracking, soar.web.app, soar.web.live,
+soar.web.openapi, soar.web.pages, soar.web.queries
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from soar.records import AircraftType
+from soar.store.queries import us
+from soar.store.tables import ts
 from soar.tracking.launch import LaunchFacts, LaunchMethod, launch_method
 from soar.web import openapi, queries
 from soar.web.app import WebContext
@@ -222,56 +224,65 @@ def parse_receiver(text: str) -> str:
     return text
 
 
-# An opaque keyset cursor: base64url of {"a": aircraft id, "t": the last fix's own time and
-# "r": its receive time, in µs} (fixes are listed by own time; two may share one).
-def encode_cursor(aircraft_id: int, last: dt.datetime, received: dt.datetime) -> str:
-    payload = json.dumps(
-        {"a": aircraft_id, "t": _us(last), "r": _us(received)}, separators=(",", ":")
-    )
+# Keyset cursors are opaque to clients: base64url (unpadded) of a small JSON object, times in
+# µs. A cursor that does not decode, or names another list, is a 400, never a wrong page.
+CURSOR_ERRORS = (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError,
+                 OverflowError)
+
+
+def encode_token(fields: dict[str, Any]) -> str:
+    """A cursor carrying `fields` (JSON values)."""
+    payload = json.dumps(fields, separators=(",", ":"))
     return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+
+
+def decode_token(text: str) -> dict[str, Any]:
+    """The fields of a cursor `encode_token` made; one of `CURSOR_ERRORS` for anything else."""
+    if len(text) > 200:
+        raise ValueError("too long")
+    data = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    if not isinstance(data, dict):
+        raise ValueError("not an object")
+    return data
+
+
+def token_int(data: dict[str, Any], key: str) -> int:
+    """A cursor's whole-number field (an id, or a time in µs): a JSON integer in [0, 2**62)."""
+    value = data[key]
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**62:
+        raise ValueError(f"bad {key}")
+    return value
+
+
+# Fixes of one aircraft: {"a": its id, "t": the last fix's own time, "r": its receive time}
+# (fixes are listed by own time; two may share one).
+def encode_cursor(aircraft_id: int, last: dt.datetime, received: dt.datetime) -> str:
+    return encode_token({"a": aircraft_id, "t": us(last), "r": us(received)})
 
 
 def decode_cursor(text: str, aircraft_id: int) -> tuple[dt.datetime, dt.datetime]:
     try:
-        if len(text) > 200:
-            raise ValueError("too long")
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        data = json.loads(raw)
-        if not isinstance(data, dict) or data.get("a") != aircraft_id:
+        data = decode_token(text)
+        if data.get("a") != aircraft_id:
             raise ValueError("cursor of another aircraft")
-        epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-        times = []
-        for key in ("t", "r"):
-            micros = data[key]
-            if isinstance(micros, bool) or not isinstance(micros, int) or not 0 <= micros < 2**62:
-                raise ValueError("bad time")
-            times.append(epoch + dt.timedelta(microseconds=micros))
-        return times[0], times[1]
-    except (ValueError, KeyError, binascii.Error, UnicodeDecodeError, OverflowError):
+        return ts(token_int(data, "t")), ts(token_int(data, "r"))
+    except CURSOR_ERRORS:
         raise ApiError(400, "cursor is not valid for this request") from None
 
 
-# An opaque keyset cursor over flight lists: base64url of {"k": the list it belongs to,
-# "t": started_at in µs, "i": the flight id} of the last flight of the previous page.
+# Flight lists: {"k": the list it belongs to, "t": started_at, "i": the flight id} of the last
+# flight of the previous page.
 def encode_flight_cursor(kind: str, started: dt.datetime, flight_id: uuid.UUID) -> str:
-    payload = json.dumps({"k": kind, "t": _us(started), "i": str(flight_id)},
-                         separators=(",", ":"))
-    return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+    return encode_token({"k": kind, "t": us(started), "i": str(flight_id)})
 
 
 def decode_flight_cursor(text: str, kind: str) -> queries.FlightKey:
     try:
-        if len(text) > 200:
-            raise ValueError("too long")
-        data = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-        if not isinstance(data, dict) or data.get("k") != kind:
+        data = decode_token(text)
+        if data.get("k") != kind:
             raise ValueError("cursor of another list")
-        micros = data["t"]
-        if isinstance(micros, bool) or not isinstance(micros, int) or not 0 <= micros < 2**62:
-            raise ValueError("bad time")
-        started = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=micros)
-        return started, uuid.UUID(str(data["i"]))
-    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError, OverflowError):
+        return ts(token_int(data, "t")), uuid.UUID(str(data["i"]))
+    except CURSOR_ERRORS:
         raise ApiError(400, "cursor is not valid for this request") from None
 
 
@@ -293,11 +304,6 @@ def day_bounds(day: dt.date, zone: dt.tzinfo) -> tuple[dt.datetime, dt.datetime]
 
 
 # -- rendering ------------------------------------------------------------------------------
-
-
-def _us(value: dt.datetime) -> int:
-    delta = value - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def iso(value: dt.datetime | None) -> str | None:

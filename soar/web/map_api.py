@@ -24,11 +24,7 @@ May import: soar.config, soar.ingest, soar.store, soar.web.api, soar.web.app, so
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
-import json
-import re
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -36,14 +32,20 @@ from typing import Any
 import structlog
 from quart import Blueprint, Response, jsonify, request
 
-from soar.store.queries import FIX_TIME
+from soar.store.queries import FIX_TIME, us
+from soar.store.tables import ts
 from soar.web import queries
 from soar.web.api import (
+    CURSOR_ERRORS,
     ApiError,
     aircraft_type_name,
+    decode_token,
+    encode_token,
     iso,
+    parse_aircraft_id,
     parse_bbox,
     parse_time,
+    token_int,
     with_connection,
 )
 from soar.web.app import WebContext
@@ -128,42 +130,17 @@ def _number(name: str, default: float, low: float, high: float) -> float:
     return value
 
 
-def _aircraft_id(text: str) -> int:
-    if not re.fullmatch(r"[0-9]{1,9}", text) or int(text) > 0x3FFFFFF:
-        raise ApiError(400, "aircraft id must be an integer between 0 and 67108863")
-    return int(text)
-
-
-def _epoch_us(value: dt.datetime) -> int:
-    delta = value - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def _from_us(micros: int) -> dt.datetime:
-    return dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=micros)
-
-
-# The replay cursor: base64url of {"t", "a", "r"} = the last fix's own time (µs), aircraft
-# id and receive time (µs), the keyset the fixes are ordered by.
+# The replay cursor (an API cursor, `soar.web.api.encode_token`): {"t", "a", "r"} = the last
+# fix's own time (µs), aircraft id and receive time (µs), the keyset the fixes are ordered by.
 def encode_replay_cursor(time: dt.datetime, aircraft_id: int, received: dt.datetime) -> str:
-    payload = json.dumps({"t": _epoch_us(time), "a": aircraft_id, "r": _epoch_us(received)},
-                         separators=(",", ":"))
-    return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+    return encode_token({"t": us(time), "a": aircraft_id, "r": us(received)})
 
 
 def decode_replay_cursor(text: str) -> tuple[dt.datetime, int, dt.datetime]:
     try:
-        if len(text) > 200:
-            raise ValueError("too long")
-        data = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-        if not isinstance(data, dict):
-            raise ValueError("not an object")
-        values = [data["t"], data["a"], data["r"]]
-        for value in values:
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**62:
-                raise ValueError("bad value")
-        return _from_us(values[0]), values[1], _from_us(values[2])
-    except (ValueError, KeyError, binascii.Error, UnicodeDecodeError, OverflowError):
+        data = decode_token(text)
+        return ts(token_int(data, "t")), token_int(data, "a"), ts(token_int(data, "r"))
+    except CURSOR_ERRORS:
         raise ApiError(400, "cursor is not valid") from None
 
 
@@ -456,7 +433,7 @@ def replay_fix_json(row: queries.Row) -> dict[str, Any]:
         "aircraft_type": aircraft_type_name(row["aircraft_type"]),
         "category": row["category"],
         "protocol": row["protocol"],
-        "time_us": _epoch_us(row["time"]),
+        "time_us": us(row["time"]),
         "lat": row["lat"],
         "lon": row["lon"],
         "altitude_ft": _r(row["altitude_ft"]),
@@ -505,7 +482,7 @@ def map_blueprint(ctx: WebContext) -> Blueprint:
         points = shown(rows, "trails")
         for row in points:
             out.setdefault(str(row["id"]), []).append(
-                [_epoch_us(row["time"]) // 1000, row["lat"], row["lon"], _r(row["altitude_ft"])]
+                [us(row["time"]) // 1000, row["lat"], row["lon"], _r(row["altitude_ft"])]
             )
         return jsonify({"since": iso(since), "until": iso(until), "trails": out,
                         "points": len(points), "truncated": len(rows) == MAX_TRAIL_POINTS})
@@ -513,7 +490,7 @@ def map_blueprint(ctx: WebContext) -> Blueprint:
     @bp.get("/map/data/track/<aircraft_id>")
     async def track_route(aircraft_id: str) -> Response:
         _only()
-        ident = _aircraft_id(aircraft_id)
+        ident = parse_aircraft_id(aircraft_id)
         if await with_connection(ctx, queries.aircraft_is_hidden, ident):
             raise ApiError(404, "aircraft not found")
         aircraft, flight, fixes = await with_connection(ctx, track, ident, dt.datetime.now(dt.UTC))
@@ -527,7 +504,7 @@ def map_blueprint(ctx: WebContext) -> Blueprint:
                 "departure_airport": flight["departure_airport"],
             },
             # [time ms, lat, lon, altitude ft MSL, ground elevation ft where AGL is known]
-            "fixes": [[_epoch_us(f["time"]) // 1000, f["lat"], f["lon"], _r(f["altitude_ft"]),
+            "fixes": [[us(f["time"]) // 1000, f["lat"], f["lon"], _r(f["altitude_ft"]),
                        _ground_ft(f)] for f in fixes],
             "truncated": len(fixes) == MAX_TRACK_FIXES,
         })
