@@ -90,6 +90,11 @@ class Soar:
         return self.log.read_text(errors="replace")[-4000:]
 
 
+#: 503s this test's own requests got: on a busy machine the crowd can hold every priority slot
+#: when the test asks for /metrics, and soar counts that refusal like the crowd's.
+_own_refusals = [0]
+
+
 async def _get(host: str, port: int, path: str) -> tuple[int, bytes]:
     """One request on a new connection (HTTP/1.0: the server closes after the answer)."""
     stream = await trio.open_tcp_stream(host, port)
@@ -98,7 +103,9 @@ async def _get(host: str, port: int, path: str) -> tuple[int, bytes]:
         answer = b""
         while chunk := await stream.receive_some(65536):
             answer += chunk
-    return int(answer.split(b" ", 2)[1]), answer.partition(b"\r\n\r\n")[2]
+    status = int(answer.split(b" ", 2)[1])
+    _own_refusals[0] += status == 503
+    return status, answer.partition(b"\r\n\r\n")[2]
 
 
 async def _metric(host: str, port: int, name: str) -> float:
@@ -245,6 +252,7 @@ async def test_past_http_max_connections_503_and_the_feed_and_healthz_still_work
     corpus: Corpus, db_url: str, tmp_path: Path, nursery: trio.Nursery
 ) -> None:
     limit = 1000
+    _own_refusals[0] = 0
     feed = SbsFeed([env.data for env in corpus[Protocol.SBS].envelopes])
     await nursery.start(feed.run)
     async with running_soar(tmp_path, db_url, feed,
@@ -264,7 +272,8 @@ async def test_past_http_max_connections_503_and_the_feed_and_healthz_still_work
                     with trio.fail_after(60):  # and closed
                         while await stream.receive_some(65536):
                             pass
-            assert await _metric(*soar.http, "soar_http_connections_refused_total") == refused
+            counted = await _metric(*soar.http, "soar_http_connections_refused_total")
+            assert counted == refused + _own_refusals[0]
             # the held ones, the one asking, maybe one or two /metrics callers still closing
             assert limit < await _metric(*soar.http, "soar_http_connections") < limit + 16
             await _fixes_flow_after_a_feed_kill(soar, feed, db_url)
