@@ -203,6 +203,24 @@ def embedded_nats(prefix: str = "soar-test-nats-") -> Iterator[EmbeddedNats]:
             server.stop()
 
 
+# ---- real captures ----------------------------------------------------------------------------
+
+
+def ogn_trace_fixes(path: Path) -> list[Any]:
+    """The fixes of a recorded OGN trace (`<ISO time> <APRS line>` a line), through the real
+    parser, each received at its recorded time; every line must be an aircraft beacon."""
+    from soar.ingest.capture import iso_to_us
+    from soar.protocols.ogn import AircraftBeacon, parse_line, to_fix
+
+    fixes = []
+    for line in path.read_text().splitlines():
+        stamp, aprs = line.split(" ", 1)
+        beacon = parse_line(aprs)
+        assert isinstance(beacon, AircraftBeacon), beacon
+        fixes.append(to_fix(beacon, iso_to_us(stamp), path.name))
+    return fixes
+
+
 # ---- arbitrary values for property tests ------------------------------------------------------
 
 

@@ -13,7 +13,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from soar.live import NATS_TOPICS
-from soar.protocols import ogn
 from soar.protocols.live_wire import (
     MAX_SQUARES_PER_CLIENT,
     PYNNG_TOPICS,
@@ -35,7 +34,7 @@ from soar.protocols.live_wire import (
     wire_square,
 )
 from soar.records import Fix
-from tests.support import arbitrary_fixes
+from tests.support import arbitrary_fixes, ogn_trace_fixes
 
 OGN_TRACE = "ogn/soar-flight-descended-out-of-range-then-took-off.txt"
 
@@ -101,11 +100,8 @@ _OGN_CACHE: list[Fix] = []
 
 
 def _ogn_fixes(testdata: Path) -> list[Fix]:
-    if not _OGN_CACHE:
-        for index, line in enumerate((testdata / OGN_TRACE).read_text().splitlines()):
-            record = ogn.parse_line(line.partition(" ")[2])
-            if isinstance(record, ogn.AircraftBeacon):
-                _OGN_CACHE.append(ogn.to_fix(record, 1_700_000_000_000_000 + index, "trace"))
+    if not _OGN_CACHE:  # hypothesis calls the test a hundred times: read the capture once
+        _OGN_CACHE.extend(ogn_trace_fixes(testdata / OGN_TRACE))
     return _OGN_CACHE
 
 

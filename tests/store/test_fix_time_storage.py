@@ -5,40 +5,27 @@ from __future__ import annotations
 
 import copy
 import uuid
-from datetime import datetime
 from pathlib import Path
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from soar.protocols.ogn import AircraftBeacon, parse_line, to_fix
 from soar.records import AddressType, AircraftSeen, Fix, FlightRow, Protocol
 from soar.store.migrate import migrate, migrations
 from soar.store.queries import open_flights
 from soar.store.tables import AircraftFamily, FixFamily, FlightFamily, ts
-from tests.support import write_rows
+from tests.support import ogn_trace_fixes, write_rows
 
 TRACE = "ogn/soar-flight-descended-out-of-range-then-took-off.txt"
 S = 1_000_000
 
 
 
-def trace_fixes(testdata: Path, n: int) -> list[Fix]:
-    out = []
-    for raw in (testdata / TRACE).read_text().splitlines()[:n]:
-        stamp, line = raw.split(" ", 1)
-        beacon = parse_line(line)
-        assert isinstance(beacon, AircraftBeacon)
-        received = round(datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() * S)
-        out.append(to_fix(beacon, received, "trace"))
-    return out
-
-
 async def test_fixes_keep_both_times_and_a_revision_updates_the_row(
     db_url: str, testdata: Path, spool_dir: Path
 ) -> None:
-    fixes = trace_fixes(testdata, 20)
+    fixes = ogn_trace_fixes(testdata / TRACE)[:20]
     assert all(f.time_us != f.received_us for f in fixes)  # 0.04 to 2 s apart on this trace
     first, rest = fixes[:10], fixes[10:]
     fixes[4].is_active = False
@@ -107,7 +94,7 @@ async def test_aircraft_first_seen_is_its_first_fix_and_the_category_is_stored(
 async def test_open_flights_restore_by_own_time(
     db_url: str, testdata: Path, spool_dir: Path
 ) -> None:
-    fixes = trace_fixes(testdata, 30)
+    fixes = ogn_trace_fixes(testdata / TRACE)[:30]
     row = FlightRow(uuid.uuid4(), fixes[0].aircraft_id, Protocol.OGN, fixes[0].time_us,
                     fixes[19].time_us)
     await write_rows(db_url, FixFamily(), fixes, spool_dir)

@@ -25,11 +25,9 @@ from soar.tracking.flight import (
 )
 from soar.tracking.shard import Shard
 from soar.tracking.tow import PairState
-from tests.support import write_rows
+from tests.support import ogn_trace_fixes, write_rows
 
-from .helpers import ids
-from .test_shard import Sinks, run_shard
-from .test_traces import read_capture
+from .helpers import Sinks, ids, run_shard
 
 TRACE = "ogn/soar-flight-descended-out-of-range-then-took-off.txt"
 
@@ -54,7 +52,7 @@ async def test_a_real_trace_stores_and_serialises_the_same_strings(
     before = REGISTRY.get_sample_value(
         "soar_flights_closed_total", {"reason": "landed_out_of_coverage"}
     ) or 0.0
-    events = [e for f in read_capture(testdata / TRACE) for e in shard.process(f)]
+    events = [e for f in ogn_trace_fixes(testdata / TRACE) for e in shard.process(f)]
     for state in shard.aircraft.values():  # the input ends: the landing's lookup is due
         events += state.track.flush_pending()
     opened = [e for e in events if isinstance(e, FlightOpened)]
@@ -83,7 +81,7 @@ async def test_a_real_trace_stores_and_serialises_the_same_strings(
 
     # a metric label is the value too (the shard counts when it emits)
     shard_events = Shard(agl=AglCalculator(airports=default_index()), new_id=ids())
-    await run_shard(shard_events, read_capture(testdata / TRACE), Sinks())
+    await run_shard(shard_events, ogn_trace_fixes(testdata / TRACE), Sinks())
     after = REGISTRY.get_sample_value(
         "soar_flights_closed_total", {"reason": "landed_out_of_coverage"}
     )

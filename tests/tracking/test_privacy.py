@@ -6,8 +6,7 @@ from soar.records import Fix
 from soar.tracking.privacy import PrivacyDirectory, PrivacyRegistry
 from soar.tracking.shard import Shard
 
-from .helpers import fix, ids, us
-from .test_shard import Sinks, run_shard, takeoff_sequence
+from .helpers import Sinks, fix, ids, run_shard, takeoff_sequence, us
 
 
 def flight_with_callsign() -> list[Fix]:

@@ -6,7 +6,6 @@ import gzip
 import math
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -31,51 +30,9 @@ from soar.tracking.inputs import ClockTick, SbsInput, ShardInput
 from soar.tracking.metrics import ENRICHMENT, SHARD_QUARANTINED, SINK_DROPPED
 from soar.tracking.router import hash_of, shard_of
 from soar.tracking.shard import CLOCK_CONFIRM_US, HELD_QUIET_S, Shard, ShardSinks
+from tests.support import ogn_trace_fixes
 
-from .helpers import fix, ids, us
-
-BIG = 100_000
-
-
-class Sinks:
-    def __init__(self, live: Callable[[Fix], None] | None = None) -> None:
-        self.fixes_send, self.fixes = trio.open_memory_channel[Fix](BIG)
-        self.flights_send, self.flights = trio.open_memory_channel[FlightRow](BIG)
-        self.seen_send, self.seen = trio.open_memory_channel[AircraftSeen](BIG)
-        self.live: list[Fix] = []
-        self.sinks = ShardSinks(
-            self.fixes_send, self.flights_send, self.seen_send, live or self.live.append
-        )
-
-    @staticmethod
-    def drain(channel: trio.MemoryReceiveChannel[object]) -> list[object]:
-        out = []
-        while True:
-            try:
-                out.append(channel.receive_nowait())
-            except (trio.WouldBlock, trio.EndOfChannel):
-                return out
-
-    def rows(self) -> dict[object, FlightRow]:
-        latest: dict[object, FlightRow] = {}
-        for row in self.drain(self.flights):
-            assert isinstance(row, FlightRow)
-            latest[row.id] = row
-        return latest
-
-
-async def run_shard(shard: Shard, items: Sequence[ShardInput], sinks: Sinks) -> None:
-    send, receive = trio.open_memory_channel[ShardInput](BIG)
-    for item in items:
-        send.send_nowait(item)
-    send.close()
-    await shard.run(receive, sinks.sinks)
-
-
-def takeoff_sequence(start: float = 0.0, **kw: object) -> list[Fix]:
-    ground = [fix(start + 5 * i, 0.0, **kw) for i in range(3)]  # type: ignore[arg-type]
-    air = [fix(start + 15 + 5 * i, 60.0, track=250.0, **kw) for i in range(10)]  # type: ignore[arg-type]
-    return ground + air
+from .helpers import BIG, Sinks, fix, ids, run_shard, takeoff_sequence, us
 
 
 async def test_privacy_no_track_dropped_stealth_not_live() -> None:
@@ -401,9 +358,8 @@ async def test_enrichment_still_waiting_when_the_input_ends_is_applied(testdata:
     # tracks within ±20 s that never came, and a drained shard used to drop it.
     from soar.tracking.airports import default_index
 
-    from .test_traces import read_capture
 
-    fixes = read_capture(testdata / "ogn" / "soar-flight-descended-out-of-range-then-took-off.txt")
+    fixes = ogn_trace_fixes(testdata / "ogn" / "soar-flight-descended-out-of-range-then-took-off.txt")
     sinks = Sinks()
     await run_shard(Shard(agl=AglCalculator(airports=default_index()), new_id=ids()), fixes, sinks)
     rows = sorted(sinks.rows().values(), key=lambda r: r.first_fix_us)
@@ -439,9 +395,8 @@ async def test_adsb_emitter_category_reaches_the_aircraft_row(testdata: Path) ->
 async def test_fix_delay_is_observed_per_protocol(testdata: Path) -> None:
     from prometheus_client import REGISTRY
 
-    from .test_traces import read_capture
 
-    fixes = read_capture(testdata / "ogn" / "soar-flight-descended-out-of-range-then-took-off.txt")
+    fixes = ogn_trace_fixes(testdata / "ogn" / "soar-flight-descended-out-of-range-then-took-off.txt")
 
     def observed() -> tuple[float, float]:
         labels = {"protocol": "ogn"}

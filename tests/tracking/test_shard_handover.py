@@ -26,10 +26,9 @@ from soar.tracking.flight import FlightClosed
 from soar.tracking.inputs import ForgetAircraft, RestoreFlights, SbsInput, ShardInput
 from soar.tracking.router import hash_of
 from soar.tracking.shard import Shard
+from tests.support import ogn_trace_fixes
 
-from .helpers import ids
-from .test_shard import Sinks, run_shard
-from .test_traces import read_capture
+from .helpers import Sinks, ids, run_shard
 
 TRACE = "ogn/soar-flight-descended-out-of-range-then-took-off.txt"
 SBS = "sbs/adsbhub-sbs-sample-20260224.txt.gz"
@@ -69,9 +68,9 @@ def database_view(
 
 
 async def test_a_flight_handed_over_mid_air_ends_as_if_never_moved(testdata: Path) -> None:
-    fixes = read_capture(testdata / TRACE)
+    fixes = ogn_trace_fixes(testdata / TRACE)
     alone = Sinks()
-    await run_shard(shard(), read_capture(testdata / TRACE), alone)
+    await run_shard(shard(), ogn_trace_fixes(testdata / TRACE), alone)
     expected = summary(list(alone.rows().values()))
     assert len(expected) == 2
 

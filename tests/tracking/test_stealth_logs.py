@@ -18,8 +18,7 @@ from soar.records import Fix, Protocol
 from soar.tracking.inputs import ShardInput
 from soar.tracking.shard import Shard
 
-from .helpers import ids
-from .test_shard import Sinks, run_shard
+from .helpers import Sinks, ids, run_shard
 
 FULL_FEED = "ogn/svoop-ogn-full-feed-5000-20170419.txt"
 STEALTH = ("dd8436", "ddd953")

@@ -21,8 +21,7 @@ from soar.tracking.router import shard_of
 from soar.tracking.shard import Shard
 from soar.tracking.tow import TOWS, LaunchFix, TowDetector, TowService
 
-from .helpers import T0
-from .test_shard import Sinks, run_shard
+from .helpers import T0, Sinks, run_shard
 
 S = 1_000_000
 FT = 1 / 0.3048

@@ -7,25 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from soar.protocols.ogn import AircraftBeacon, parse_line, to_fix
 from soar.records import AddressType, Fix, aircraft_id
 from soar.tracking.agl import AglCalculator
 from soar.tracking.airports import default_index
 from soar.tracking.flight import Event, FixAccepted, FixDropped, FlightClosed, FlightOpened
 from soar.tracking.shard import Shard
+from tests.support import ogn_trace_fixes
 
 from .helpers import ids
-
-
-def read_capture(path: Path) -> list[Fix]:
-    fixes = []
-    for line in path.read_text().splitlines():
-        stamp, aprs = line.split(" ", 1)
-        received_us = round(datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() * 1e6)
-        beacon = parse_line(aprs)
-        assert isinstance(beacon, AircraftBeacon), beacon
-        fixes.append(to_fix(beacon, received_us, path.name))
-    return fixes
 
 
 def replay(fixes: list[Fix]) -> list[Event]:
@@ -41,7 +30,7 @@ def us(iso: str) -> int:
 
 
 def test_descended_out_of_range_then_took_off_is_two_flights(testdata: Path) -> None:
-    fixes = read_capture(testdata / "ogn" / "soar-flight-descended-out-of-range-then-took-off.txt")
+    fixes = ogn_trace_fixes(testdata / "ogn" / "soar-flight-descended-out-of-range-then-took-off.txt")
     assert len(fixes) == 1183
     events = replay(fixes)
     ident = aircraft_id(AddressType.ICAO, 0x48683E)
@@ -98,7 +87,7 @@ def test_descended_out_of_range_then_took_off_is_two_flights(testdata: Path) -> 
 
 
 def test_stationary_tracker_makes_no_flight(testdata: Path) -> None:
-    fixes = read_capture(testdata / "ogn" / "soar-flight-no-active-fixes.txt")
+    fixes = ogn_trace_fixes(testdata / "ogn" / "soar-flight-no-active-fixes.txt")
     events = replay(fixes)
     stored = [e.fix for e in events if isinstance(e, FixAccepted)]
     assert len(stored) == 6
@@ -110,10 +99,10 @@ def test_stationary_tracker_makes_no_flight(testdata: Path) -> None:
 def test_replay_is_deterministic(testdata: Path, name: str) -> None:
     a = [
         (type(e).__name__, getattr(e, "row", None))
-        for e in replay(read_capture(testdata / "ogn" / name))
+        for e in replay(ogn_trace_fixes(testdata / "ogn" / name))
     ]
     b = [
         (type(e).__name__, getattr(e, "row", None))
-        for e in replay(read_capture(testdata / "ogn" / name))
+        for e in replay(ogn_trace_fixes(testdata / "ogn" / name))
     ]
     assert a == b
