@@ -10,21 +10,13 @@ import pytest
 import trio
 
 from soar.backoff import Backoff
-from soar.bench.store import SBS_CAPTURE, sbs_capture_fixes
 from soar.records import Fix
 from soar.store.embedded import EmbeddedPostgres
 from soar.store.queries import count_fix_keys, fix_keys
 from soar.store.tables import FixFamily
 from soar.store.writer import STORE_UP, CommitReport, StoreWriter, open_pool
 
-
-@pytest.fixture(scope="module")
-def capture_fixes(testdata: Path) -> list[Fix]:
-    return sbs_capture_fixes(testdata / SBS_CAPTURE)
-
-
-def keys(fixes: Sequence[Fix]) -> set[tuple[int, int]]:
-    return {(f.aircraft_id, f.received_us) for f in fixes}
+from .conftest import keys
 
 
 def make_writer(url: str, spool_dir: Path, reports: list[CommitReport]) -> StoreWriter[Fix]:

@@ -6,17 +6,16 @@ from pathlib import Path
 
 import psycopg
 
-from soar.bench.store import SBS_CAPTURE, sbs_capture_fixes
-from soar.records import FlightRow, Protocol
+from soar.records import Fix, FlightRow, Protocol
 from soar.store.queries import count_rows, open_flights, time_out_stale_flights
 from soar.store.tables import FixFamily, FlightFamily
 from tests.support import write_rows
 
 
 async def test_open_flights_come_back_with_their_last_fixes(
-    db_url: str, testdata: Path, spool_dir: Path
+    db_url: str, capture_fixes: list[Fix], spool_dir: Path
 ) -> None:
-    fixes = sbs_capture_fixes(testdata / SBS_CAPTURE)
+    fixes = capture_fixes
     by_aircraft: dict[int, list] = {}  # type: ignore[type-arg]
     for fix in fixes:
         by_aircraft.setdefault(fix.aircraft_id, []).append(fix)

@@ -14,7 +14,6 @@ import pytest
 import trio
 
 from soar.backoff import Backoff
-from soar.bench.store import SBS_CAPTURE, sbs_capture_fixes
 from soar.records import (
     AddressType,
     AircraftSeen,
@@ -29,18 +28,9 @@ from soar.store.queries import count_fix_keys, count_rows, fix_keys
 from soar.store.tables import AircraftFamily, Family, FixFamily, FlightFamily, ReceiverFamily
 from soar.store.writer import ROWS_REJECTED, CommitReport, StoreWriter, open_pool
 
+from .conftest import keys
+
 T = TypeVar("T")
-
-
-@pytest.fixture(scope="session")
-def capture_fixes(testdata: Path) -> list[Fix]:
-    fixes = sbs_capture_fixes(testdata / SBS_CAPTURE)
-    assert len(fixes) > 10_000
-    return fixes
-
-
-def keys(fixes: Sequence[Fix]) -> set[tuple[int, int]]:
-    return {(f.aircraft_id, f.received_us) for f in fixes}
 
 
 async def write_all(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import socket
 import uuid
-from collections.abc import Sequence
 from pathlib import Path
 
 import psycopg
@@ -15,23 +14,19 @@ import trio
 import trio.lowlevel
 
 from soar.backoff import Backoff
-from soar.bench.store import SBS_CAPTURE, sbs_capture_fixes
 from soar.records import Fix, FlightRow, Protocol
 from soar.store.queries import fix_keys
 from soar.store.tables import FixFamily, FlightFamily
 from soar.store.writer import CommitReport, StoreWriter, open_pool
 from tests.support import wait_for
 
+from .conftest import keys
+
 
 @pytest.fixture(scope="module")
-def capture_fixes(testdata: Path) -> list[Fix]:
-    fixes = sbs_capture_fixes(testdata / SBS_CAPTURE)
-    assert len(fixes) > 5000
-    return fixes[:5000]
-
-
-def keys(fixes: Sequence[Fix]) -> set[tuple[int, int]]:
-    return {(f.aircraft_id, f.received_us) for f in fixes}
+def capture_fixes(capture_fixes: list[Fix]) -> list[Fix]:
+    """The first 5,000 of the capture's fixes (tests/store/conftest.py) are enough here."""
+    return capture_fixes[:5000]
 
 
 def unreachable_url() -> str:
