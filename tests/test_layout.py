@@ -120,6 +120,32 @@ def test_no_new_private_imports_from_soar() -> None:
     )
 
 
+#: Test modules other test modules import helpers from, waiting for their owner to move those
+#: helpers into the folder's helper module. May only shrink.
+KNOWN_TEST_MODULE_IMPORTS = {
+    ("tests/broker/test_restart.py", "tests.broker.test_link"),
+    ("tests/broker/test_lease_real.py", "tests.broker.test_link"),
+}
+
+
+def test_helpers_are_not_imported_from_test_modules() -> None:
+    # A helper in a test module is found only by whoever reads that test; its folder's helper
+    # module (or tests.support) is where the next test looks for it.
+    found = set()
+    for name, tree in sources().items():
+        package = ".".join(Path(name).parent.parts)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                module = f"{package}.{node.module}" if node.level == 1 else node.module
+                if module.rpartition(".")[2].startswith("test_"):
+                    found.add((name, module))
+    assert not found - KNOWN_TEST_MODULE_IMPORTS, (
+        f"helpers imported from test modules (move them to a helper module): "
+        f"{sorted(found - KNOWN_TEST_MODULE_IMPORTS)}")
+    assert not KNOWN_TEST_MODULE_IMPORTS - found, (
+        f"gone, remove from KNOWN_TEST_MODULE_IMPORTS: {sorted(KNOWN_TEST_MODULE_IMPORTS - found)}")
+
+
 def test_the_shared_conftest_imports_no_database_driver() -> None:
     # The pure tests (protocols, codecs) run without psycopg: the DB fixtures import it themselves.
     probe = "import sys, tests.conftest; print(sorted(m for m in sys.modules if m.startswith('psycopg')))"
