@@ -10,6 +10,7 @@ through a real writer (`write_rows`), free ports and PostgreSQL processes.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import signal
@@ -201,6 +202,41 @@ def embedded_nats(prefix: str = "soar-test-nats-") -> Iterator[EmbeddedNats]:
             yield server
         finally:
             server.stop()
+
+
+# ---- soar's source, read as it is written ------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def is_soar_module(dotted: str) -> bool:
+    """`soar.x.y` is a module or package of this tree (not a name inside one)."""
+    path = REPO.joinpath(*dotted.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def private_soar_names(tree: ast.Module) -> dict[str, int]:
+    """The private soar names (`soar.module._name`) a source imports, or reads off a soar module
+    it imported (`from soar import runtime` ... `runtime._x`), each with the line it is first at."""
+    found: dict[str, int] = {}
+    bound: dict[str, str] = {}  # local name -> the soar module it is bound to
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            bound |= {alias.asname: alias.name for alias in node.names
+                      if alias.asname and alias.name.startswith("soar.")}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("soar"):
+            for alias in node.names:
+                full = f"{node.module}.{alias.name}"
+                if is_soar_module(full):
+                    bound[alias.asname or alias.name] = full
+                elif alias.name.startswith("_") and not alias.name.startswith("__"):
+                    found.setdefault(full, node.lineno)
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                and node.value.id in bound
+                and node.attr.startswith("_") and not node.attr.startswith("__")):
+            found.setdefault(f"{bound[node.value.id]}.{node.attr}", node.lineno)
+    return found
 
 
 # ---- real captures ----------------------------------------------------------------------------

@@ -13,13 +13,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.support import private_soar_names
+
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 
 #: Private soar names tests still import, each waiting for its module's owner to make it public
-#: (or to give the test another way in). The broker's are public now (`pid_alive`, `wait_dead`):
-#: tests/broker still imports them by their old names, kept as aliases until it does not. The list may only shrink: a new entry is a new
-#: dependency on soar's insides, and an entry no longer used must be removed.
+#: (or to give the test another way in). The list may only shrink: a new entry is a new
+#: dependency on soar's insides, and an entry no longer used must be removed. The broker's are
+#: public now (`pid_alive`, `wait_dead`): tests/broker still imports them by their old names,
+#: kept as aliases until it does not.
 KNOWN_PRIVATE_IMPORTS = {
     ("tests/broker/test_embedded.py", "soar.broker.embedded._alive"),
     ("tests/broker/test_embedded.py", "soar.broker.embedded._wait_dead"),
@@ -74,38 +77,11 @@ def test_helpers_are_imported_as_package_modules() -> None:
     assert not bare, f"test helpers imported by a bare name: {bare}"
 
 
-def is_soar_module(dotted: str) -> bool:
-    path = REPO.joinpath(*dotted.split("."))
-    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
-
-
 def private_imports() -> set[tuple[str, str]]:
     """(test file, soar.module._name) for every private soar name a test imports, or reads
     as an attribute of a soar module it imported (`from soar import runtime`; `runtime._x`)."""
-    found = set()
-    for name, tree in sources().items():
-        modules: dict[str, str] = {}  # local name -> the soar module it is bound to
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                modules |= {alias.asname: alias.name for alias in node.names
-                            if alias.asname and alias.name.startswith("soar.")}
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("soar"):
-                found |= {
-                    (name, f"{node.module}.{alias.name}")
-                    for alias in node.names
-                    if alias.name.startswith("_") and not alias.name.startswith("__")
-                }
-                modules |= {alias.asname or alias.name: f"{node.module}.{alias.name}"
-                            for alias in node.names
-                            if is_soar_module(f"{node.module}.{alias.name}")}
-        found |= {
-            (name, f"{modules[node.value.id]}.{node.attr}")
-            for node in ast.walk(tree)
-            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-            and node.value.id in modules
-            and node.attr.startswith("_") and not node.attr.startswith("__")
-        }
-    return found
+    return {(name, private) for name, tree in sources().items()
+            for private in private_soar_names(tree)}
 
 
 def test_no_new_private_imports_from_soar() -> None:
@@ -143,7 +119,8 @@ def test_helpers_are_not_imported_from_test_modules() -> None:
         f"helpers imported from test modules (move them to a helper module): "
         f"{sorted(found - KNOWN_TEST_MODULE_IMPORTS)}")
     assert not KNOWN_TEST_MODULE_IMPORTS - found, (
-        f"gone, remove from KNOWN_TEST_MODULE_IMPORTS: {sorted(KNOWN_TEST_MODULE_IMPORTS - found)}")
+        f"gone, remove from KNOWN_TEST_MODULE_IMPORTS: "
+        f"{sorted(KNOWN_TEST_MODULE_IMPORTS - found)}")
 
 
 def test_the_shared_conftest_imports_no_database_driver() -> None:
