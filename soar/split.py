@@ -583,13 +583,18 @@ class PartitionFeed:
         self._envelopes_in: dict[int, int] = {}  # id(delivery) -> its envelopes, uncommitted
         self.unacked_envelopes = 0
         self._reserved = 0  # messages being fetched, counted against max_unacked
-        self._room = trio.Event()
+        self._queue: collections.deque[_Turn] = collections.deque()  # fetches waiting, in turn
         self.received = 0
         #: committed, not yet acknowledged, oldest first
         self._held: collections.deque[_Held] = collections.deque()
         self._data_us: dict[int, int] = {}  # id(delivery) -> its newest envelope's receive time
         #: the newest receive time this track has been fed
         self.newest_us = 0
+
+    @property
+    def reserved(self) -> int:
+        """Messages the fetches under way may bring, counted against `max_unacked`."""
+        return self._reserved
 
     async def run_watermark(self) -> None:
         await self.watermark.run()
@@ -696,17 +701,16 @@ class PartitionFeed:
         await trio.sleep(wait_s)
 
     async def _fetch_forever(self, consumer: PartitionConsumer) -> None:
+        # A partition asks for twice what its last fetch brought (one message when that
+        # brought none, at most fetch_batch). An idle partition's fetch waits on the server
+        # for up to a second holding its reservation: one message of the bound, not a batch,
+        # so the idle partitions of a track cannot take the room of those with a backlog.
+        batch = 1
         while True:
-            # every partition's task fetches: a fetch reserves its batch against the bound
-            # until each message it got is counted by the watermark, so that together they
-            # go at most one batch over it
-            while (self.watermark.pending + self._reserved >= self.max_unacked
-                   or self.unacked_envelopes >= MAX_UNACKED_ENVELOPES):
-                await self._room.wait()
-            self._reserved += self.fetch_batch
-            reserved = self.fetch_batch
+            await self._admit(batch)
+            reserved = batch
             try:
-                deliveries = await consumer.fetch(batch=self.fetch_batch, timeout=1.0)
+                deliveries = await consumer.fetch(batch=batch, timeout=1.0)
                 self._reserved -= reserved - len(deliveries)
                 reserved = len(deliveries)
                 for index in range(len(deliveries)):
@@ -715,8 +719,38 @@ class PartitionFeed:
                     reserved -= 1
             finally:
                 self._reserved -= reserved
-                self._room.set()
-                self._room = trio.Event()
+                self._grant()
+            batch = max(1, min(self.fetch_batch, 2 * len(deliveries)))
+
+    async def _admit(self, count: int) -> None:
+        """Reserve `count` messages of the unacknowledged bound for a fetch, in turn.
+
+        Every partition's task fetches: a fetch's reservation counts until each message it
+        got is counted by the watermark, so that together they go at most one batch over the
+        bound. In turn, because a task whose fetch just ended would otherwise take back the
+        room it gave before the tasks waiting for it ran: issue 14's bench stalled so, the
+        waiting fetches of drained partitions holding the whole bound for ever while the
+        partitions with messages waited for room."""
+        turn = _Turn(count)
+        self._queue.append(turn)
+        self._grant()
+        try:
+            await turn.granted.wait()
+        except BaseException:  # given back (cancelled), granted or not
+            if turn.granted.is_set():
+                self._reserved -= count
+            else:
+                self._queue.remove(turn)
+            self._grant()
+            raise
+
+    def _grant(self) -> None:
+        """Room may have come: reserve for the waiting fetches, first come first served."""
+        while (self._queue and self.watermark.pending + self._reserved < self.max_unacked
+               and self.unacked_envelopes < MAX_UNACKED_ENVELOPES):
+            turn = self._queue.popleft()
+            self._reserved += turn.count
+            turn.granted.set()
 
     async def _feed(self, consumer: PartitionConsumer, deliveries: list[Delivery],
                     index: int) -> None:
@@ -768,8 +802,7 @@ class PartitionFeed:
                 item.set()
         HELD.set(len(self._held))
         UNACKED.set(self.watermark.pending)
-        self._room.set()
-        self._room = trio.Event()
+        self._grant()
 
     async def acknowledge_held(self) -> None:
         """Twice a second: acknowledge what is HOLD_DATA_S behind the data clock (sooner past
@@ -887,6 +920,14 @@ class PartitionFeed:
                 ACK_PENDING.labels(str(partition)).set(stats.num_ack_pending)
                 CONSUMER_PENDING.labels(str(partition)).set(stats.num_pending)
             await trio.sleep(5.0)
+
+
+@dataclasses.dataclass(slots=True)
+class _Turn:
+    """A fetch waiting for room under the unacknowledged bound."""
+
+    count: int
+    granted: trio.Event = dataclasses.field(default_factory=trio.Event)
 
 
 @dataclasses.dataclass(slots=True)

@@ -46,6 +46,10 @@ def unique(prefix: str) -> str:
 
 
 def stream_spec(partitions: int = 4, **limits: Any) -> StreamSpec:
+    """A stream of its own. JetStream reserves a stream's max_bytes from the server's store
+    (by default 75 % of the free disk): at the production 8 GiB, a handful of test streams
+    would use it up and the next one be refused ("insufficient storage resources")."""
+    limits.setdefault("max_bytes", 64 * 1024**2)
     name = unique("T")
     return StreamSpec(partitions=partitions, name=name, subject_prefix=f"test.{name}", **limits)
 
