@@ -24,6 +24,8 @@ apart, 6,827 aircraft), repeated in passes shifted 16 s each so every aircraft k
 every 8 s, each line prefixed with its own receive time (spread over its snapshot's 8 s, so
 every fix has its own key). The number of passes is sized so the all-in-one run takes about
 `--seconds`, from a one-pass calibration run of the all-in-one in the same invocation.
+`python -m soar.bench.split --envelopes N` runs the workload's first N lines instead, without
+calibration: a check that every run works end to end (the tests'), not a measurement.
 
 Everything runs on the same cores: the ingest, the nats-server and PostgreSQL compete with
 the tracks, as they would on one machine; the machine's load average is printed beside.
@@ -151,11 +153,15 @@ def workload_lines(testdata: Path, passes: int) -> Iterator[str]:
                 yield f"{received:%Y-%m-%dT%H:%M:%S.%f}Z {','.join(fields)}\n"
 
 
-def write_workload(testdata: Path, path: Path, passes: int) -> int:
-    """Writes the workload to `path` (plain text: the reader is what is measured, not gzip)."""
+def write_workload(testdata: Path, path: Path, passes: int, limit: int | None = None) -> int:
+    """Writes the workload to `path` (plain text: the reader is what is measured, not gzip);
+    with `limit`, only its first `limit` lines."""
     count = 0
+    lines = workload_lines(testdata, passes)
+    if limit is not None:
+        lines = itertools.islice(lines, limit)
     with path.open("w", encoding="ascii") as f:
-        for chunk in _chunks(workload_lines(testdata, passes), 10_000):
+        for chunk in _chunks(lines, 10_000):
             f.writelines(chunk)
             count += len(chunk)
     return count
@@ -459,8 +465,9 @@ def migrated(url: str) -> str:
 
 
 def run(server_url: str, testdata: Path, seconds: float, *, partitions: int | None = None,
-        progress: Any = None) -> list[Result]:
-    """all_in_one, track_1, track_2 on one workload sized to about `seconds` of all-in-one."""
+        envelopes: int | None = None, progress: Any = None) -> list[Result]:
+    """all_in_one, track_1, track_2 on one workload sized to about `seconds` of all-in-one
+    (or, with `envelopes`, the workload's first `envelopes` lines: no calibration run)."""
     from soar.config import Settings
 
     partitions = partitions or Settings().nats_partitions
@@ -469,18 +476,24 @@ def run(server_url: str, testdata: Path, seconds: float, *, partitions: int | No
     with tempfile.TemporaryDirectory(prefix="soar-bench-split-") as tmp:
         work = Path(tmp)
         capture = work / "workload-sbs.txt"
-        envelopes = write_workload(testdata, capture, 1)
-        with fresh_database(server_url, f"soar_bench_split_cal_{tag}") as url:
-            calibration = run_all_in_one(capture, migrated(url), work / "cal")
-        say(f"calibration: one pass, {calibration.envelopes} envelopes, "
-            f"{calibration.rate:,.0f}/s all-in-one")
-        passes = max(1, round(seconds * calibration.rate / envelopes))
-        if passes > 1:
-            envelopes = write_workload(testdata, capture, passes)
+        if envelopes is not None:
+            envelopes = write_workload(testdata, capture, 1, limit=envelopes)
+            passes = 1
             with fresh_database(server_url, f"soar_bench_split_all_{tag}") as url:
                 all_in_one = run_all_in_one(capture, migrated(url), work / "all")
         else:
-            all_in_one = calibration
+            envelopes = write_workload(testdata, capture, 1)
+            with fresh_database(server_url, f"soar_bench_split_cal_{tag}") as url:
+                calibration = run_all_in_one(capture, migrated(url), work / "cal")
+            say(f"calibration: one pass, {calibration.envelopes} envelopes, "
+                f"{calibration.rate:,.0f}/s all-in-one")
+            passes = max(1, round(seconds * calibration.rate / envelopes))
+            if passes > 1:
+                envelopes = write_workload(testdata, capture, passes)
+                with fresh_database(server_url, f"soar_bench_split_all_{tag}") as url:
+                    all_in_one = run_all_in_one(capture, migrated(url), work / "all")
+            else:
+                all_in_one = calibration
         results = [all_in_one]
         say(f"all_in_one: {all_in_one.rate:,.0f}/s ({passes} passes, {envelopes} envelopes)")
         for tracks in (1, 2):
@@ -530,8 +543,9 @@ def format_table(results: Sequence[Result]) -> str:
     return "\n".join(lines)
 
 
-def bench_split(server_url: str, testdata: Path, seconds: float | None, *, as_json: bool) -> int:
-    results = run(server_url, testdata, seconds or DEFAULT_SECONDS,
+def bench_split(server_url: str, testdata: Path, seconds: float | None, *, as_json: bool,
+                envelopes: int | None = None) -> int:
+    results = run(server_url, testdata, seconds or DEFAULT_SECONDS, envelopes=envelopes,
                   progress=lambda text: print(text, file=sys.stderr, flush=True))
     print("## Split mode (feed -> ingest -> JetStream -> track -> committed, beside all-in-one)\n")
     print(format_table(results))
@@ -552,6 +566,13 @@ def _sample(text: str, name: str, **labels: str) -> float:
                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: at least 1")
+    return value
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -570,6 +591,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--database-url", help="a PostgreSQL server the bench may create "
                         "databases on (default: a throwaway embedded one)")
+    # a quick check that every run works (the tests'), not a measurement: a workload of a few
+    # thousand envelopes is mostly the processes' start
+    parser.add_argument("--envelopes", type=_positive_int, default=None, metavar="N",
+                        help="the workload's first N envelopes, without calibration "
+                        "(instead of --seconds)")
     # internal: the all-in-one run, in this process; one JSON line out
     parser.add_argument("--all-in-one", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
@@ -584,7 +610,8 @@ def main(argv: list[str] | None = None) -> int:
     from soar.bench.cli import testdata_dir
 
     with _server(args.database_url) as url:
-        return bench_split(url, testdata_dir(), args.seconds, as_json=args.json)
+        return bench_split(url, testdata_dir(), args.seconds, as_json=args.json,
+                           envelopes=args.envelopes)
 
 
 @contextlib.contextmanager
