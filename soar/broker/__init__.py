@@ -22,6 +22,8 @@ of its own, envelopes/s:
 The thread bridge is two to three times as fast as trio-asyncio and close to nats-py alone
 (run to run, either may lead: the trio thread and the asyncio thread overlap), and importing
 trio_asyncio patches asyncio for the whole process. Hence `DEFAULT_BRIDGE = "thread"`.
+
+May import: soar.broker
 """
 
 from soar.broker.bridge import DEFAULT_BRIDGE, BridgeKind

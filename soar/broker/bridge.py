@@ -15,6 +15,8 @@ managers that own everything they start, so leaving the `async with` leaves noth
 Cancellation: a cancelled trio caller cancels the asyncio task and waits (shielded, at most
 `CANCEL_GRACE_S`) for it to unwind, so no asyncio task outlives the trio call that started it.
 `python -m soar.bench.broker` measures both; `DEFAULT_BRIDGE` is the faster one here.
+
+May import: nothing of soar
 """
 
 from __future__ import annotations

@@ -31,6 +31,8 @@ Semantics worth knowing:
 - The connection reconnects for ever (nats-py's default gives up after 60 attempts); while it is
   down, requests fail with `BrokerUnavailable` after `request_timeout_s`. Subscriptions and
   consumers bound before are re-established by nats-py on reconnect.
+
+May import: soar.broker.bridge, soar.broker.errors, soar.broker.subjects
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ Protocol codes are written down here, not taken from the enum's order, so that a
 reordering a `Protocol` member can never make one process read another's OGN line as Beast.
 `decode_batch` validates everything and raises `CodecError` (one type) for any malformed body,
 never `struct.error` or `UnicodeDecodeError`: the consumer counts it and terminates the message.
+
+May import: soar.records
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""The broker's error types: what a caller of `soar.broker` catches, never a nats-py class."""
+"""The broker's error types: what a caller of `soar.broker` catches, never a nats-py class.
+
+May import: nothing of soar
+"""
 
 from __future__ import annotations
 

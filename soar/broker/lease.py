@@ -24,6 +24,8 @@ free, so a partition is consumed by at most one track at a time (as long as the 
 the same rate); JetStream redelivers whatever it had fetched and not acknowledged.
 
 A track restarted with the same id resumes its own still-valid keys at once.
+
+May import: soar.broker.errors, soar.broker.rendezvous
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ partition p goes to the track whose `weight(track, p)` is highest. When a track 
 only the partitions it now wins, from whoever held them; when one leaves, only its partitions
 move, each to the next-highest weight. So a returning track gets back exactly what it had.
 The weight is BLAKE2b of the track id and partition: stable across processes and versions.
+
+May import: nothing of soar
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@
                                       can bind it, which is how a partition changes hands)
     soar.live.area.<lat>.<lon>        live fixes in one 1° square (floor of each, may be < 0)
     soar.live.aircraft.<id>           live fixes of one aircraft
+
+May import: nothing of soar
 """
 
 from __future__ import annotations
