@@ -30,7 +30,9 @@ The receive clock is the host's wall clock, which can step. An input received mo
 `CLOCK_STEP_US` (5 min) after the shard's clock is held until the next receive times tell: go
 on from there for `CLOCK_CONFIRM_US` (10 s) and the clock really moved (the held inputs are
 processed, `soar_shard_clock_steps_total{outcome="followed"}`); come back and the host clock
-stepped (the held fixes are rejected as `clock_step`, `outcome="ignored"`). So a +10 y step of
+stepped (the held fixes are rejected as `clock_step`, `outcome="ignored"`); or the sources that
+did not jump bring the clock within 5 min of the held time (a replay reads each capture at its
+own pace), and the held inputs are processed too. So a +10 y step of
 a few seconds, or one line of a replay stamped in 2036, times out and opens no flight and does
 not leave the fixes after it late. A fix whose own time is more than `AHEAD_US` (10 s) after
 its receive time is rejected as `time_ahead`.
@@ -425,6 +427,13 @@ class Shard:
         if received is None:  # a control input keeps its place among the held ones
             self._hold(item, received)
             return []
+        if self._held_from_us <= self.clock_us + CLOCK_STEP_US:
+            # Sources that never jumped moved the clock up to the held time (a replay reads
+            # each capture at its own pace): no jump is left to judge, and the next input of
+            # the source ahead must not look like it came back.
+            events = self.release_held()
+            events.extend(self.process(item))
+            return events
         source = _source(item)
         stepped_back = source is None or source in self._held_sources
         if received <= self.clock_us + CLOCK_STEP_US:  # the time before the jump
