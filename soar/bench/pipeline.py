@@ -55,7 +55,10 @@ from array import array
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from soar.pipeline import Pipeline
 
 OGN_TRACE = Path("ogn") / "soar-flight-descended-out-of-range-then-took-off.txt"
 SBS_SAMPLE = Path("sbs") / "adsbhub-sbs-sample-20260224.txt.gz"
@@ -428,9 +431,11 @@ async def _soar_main(job: _Job, events: Any, clients_ready: Any, devnull: Any) -
         await client.run(sink)  # a BLOCK edge: push back through TCP (see the module doc)
 
     commit = LatencyHistogram()
+    first_commit = trio.Event()
 
     def on_commit(report: CommitReport) -> None:
         if report.table == "fixes":
+            first_commit.set()
             now = report.committed_us
             for stamp in report.stamps_us:
                 commit.add(now - stamp)
@@ -482,9 +487,15 @@ async def _soar_main(job: _Job, events: Any, clients_ready: Any, devnull: Any) -
                 sampler = trio.CancelScope()
                 if job.timeline:
                     nursery.start_soon(_sample_depths, pipeline, depths, sampler)
+                # The window opens at the first fixes committed: on a busy machine the feed
+                # can take longer than a short window to start, and a window with nothing in
+                # it measures the scheduler, not soar.
+                with trio.move_on_after(60):
+                    await first_commit.wait()
+                opened = _decoded(pipeline)
                 await trio.sleep(job.seconds)
                 tracked = sum(len(shard.aircraft) for shard in pipeline.shards)
-                window_messages = sum(d.messages for d in pipeline.decoders.values())
+                window_messages = _decoded(pipeline) - opened
                 await pipeline.drain()
                 sampler.cancel()
                 elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
@@ -927,3 +938,8 @@ def format_table(rows: Sequence[Row]) -> str:
         if r.notes:
             lines.append(f"- {r.feed}: " + "; ".join(r.notes))
     return "\n".join(lines)
+
+
+def _decoded(pipeline: Pipeline) -> int:
+    """Messages the pipeline's decoders have read so far."""
+    return sum(d.messages for d in pipeline.decoders.values())
