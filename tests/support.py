@@ -14,7 +14,6 @@ import ast
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,10 +32,11 @@ if TYPE_CHECKING:
 
 
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now, for a child process that must be told its port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port free on 127.0.0.1 now, for a child process that must be told its port (never
+    one an outgoing connection of another test could take first: see `free_loopback_port`)."""
+    from soar.hostport import free_loopback_port
+
+    return free_loopback_port()
 
 
 def postgres_processes(data_dir: Path) -> list[str]:

@@ -37,8 +37,9 @@ pytestmark = pytest.mark.slow
 
 #: the lease the tests run with: a killed track's partitions move after this long
 LEASE_S = 10.0  # the default
-#: the pace of the continuous-load test's capture (its 16 s last 160 s: ~240 messages a second)
-SPEED = 0.1
+#: the pace of the continuous-load test's capture: its 16 s last 107 s (~360 messages a
+#: second), over the 60 s the issue asks for with room for every kill on a busy machine
+SPEED = 0.15
 PARTITIONS = 16
 #: how many partitions each of tracks t0 and t1 owns when both run (rendezvous hashing)
 SHARE = [len(rendezvous.share(f"t{k}", PARTITIONS, {"t0", "t1"})) for k in range(2)]
@@ -325,7 +326,7 @@ def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
 def test_continuous_load_with_every_role_killed_once(
     reference: Reference, tmp_path: Path, second_db: str, nats_server: EmbeddedNats
 ) -> None:
-    """The capture streamed without pause for over 60 s (about 480 messages a second); a
+    """The capture streamed without pause for over 60 s (about 360 messages a second); a
     track, the ingest, the web and the nats-server itself are each SIGKILLed and restarted on
     the way. The killed track stays away longer than its lease: the other takes its partitions
     over, and gives them back when it returns. At the end: the fixes and flights of the

@@ -10,7 +10,7 @@ same crowd and asserts what is not timing: every request answered, no 5xx.
 The soar under test is a real `python -m soar run` fed the real SBS capture over TCP, on the
 database the bench is given.
 
-May import: nothing of soar
+May import: soar.hostport
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
+
+from soar.hostport import free_loopback_port
 
 CLIENTS = 200
 #: what a crowd asks for: the flight log of today, every aircraft, the receivers (database work)
@@ -174,9 +175,7 @@ def sbs_lines(data: Path) -> list[bytes]:
 
 
 def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    return free_loopback_port()
 
 
 @asynccontextmanager

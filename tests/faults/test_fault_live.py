@@ -36,6 +36,7 @@ from tests.faults.faultkit import (
     stored,
     wait_for,
 )
+from tests.support import free_port
 
 #: 20 x 20 squares (the most one client may follow) over the busiest part of the SBS sample
 AREA = {"north": 45, "south": 25, "east": -75, "west": -95}
@@ -172,9 +173,7 @@ async def test_soar_run_exits_on_sigterm_despite_a_websocket_client_that_stopped
     lines = [env.data for env in corpus[Protocol.SBS].envelopes]
     stop_feed = threading.Event()
     feed_port = _sbs_feed_server(lines, stop_feed)
-    with stdlib_socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        http_port = int(probe.getsockname()[1])
+    http_port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SOAR_")}
     env |= {"SOAR_DATABASE_URL": db_url, "SOAR_DATA_DIR": str(tmp_path / "var"),
             "SOAR_HTTP_ADDR": f"127.0.0.1:{http_port}", "SOAR_SBS_SERVERS": f"127.0.0.1:{feed_port}",

@@ -26,6 +26,7 @@ import trio
 
 from soar.records import Protocol
 from tests.faults.faultkit import Corpus, fix_count, wait_for
+from tests.support import free_port
 
 CROWD = 3000
 #: descriptors each process needs: the crowd, and soar's own (pool, spools, 256 reserved)
@@ -126,11 +127,7 @@ async def _metric(host: str, port: int, name: str) -> float:
 async def running_soar(
     tmp_path: Path, db_url: str, feed: SbsFeed, **settings: str
 ) -> AsyncIterator[Soar]:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        http_port = int(probe.getsockname()[1])
+    http_port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SOAR_")}
     env |= {"SOAR_DATABASE_URL": db_url, "SOAR_DATA_DIR": str(tmp_path / "var"),
             "SOAR_HTTP_ADDR": f"127.0.0.1:{http_port}", "SOAR_SBS_SERVERS": f"127.0.0.1:{feed.port}",
