@@ -98,7 +98,8 @@ async def _run(
     # hold_open: a replay's captures end, the process (and its live map) does not
     pipeline = Pipeline(settings, db.url, _sources(settings, replay, speed), hold_open=True)
     directory = AircraftDirectory()
-    hub = LiveHub(settings.live_addr, directory=directory.get)
+    hub = LiveHub(settings.live_addr, directory=directory.get,
+                  client_queue_size=settings.live_client_queue)
     ready_checks: dict[str, Callable[[], bool]] = {
         "database": pipeline.database_ready,
         "migrations": lambda: True,  # open_database applied them before anything started

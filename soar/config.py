@@ -130,6 +130,11 @@ class Settings:
         "inproc://soar-live",
         "pynng address live fixes are published on (tcp://host:port in split mode)",
     )
+    live_client_queue: int = _setting(
+        1000,
+        "Fix messages queued for each /api/live WebSocket client of `soar run`; when a client"
+        " does not keep up, its oldest are dropped (soar_websocket_dropped_total)",
+    )
     track_id: str = _setting(
         socket.gethostname().split(".")[0] or "track",
         "Split mode: this track's id in the partition leases (letters, digits, - _ =); stable"
@@ -322,7 +327,7 @@ def _validate(s: Settings) -> None:
                     f"nats_url: expected nats://host:port (or tls://, ws://, wss://), got {url!r}"
                 )
     for name in ("channel_size", "batch_rows", "spool_max_bytes", "nats_partitions",
-                 "nats_replicas"):
+                 "nats_replicas", "live_client_queue"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{name}: must be positive")
     _validate_receiver(s.receiver_lat, s.receiver_lon)

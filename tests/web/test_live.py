@@ -16,11 +16,15 @@ from soar.records import AddressType, Fix, Protocol
 from soar.web.app import WebContext, create_app
 from soar.web.live import (
     MAX_SQUARES_PER_CLIENT,
+    WS_DISCARDED,
     WS_DROPPED,
+    WS_QUEUED,
+    WS_SENT,
     AircraftInfo,
     BadRequest,
     ClientQueue,
     LiveHub,
+    fan_out,
     handle_client_message,
     squares_in_bounds,
 )
@@ -76,6 +80,42 @@ def test_client_queue_drops_oldest_and_counts() -> None:
     assert queue.dropped == 2
     assert WS_DROPPED._value.get() - before == 2
     assert list(queue._items) == ["c", "d", "e"]
+
+
+def _counts() -> dict[str, float]:
+    return {name: counter._value.get() for name, counter in (
+        ("queued", WS_QUEUED), ("sent", WS_SENT), ("dropped", WS_DROPPED),
+        ("discarded", WS_DISCARDED))}
+
+
+def _since(before: dict[str, float]) -> dict[str, float]:
+    return {name: value - before[name] for name, value in _counts().items()}
+
+
+def test_fan_out_counts_each_put_and_drop_once_closed_queues_take_nothing() -> None:
+    full, roomy, gone = ClientQueue(2), ClientQueue(10), ClientQueue(10)
+    full.put_nowait("old")
+    full.put_nowait("older")
+    gone.close()
+    before = _counts()
+    assert fan_out([full, roomy, gone], "new") == 2
+    assert list(full._items) == ["older", "new"] and full.dropped == 1
+    assert list(roomy._items) == ["new"] and roomy.dropped == 0
+    assert len(gone) == 0
+    assert _since(before) == {"queued": 2, "sent": 0, "dropped": 1, "discarded": 0}
+
+
+def test_a_closed_queue_counts_what_its_client_never_got() -> None:
+    queue = ClientQueue(10)
+    for item in "abc":
+        queue.put_nowait(item)
+    queue.put_control('{"type":"subscribed"}')
+    before = _counts()
+    queue.close()
+    assert queue.discarded == 3  # fixes only: a control reply is no fix
+    assert _since(before)["discarded"] == 3
+    queue.put_nowait("late")
+    assert len(queue) == 0 and _since(before)["queued"] == 0
 
 
 def _fix(address: int, lat: float, lon: float, t: int, **extra: Any) -> Fix:
@@ -302,6 +342,7 @@ async def test_slow_client_drops_oldest_and_does_not_slow_a_fast_one(
         await _subscribe(slow, AREA)
         slow_client = next(c for c in hub._clients if c.squares)
         dropped_before = WS_DROPPED._value.get()
+        before = _counts()
 
         fast_received: list[dict[str, Any]] = []
         published = 0
@@ -331,6 +372,15 @@ async def test_slow_client_drops_oldest_and_does_not_slow_a_fast_one(
         # hypercorn's writes to the slow client are shielded from cancellation and that client
         # never reads: close its socket, or the server's connection task can never finish.
         raw.close()
+    # Both gone: every fix queued for either was sent, dropped, or discarded when its client
+    # left (hypercorn takes writes to a connection that just broke without a word, so what the
+    # slow client had queued may count as sent).
+    assert await wait_until(lambda: hub.client_count == 0, 30)
+    counted = _since(before)
+    assert counted["queued"] == counted["sent"] + counted["dropped"] + counted["discarded"]
+    assert counted["dropped"] == slow_client.queue.dropped
+    assert counted["discarded"] == slow_client.queue.discarded
+    assert counted["sent"] >= len(fast_received)
     nursery.cancel_scope.cancel()
 
 
