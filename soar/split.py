@@ -25,6 +25,10 @@ in its own pipeline. A publish waits for JetStream's acknowledgement; a retry af
 connection reuses the message id, so JetStream stores it once. Delivery to tracks is at least
 once; repeats are harmless (fixes are keyed by aircraft and receive time, and the flight state
 machine drops repeated beacons).
+
+May import: soar.backoff, soar.broker, soar.config, soar.database, soar.decode, soar.ingest,
+soar.live, soar.log, soar.overflow, soar.pipeline, soar.records, soar.replay, soar.runtime,
+soar.store, soar.supervisor, soar.topology, soar.tracking, soar.watermark, soar.web
 """
 
 from __future__ import annotations
