@@ -7,8 +7,9 @@ over TCP at `--rate` lines a second, waits for fixes to be stored, then opens `-
 WebSocket connections to `/api/live` (at most `--concurrency` handshakes at once), of which
 `--idle` never read after their subscription is acknowledged. While they are connected,
 `/healthz` is asked every 50 ms on a fresh connection. It reports handshakes that failed,
-readers that got fixes, the `/healthz` latency percentiles, and the server's RSS before, with
-and after the crowd. `crowd()` is what the fault test in tests/faults/test_crowds_ws.py uses.
+readers that got fixes, the `/healthz` latency percentiles, the fixes the server dropped from
+the non-readers' queues, and the server's RSS before, with and after the crowd. `crowd()` is
+what the fault test in tests/faults/test_crowds_ws.py uses.
 
 Readers ask for batched fixes (`{"type":"options","batch":true}`): a browser map does, and one
 message per fix to 700 clients would measure this process's WebSocket parser, not soar.
@@ -26,7 +27,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,29 @@ from typing import Any
 import trio
 import trio_websocket
 
-#: A 4 x 4 degree box of the SBS sample's busiest region (south-eastern USA).
-DEFAULT_AREA = {"north": 37.0, "south": 33.0, "east": -83.0, "west": -87.0}
+# The SBS sample is a few snapshots of ADSBHub's whole feed, each sorted by ICAO address:
+# European aircraft (3xxxxx, 4xxxxx) come first, US ones (Axxxxx) a third of a snapshot later.
+# A map of one region gets fixes in bursts with long gaps; one of each gets them throughout.
+#: The readers' map: 3 x 3 squares of each (Ohio; the Rhine between Basel and Stuttgart),
+#: ~250 fixes in the whole sample but at least one every 600 lines: each reader has its first
+#: fix within seconds, and 700 maps take a batch a second or two, not four.
+READER_AREAS = (
+    {"north": 42.9, "south": 40.0, "east": -81.1, "west": -84.0},
+    {"north": 50.9, "south": 48.0, "east": 8.9, "west": 6.0},
+)
+#: The non-readers' map: 400 squares (the most one client may take), the southern USA and
+#: western Europe, ~35 fixes a second at 300 lines a second: their queues fill in seconds.
+IDLE_AREAS = (
+    {"north": 35.9, "south": 28.0, "east": -78.1, "west": -98.0},
+    {"north": 54.9, "south": 43.0, "east": 17.9, "west": -2.0},
+)
+#: The non-readers' TCP maximum segment size. Over loopback (MSS 64 KB) Linux grows the
+#: server's send buffer to ~3 MB per connection, ~8,000 fixes, before a write blocks: a queue
+#: behind it would not fill for many minutes. With the classic 536 bytes and the smallest
+#: receive window it holds ~40 KB, ~100 fixes.
+IDLE_MSS = 536
 SBS_SAMPLE = Path("sbs") / "adsbhub-sbs-sample-20260224.txt.gz"
+Bounds = dict[str, float]
 
 
 @dataclass
@@ -52,6 +73,9 @@ class CrowdResult:
     healthz_ms: list[float] = field(default_factory=list)
     healthz_failed: int = 0
     errors: list[str] = field(default_factory=list)
+    #: seconds each phase took: connect (every handshake settled), ready, fixes (every reader
+    #: has one), hold, leave (every client gone from this side)
+    seconds: dict[str, float] = field(default_factory=dict)
 
     def percentile(self, q: float) -> float | None:
         if not self.healthz_ms:
@@ -66,6 +90,7 @@ class CrowdResult:
             value = self.percentile(q)
             out[f"healthz_{name}_ms"] = None if value is None else round(value, 1)
         out["errors"] = self.errors[:5]
+        out["seconds"] = {name: round(value, 1) for name, value in self.seconds.items()}
         return out
 
 
@@ -99,18 +124,22 @@ async def healthz_ms(host: str, port: int, timeout: float = 30.0) -> float:
 
 async def crowd(
     host: str, port: int, *, clients: int = 1000, idle: int = 300,
-    area: dict[str, float] | None = None, concurrency: int = 50,
+    areas: Sequence[Bounds] = READER_AREAS, idle_areas: Sequence[Bounds] = IDLE_AREAS,
+    concurrency: int = 50,
+    ready: Callable[[CrowdResult], Awaitable[None]] | None = None,
     hold: Callable[[CrowdResult], Awaitable[None]] | None = None,
     fixes_timeout: float = 120.0,
 ) -> CrowdResult:
-    """Connect the crowd, wait until every reader has a fix (or `fixes_timeout`), run `hold`
-    (e.g. measure the server) while all are connected, then leave: readers close politely,
-    non-readers reset their connection as a dead client does."""
-    area = area or DEFAULT_AREA
+    """Connect the crowd, non-readers first. The readers subscribe at once, or with `ready`
+    only once it has returned (it is awaited when every client is connected: e.g. until the
+    non-readers' queues overflow). Then wait until every reader has a fix (or `fixes_timeout`),
+    run `hold` (e.g. measure the server) while all are connected, and leave: readers close
+    politely, non-readers reset their connection as a dead client does."""
     result = CrowdResult(clients, idle)
     readers_total = clients - idle
     got_fix: set[int] = set()
     everyone_in = trio.Event()
+    subscribe = trio.Event()
     leave = trio.Event()
     settled = [0]  # clients whose handshake succeeded or failed
     limiter = trio.CapacityLimiter(concurrency)
@@ -129,13 +158,24 @@ async def crowd(
         if settled[0] == clients:
             everyone_in.set()
 
+    all_gone = trio.Event()
+    gone = [0]
+
+    async def one(client: Callable[[int], Awaitable[None]], index: int) -> None:
+        try:
+            await client(index)
+        finally:
+            gone[0] += 1
+            if gone[0] == clients:
+                all_gone.set()
+
     async def reader(index: int) -> None:
         ws = None
         try:
             async with limiter:
                 ws = await trio_websocket.connect_websocket_url(
                     client_nursery, f"ws://{host}:{port}/api/live", message_queue_size=64)
-                await _subscribe(ws, area, batch=True)
+                await _greeted(ws, batch=True)
         except Exception as exc:
             if ws is not None:
                 await trio.aclose_forcefully(ws)
@@ -144,13 +184,15 @@ async def crowd(
             done_connecting()
             return
         result.handshakes_ok += 1
-        result.subscribed += 1
         readers_in[0] += 1
         done_connecting()
         scope = trio.CancelScope()
         reading.append(scope)
         try:
             with scope:
+                await subscribe.wait()
+                await _subscribe(ws, areas)
+                result.subscribed += 1
                 while True:
                     message = json.loads(await ws.get_message())
                     if message.get("type") == "fixes":
@@ -159,8 +201,8 @@ async def crowd(
                     elif message.get("type") == "fix":
                         result.fixes_received += 1
                         note_fix(index)
-        except trio_websocket.ConnectionClosed as exc:
-            result.errors.append(f"reader {index} closed by the server: {exc}")
+        except (trio_websocket.ConnectionClosed, ConnectionError, ValueError) as exc:
+            result.errors.append(f"reader {index}: {type(exc).__name__}: {exc}")
         finally:
             with trio.move_on_after(10):
                 await ws.aclose()
@@ -169,13 +211,16 @@ async def crowd(
         sock = trio.socket.socket()
         try:
             async with limiter:
-                # a small window: the server's writes back up at once, as with a stalled phone
-                sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_RCVBUF, 4096)
+                # the smallest window and small segments: the server's writes back up after
+                # ~100 fixes, as with a stalled phone
+                sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_RCVBUF, 1)
+                sock.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_MAXSEG, IDLE_MSS)
                 await sock.connect((host, port))
                 stream = trio.SocketStream(sock)
                 ws = await trio_websocket.wrap_client_stream(
                     client_nursery, stream, host, "/api/live", message_queue_size=0)
-                await _subscribe(ws, area, batch=False)
+                await _greeted(ws, batch=False)
+                await _subscribe(ws, idle_areas)
         except Exception as exc:
             sock.close()
             result.handshakes_failed += 1
@@ -188,30 +233,50 @@ async def crowd(
         await leave.wait()
         await trio.aclose_forcefully(stream)  # a reset, as from a client that vanished
 
+    began = trio.current_time()
+
+    def phase(name: str) -> None:
+        nonlocal began
+        result.seconds[name] = trio.current_time() - began
+        began = trio.current_time()
+
+    if ready is None:
+        subscribe.set()
     async with trio.open_nursery() as client_nursery:
         for index in range(idle):
-            client_nursery.start_soon(non_reader, index)
+            client_nursery.start_soon(one, non_reader, index)
         for index in range(readers_total):
-            client_nursery.start_soon(reader, index)
+            client_nursery.start_soon(one, reader, index)
         async with trio.open_nursery() as probes:
             probes.start_soon(_probe_healthz, host, port, result, leave)
             await everyone_in.wait()
+            phase("connect")
+            if ready is not None:
+                await ready(result)
+                phase("ready")
+                subscribe.set()
             if len(got_fix) >= readers_in[0]:
                 all_fixed.set()
             with trio.move_on_after(fixes_timeout):
                 await all_fixed.wait()
+            phase("fixes")
             if hold is not None:
                 await hold(result)
+                phase("hold")
             result.readers_with_fixes = len(got_fix)
             leave.set()
             for scope in reading:
                 scope.cancel()
-        client_nursery.cancel_scope.deadline = trio.current_time() + 30
+        with trio.move_on_after(30):
+            await all_gone.wait()
+        # what trio_websocket still runs for a non-reader (its reader task waits to hand a
+        # message to nobody) ends here
+        client_nursery.cancel_scope.cancel()
+    phase("leave")
     return result
 
 
-async def _subscribe(ws: trio_websocket.WebSocketConnection, area: dict[str, float],
-                     *, batch: bool) -> None:
+async def _greeted(ws: trio_websocket.WebSocketConnection, *, batch: bool) -> None:
     status = json.loads(await ws.get_message())
     if status.get("status") != "connected":
         raise ConnectionError(f"connection_status {status}")
@@ -220,15 +285,19 @@ async def _subscribe(ws: trio_websocket.WebSocketConnection, area: dict[str, flo
         reply = json.loads(await ws.get_message())
         if reply.get("type") != "options":
             raise ConnectionError(f"options refused: {reply}")
-    await ws.send_message(json.dumps({"type": "area_bulk", "action": "subscribe",
-                                      "bounds": area}))
-    # fixes may come before the reply once another client holds the squares
-    while True:
-        reply = json.loads(await ws.get_message())
-        if reply.get("type") == "subscribed":
-            return
-        if reply.get("type") == "error":
-            raise ConnectionError(f"subscription refused: {reply}")
+
+
+async def _subscribe(ws: trio_websocket.WebSocketConnection, areas: Sequence[Bounds]) -> None:
+    for area in areas:
+        await ws.send_message(json.dumps({"type": "area_bulk", "action": "subscribe",
+                                          "bounds": area}))
+        # fixes may come before the reply once another client holds the squares
+        while True:
+            reply = json.loads(await ws.get_message())
+            if reply.get("type") == "subscribed":
+                break
+            if reply.get("type") == "error":
+                raise ConnectionError(f"subscription refused: {reply}")
 
 
 async def _probe_healthz(host: str, port: int, result: CrowdResult, leave: trio.Event) -> None:
@@ -316,6 +385,18 @@ def metric(port: int, name: str) -> float:
     return 0.0
 
 
+async def wait_metric(port: int, name: str, done: Callable[[float], bool],
+                      timeout: float) -> float:
+    """Read `name` from /metrics until `done(value)` or `timeout` seconds; the last value."""
+    with trio.move_on_after(timeout):
+        while True:
+            value = await trio.to_thread.run_sync(metric, port, name)
+            if done(value):
+                return value
+            await trio.sleep(0.2)  # how often to look, not what the wait depends on
+    return await trio.to_thread.run_sync(metric, port, name)
+
+
 def wait_started(proc: subprocess.Popen[bytes], port: int, timeout: float) -> None:
     """Until `soar run` has committed rows from the feed (RuntimeError if it exits or not in
     `timeout` seconds)."""
@@ -361,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             wait_started(proc, port, 180)
             before = rss_bytes(proc.pid)
+            dropped_before = metric(port, "soar_websocket_dropped_total")
             during: list[int] = []
 
             async def hold(_result: CrowdResult) -> None:
@@ -371,11 +453,13 @@ def main(argv: list[str] | None = None) -> int:
             result = trio.run(lambda: crowd("127.0.0.1", port, clients=args.clients,
                                             idle=args.idle, hold=hold))
             after = rss_bytes(proc.pid)
+            dropped = metric(port, "soar_websocket_dropped_total") - dropped_before
         finally:
             stop.set()
             proc.terminate()
             proc.wait(60)
-    out = result.summary() | {"rss_before_mb": round(before / 2**20, 1),
+    out = result.summary() | {"dropped_fixes": int(dropped),
+                              "rss_before_mb": round(before / 2**20, 1),
                               "rss_with_crowd_mb": round(max(during or [0]) / 2**20, 1),
                               "rss_after_mb": round(after / 2**20, 1)}
     if args.json:
