@@ -13,6 +13,8 @@ what the fault test in tests/faults/test_crowds_ws.py uses.
 
 Readers ask for batched fixes (`{"type":"options","batch":true}`): a browser map does, and one
 message per fix to 700 clients would measure this process's WebSocket parser, not soar.
+
+May import: soar.bench.cli
 """
 
 from __future__ import annotations

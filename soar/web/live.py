@@ -21,6 +21,8 @@ client's sender task blocks on its socket.
 Privacy: the hub asks an optional `directory` (aircraft id -> `AircraftInfo`) about every fix;
 an aircraft marked not tracked is never sent, and registration / competition number / model
 are added only when the aircraft is identified.
+
+May import: soar.broker, soar.live, soar.protocols, soar.tracking
 """
 
 from __future__ import annotations
