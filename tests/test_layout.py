@@ -20,13 +20,8 @@ REPO = TESTS.parent
 
 #: Private soar names tests still import, each waiting for its module's owner to make it public
 #: (or to give the test another way in). The list may only shrink: a new entry is a new
-#: dependency on soar's insides, and an entry no longer used must be removed. The broker's are
-#: public now (`pid_alive`, `wait_dead`): tests/broker still imports them by their old names,
-#: kept as aliases until it does not.
+#: dependency on soar's insides, and an entry no longer used must be removed.
 KNOWN_PRIVATE_IMPORTS = {
-    ("tests/broker/test_embedded.py", "soar.broker.embedded._alive"),
-    ("tests/broker/test_embedded.py", "soar.broker.embedded._wait_dead"),
-    ("tests/broker/test_restart.py", "soar.broker.embedded._wait_dead"),
     ("tests/test_bench_pipeline.py", "soar.bench.pipeline._ratio"),
     ("tests/test_runtime.py", "soar.runtime._on_gc"),
 }
@@ -98,10 +93,7 @@ def test_no_new_private_imports_from_soar() -> None:
 
 #: Test modules other test modules import helpers from, waiting for their owner to move those
 #: helpers into the folder's helper module. May only shrink.
-KNOWN_TEST_MODULE_IMPORTS = {
-    ("tests/broker/test_restart.py", "tests.broker.test_link"),
-    ("tests/broker/test_lease_real.py", "tests.broker.test_link"),
-}
+KNOWN_TEST_MODULE_IMPORTS: set[tuple[str, str]] = set()
 
 
 def test_helpers_are_not_imported_from_test_modules() -> None:

@@ -296,12 +296,6 @@ def wait_dead(pid: int, timeout: float) -> bool:
     return not pid_alive(pid)
 
 
-# The names tests/broker imported before these were public; they go once those tests use
-# `pid_alive` and `wait_dead`.
-_alive = pid_alive
-_wait_dead = wait_dead
-
-
 def _write_private(path: Path, text: str) -> None:
     """Write a secret readable by this user only, replacing the file atomically."""
     tmp = path.with_suffix(".tmp")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from soar.broker import embedded
-from soar.broker.embedded import EmbeddedNats, EmbeddedNatsError, _alive, _wait_dead
+from soar.broker.embedded import EmbeddedNats, EmbeddedNatsError, pid_alive, wait_dead
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -22,9 +22,9 @@ def no_server_left(tmp_path: Path) -> Iterator[None]:
     """Whatever a failing test leaves running in its directory is stopped."""
     yield
     pid = EmbeddedNats(tmp_path).pid
-    if pid is not None and _alive(pid):
+    if pid is not None and pid_alive(pid):
         os.kill(pid, signal.SIGKILL)
-        _wait_dead(pid, 30)
+        wait_dead(pid, 30)
 
 
 def second_user(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
@@ -48,12 +48,12 @@ def test_processes_share_one_server_and_the_last_one_out_stops_it(tmp_path: Path
         assert other_url == url  # reused, not a second server
         assert first.pid == pid
         first.stop()  # the starter leaves first: the other process still uses it
-        assert _alive(pid)
+        assert pid_alive(pid)
     finally:
         assert other.stdin is not None
         other.stdin.close()
         assert other.wait(timeout=60) == 0
-    assert _wait_dead(pid, 30)  # the last user stopped it
+    assert wait_dead(pid, 30)  # the last user stopped it
 
 
 def test_a_killed_user_does_not_keep_the_server_running(tmp_path: Path) -> None:
@@ -65,7 +65,7 @@ def test_a_killed_user_does_not_keep_the_server_running(tmp_path: Path) -> None:
     other.send_signal(signal.SIGKILL)
     other.wait(timeout=60)
     first.stop()
-    assert _wait_dead(pid, 30)
+    assert wait_dead(pid, 30)
 
 
 def test_a_dead_server_is_restarted_on_its_old_port(tmp_path: Path) -> None:
@@ -74,13 +74,13 @@ def test_a_dead_server_is_restarted_on_its_old_port(tmp_path: Path) -> None:
     pid = server.pid
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
-    assert _wait_dead(pid, 30)
+    assert wait_dead(pid, 30)
     try:
         assert server.start() == url
         assert server.pid != pid
     finally:
         server.stop()
-    assert server.pid is None or not _alive(server.pid)
+    assert server.pid is None or not pid_alive(server.pid)
 
 
 def test_a_missing_binary_names_the_package(

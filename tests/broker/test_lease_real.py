@@ -19,8 +19,8 @@ from soar.broker.embedded import EmbeddedNats
 from soar.broker.errors import LeaseConflict
 from soar.broker.lease import PartitionLeases
 from tests.broker.conftest import unique
+from tests.broker.helpers import WAIT_S
 from tests.broker.memory_store import MemoryLeaseStore
-from tests.broker.test_link import WAIT_S
 
 REPO = Path(__file__).resolve().parents[2]
 PARTITIONS = 8

@@ -6,7 +6,7 @@ import pytest
 import trio
 
 from soar.broker.bridge import BRIDGE_KINDS
-from soar.broker.client import Delivery, JetStreamLink, PartitionConsumer, open_link
+from soar.broker.client import JetStreamLink, open_link
 from soar.broker.codec import decode_batch, encode_batch
 from soar.broker.embedded import EmbeddedNats
 from soar.broker.errors import (
@@ -18,16 +18,7 @@ from soar.broker.errors import (
 )
 from soar.records import Envelope
 from tests.broker.conftest import stream_spec, unique
-
-WAIT_S = 30.0  # every wait on the server is bounded by this
-
-
-async def fetch_until(consumer: PartitionConsumer, count: int) -> list[Delivery]:
-    got: list[Delivery] = []
-    with trio.fail_after(WAIT_S):
-        while len(got) < count:
-            got += await consumer.fetch(batch=count - len(got), timeout=1.0)
-    return got
+from tests.broker.helpers import WAIT_S, fetch_until
 
 
 @pytest.mark.parametrize("bridge", BRIDGE_KINDS)

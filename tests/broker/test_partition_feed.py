@@ -12,73 +12,15 @@ purpose: the idle partition holds the bound first, then the busy partition asks 
 
 from __future__ import annotations
 
-import contextlib
-import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
-import trio
 
-from soar.broker import JetStreamLink, PartitionedStream, encode_batch
-from soar.config import Settings
-from soar.live import NatsLivePublisher
-from soar.pipeline import Pipeline
+from soar.broker import JetStreamLink, PartitionedStream
 from soar.records import Envelope
-from soar.split import PartitionFeed, PartitionRouter
-from soar.supervisor import ChildSpec
-from soar.topology import Stage
+from soar.split import PartitionRouter
 from tests.broker.conftest import SBS_SAMPLE, capture, stream_spec
-
-#: a stuck feed fails the test after this long (a passing one takes a second or two)
-DEADLINE_S = 30.0
-ENVELOPES_PER_MESSAGE = 50
-
-
-class HeldLeases:
-    """The test decides which partition the feed owns, and when (real leases would take them
-    all at once, in an order of their own)."""
-
-    def __init__(self) -> None:
-        self.running = trio.Event()
-
-    async def run(self) -> None:
-        self.running.set()
-        await trio.sleep_forever()
-
-
-@contextlib.asynccontextmanager
-async def running_feed(
-    link: JetStreamLink, stream: PartitionedStream, db_url: str, tmp_path: Path, **bounds: int,
-) -> AsyncIterator[PartitionFeed]:
-    """A track's pipeline and PartitionFeed, as `soar track` wires them, partitions owned by
-    the test; at exit the feed stops (everything fed is committed) and the pipeline drains."""
-    # a message is committed (and room made for the next) once its aircraft rows are: within
-    # 0.1 s, not the second a track waits to fill a batch of them
-    settings = Settings(database_url=db_url, data_dir=tmp_path, batch_age=0.05,
-                        state_batch_age=0.1, nats_partitions=stream.spec.partitions)
-    pipeline = Pipeline(settings, db_url, sources=[], hold_open=True, restore_open_flights=False,
-                        live=NatsLivePublisher(link), block_envelopes=True)
-    await pipeline.open()
-    feed = PartitionFeed(stream, pipeline, **bounds)
-    leases = HeldLeases()
-    topology = pipeline.declare("track", [
-        Stage("broker", [ChildSpec("watermark", feed.run_watermark),
-                         ChildSpec("acknowledge", feed.acknowledge_held)]),
-        Stage("partitions", [ChildSpec("leases", functools.partial(feed.run, leases))]),
-    ])
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(topology.run)
-            await leases.running.wait()
-            yield feed
-            with trio.fail_after(DEADLINE_S):
-                await feed.stop()
-                topology.stages["partitions"].stop()
-                await pipeline.drain()
-            topology.stop()
-    finally:
-        await pipeline.close()
+from tests.broker.helpers import ENVELOPES_PER_MESSAGE, publish, running_feed, until
 
 
 def sbs_envelopes(testdata: Path, partitions: int) -> dict[int, list[Envelope]]:
@@ -90,31 +32,9 @@ def sbs_envelopes(testdata: Path, partitions: int) -> dict[int, list[Envelope]]:
     return by_partition
 
 
-async def publish(stream: PartitionedStream, partition: int, envelopes: list[Envelope]) -> int:
-    """The envelopes as messages of ENVELOPES_PER_MESSAGE; how many messages."""
-    items = [(partition, f"p{partition}-m{start}",
-              encode_batch(envelopes[start:start + ENVELOPES_PER_MESSAGE]))
-             for start in range(0, len(envelopes), ENVELOPES_PER_MESSAGE)]
-    await stream.publish_batches(items)
-    return len(items)
-
-
 async def waiting_fetches(stream: PartitionedStream, partition: int) -> int:
     async with stream.consumer(partition) as consumer:
         return (await consumer.info()).num_waiting
-
-
-async def until(predicate: Callable[[], object | Awaitable[object]], what: str) -> None:
-    """Until `predicate()` is true (looked at every 50 ms), failing after DEADLINE_S."""
-    with trio.move_on_after(DEADLINE_S):
-        while True:
-            result = predicate()
-            if isinstance(result, Awaitable):
-                result = await result
-            if result:
-                return
-            await trio.sleep(0.05)
-    pytest.fail(f"still waiting after {DEADLINE_S:.0f} s for {what}")
 
 
 # (fetch batch, bound): one fetch's reservation fills the bound, then one message does

@@ -10,10 +10,10 @@ import trio
 
 from soar.broker.client import open_link
 from soar.broker.codec import decode_batch, encode_batch
-from soar.broker.embedded import EmbeddedNats, _wait_dead
+from soar.broker.embedded import EmbeddedNats, wait_dead
 from soar.records import Envelope
 from tests.broker.conftest import stream_spec
-from tests.broker.test_link import WAIT_S, fetch_until
+from tests.broker.helpers import WAIT_S, fetch_until
 
 
 async def test_sigkilled_broker_keeps_acks_and_redelivers_the_rest(
@@ -36,7 +36,7 @@ async def test_sigkilled_broker_keeps_acks_and_redelivers_the_rest(
                 pid = server.pid
                 assert pid is not None
                 os.kill(pid, signal.SIGKILL)
-                assert await trio.to_thread.run_sync(_wait_dead, pid, WAIT_S)
+                assert await trio.to_thread.run_sync(wait_dead, pid, WAIT_S)
                 assert await trio.to_thread.run_sync(server.start) == url  # same port again
                 with trio.fail_after(WAIT_S):
                     while link.reconnects < 1:
