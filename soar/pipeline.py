@@ -21,7 +21,8 @@ shard edges close; when every shard has finished the writer edges close; the wri
 return. Maintenance stops when the data path has finished.
 
 May import: soar.channels, soar.config, soar.database, soar.ddb, soar.decode, soar.ingest,
-soar.live, soar.overflow, soar.records, soar.store, soar.supervisor, soar.topology, soar.tracking
+soar.live, soar.overflow, soar.records, soar.store, soar.supervisor, soar.topology, soar.tracking,
+soar.watermark
 """
 
 from __future__ import annotations
@@ -168,6 +169,11 @@ class Pipeline:
         self.hold_open = sources is None if hold_open is None else hold_open
         #: False in a track process: it restores flights per partition as it acquires them
         self.restore_open_flights = restore_open_flights
+        #: How a shard restarted after a crash gets its open flights back, before it reads on
+        #: (so ahead of the inputs queued for it); returns how many. A track sets its own: the
+        #: flights of the partitions it owns (`soar.split.PartitionFeed.rebuild_shard`).
+        self.rebuild_shard: Callable[[int], Awaitable[int]] | None = (
+            self.restore_shard if restore_open_flights else None)
         self.sources = list(live_sources(settings) if sources is None else sources)
         if self.hold_open and not self.sources and sources is None:
             log.warning("pipeline.no_feeds", hint="set SOAR_APRS_SERVER, SOAR_BEAST_SERVERS or "
@@ -377,9 +383,37 @@ class Pipeline:
         if restored:
             log.info("pipeline.flights_restored", flights=restored)
 
-    async def _restore(self, shards: range | list[int], now_us: int | None) -> int:
-        """Give shards their open flights from the database; flights whose last fix is more
-        than 1 h before `now_us` are closed as timed out by the shard.
+    async def _restore(
+        self, shards: range | list[int], now_us: int | None,
+        aircraft: Callable[[int], bool] | None = None,
+    ) -> int:
+        """Give shards (not running) the open flights of their aircraft (those `aircraft`
+        selects) from the database; flights whose last fix is more than 1 h before `now_us`
+        are closed as timed out by the shard."""
+        selected = set(shards)
+        local = self.local_shard
+
+        def wanted(ident: int) -> bool:
+            return local(ident) in selected and (aircraft is None or aircraft(ident))
+
+        async def restore(found: list[Any]) -> None:
+            by_shard: dict[int, list[Any]] = {}
+            for item in found:
+                by_shard.setdefault(local(item.flight.aircraft_id), []).append(item)
+            for index, items in by_shard.items():
+                self.shards[index].restore(items)
+            await trio.lowlevel.checkpoint()
+
+        restored = await self.load_open_flights(wanted, restore)
+        for index in shards:
+            self.shards[index].restore([], now_us=now_us)  # the wall clock judges them all
+        return restored
+
+    async def load_open_flights(
+        self, aircraft: Callable[[int], bool], take: Callable[[list[Any]], Awaitable[None]],
+    ) -> int:
+        """Hand `take` the open flights of the aircraft `aircraft` selects, from the database,
+        with what a restored machine keeps of their fixes; how many flights.
 
         A chunk of flights at a time: a machine keeps only its last `RESTORE_FIXES` fixes,
         so loading every flight's fixes first would hold thousands of flights' history at
@@ -389,26 +423,31 @@ class Pipeline:
 
         def rows() -> list[FlightRow]:
             with self.pool.connection() as conn:
-                return open_flight_rows(conn, shards=list(shards), shard_of=self.local_shard)
+                return open_flight_rows(conn)
 
         def load(chunk: list[FlightRow]) -> list[Any]:
             with self.pool.connection() as conn:
                 return with_last_fixes(conn, chunk, last_fixes=RESTORE_FIXES,
                                        last_positions=RESTORE_POSITIONS)
 
-        flights = await trio.to_thread.run_sync(rows)
-        by_shard: dict[int, list[Any]] = {i: [] for i in shards}
+        # selected here, not in the thread: `aircraft` may read state of this trio thread
+        flights = [f for f in await trio.to_thread.run_sync(rows) if aircraft(f.aircraft_id)]
         for start in range(0, len(flights), RESTORE_CHUNK):
-            found = await trio.to_thread.run_sync(load, flights[start:start + RESTORE_CHUNK])
-            for item in found:
-                by_shard[self.local_shard(item.flight.aircraft_id)].append(item)
-            for index, items in by_shard.items():
-                self.shards[index].restore(items)
-                items.clear()
-            await trio.lowlevel.checkpoint()
-        for index in shards:
-            self.shards[index].restore([], now_us=now_us)  # the wall clock judges them all
+            await take(await trio.to_thread.run_sync(load, flights[start:start + RESTORE_CHUNK]))
         return len(flights)
+
+    async def restore_shard(self, index: int, aircraft: Callable[[int], bool] | None = None) -> int:
+        """Give shard `index`, restarted and not yet reading, the open flights of its aircraft
+        (those `aircraft` selects) from the database: once the writers have committed the
+        fixes and flights sent to them before now, so that it reads back all the crashed
+        shard emitted (a flight opened a moment ago, not yet written, would be opened again)."""
+        from soar.watermark import CommitWatermark, Flow
+
+        written = [Flow(name, self.writer_edges[name].sent_count,
+                        functools.partial(_settled, self.writers[name]))
+                   for name in ("fixes", "flights")]
+        await CommitWatermark([written], _nothing_to_settle).advance()
+        return await self._restore([index], now_us=None, aircraft=aircraft)
 
     async def close(self) -> None:
         if self.pool is not None:
@@ -497,11 +536,11 @@ class Pipeline:
     async def _run_shard(self, index: int) -> None:
         if self._shard_started[index]:
             # A restart after a crash: the in-memory state may be what crashed, so start clean
-            # from what the database has (rows still queued for the writer are not lost: the
-            # writer commits them; the shard only loses the part of a flight not yet written).
+            # from what the database has (once the rows it emitted are committed), before the
+            # inputs queued for it: the shard loses only what it held and had not emitted.
             self.shards[index].reset()
-            if self.restore_open_flights:
-                restored = await self._restore([index], now_us=None)
+            if self.rebuild_shard is not None:
+                restored = await self.rebuild_shard(index)
                 log.warning("shard.rebuilt", shard=index, flights=restored)
         self._shard_started[index] = True
         # Its own receive end, so that a crashed shard closing it does not close the edge the
@@ -600,6 +639,14 @@ class Pipeline:
     def database_ready(self) -> bool:
         return (self._database_answers and bool(self.writers)
                 and all(w.healthy for w in self.writers.values()))
+
+
+def _settled(writer: StoreWriter[Any]) -> int:
+    return writer.settled
+
+
+async def _nothing_to_settle(_items: list[None]) -> None:
+    """A mark that waits and acknowledges nothing."""
 
 
 def counter_total(counter: Any) -> float:

@@ -582,6 +582,7 @@ class PartitionFeed:
             commit_levels(pipeline), self._settle)
         self._consumers: dict[int, PartitionConsumer] = {}
         self._scopes: dict[int, trio.CancelScope] = {}
+        self._acquiring: set[int] = set()  # their flights being restored, not yet consumed
         self._stopped: dict[int, trio.Event] = {}
         self._fed_at: dict[int, float] = {}
         self._envelopes_in: dict[int, int] = {}  # id(delivery) -> its envelopes, uncommitted
@@ -594,6 +595,8 @@ class PartitionFeed:
         self._data_us: dict[int, int] = {}  # id(delivery) -> its newest envelope's receive time
         #: the newest receive time this track has been fed
         self.newest_us = 0
+        # a shard of this pipeline restarted after a crash gets back this track's flights only
+        pipeline.rebuild_shard = self.rebuild_shard
 
     @property
     def reserved(self) -> int:
@@ -635,12 +638,28 @@ class PartitionFeed:
         await self._return_held(owned)
 
     def owns(self, ident: int) -> bool:
-        return partition_of(ident, self.partitions) in self._scopes
+        """Whether aircraft `ident` is this track's: its partition is owned, or being acquired
+        (its flights are being restored)."""
+        partition = partition_of(ident, self.partitions)
+        return partition in self._scopes or partition in self._acquiring
+
+    async def rebuild_shard(self, index: int) -> int:
+        """The pipeline's shard `index`, restarted after a crash and not yet reading: the open
+        flights of its aircraft in the partitions this track owns, from PostgreSQL, straight
+        into the shard, so ahead of the inputs queued for it (an acquired partition's go
+        through its edge, in their order, before anything is consumed). The other partitions'
+        aircraft are other tracks' to hold. A partition being acquired counts as owned: its
+        restore may have been half taken by the shard that crashed."""
+        return await self.pipeline.restore_shard(index, self.owns)
 
     async def acquired(self, partition: int) -> None:
         if self.stopping or self.nursery is None:
             return
-        restored = await self._restore(partition)
+        self._acquiring.add(partition)
+        try:
+            restored = await self._restore(partition)
+        finally:
+            self._acquiring.discard(partition)
         scope = trio.CancelScope()
         stopped = trio.Event()
         self._scopes[partition] = scope
@@ -864,31 +883,18 @@ class PartitionFeed:
             log.warning("track.return_failed", messages=len(returned), error=str(exc))
 
     async def _restore(self, partition: int) -> int:
-        """The open flights of the partition's aircraft, from PostgreSQL, to their shards:
-        loaded a chunk at a time with what a restored machine keeps (`soar.pipeline`'s
-        RESTORE_* numbers), handed over in smaller chunks, which a shard rebuilds between
-        its other inputs (the process, and its lease heartbeat, stays responsive)."""
-        from soar.pipeline import RESTORE_CHUNK as LOAD_CHUNK
-        from soar.pipeline import RESTORE_FIXES, RESTORE_POSITIONS
-        from soar.store.queries import open_flight_rows, with_last_fixes
+        """The open flights of the partition's aircraft, from PostgreSQL, to their shards, in
+        small chunks through their edges, which a shard rebuilds between its other inputs
+        (the process, and its lease heartbeat, stays responsive)."""
         from soar.tracking.inputs import RestoreFlights
 
         pipeline = self.pipeline
         partitions = self.partitions
 
-        def rows() -> list[Any]:
-            with pipeline.pool.connection() as conn:
-                return open_flight_rows(conn, shards=[partition],
-                                        shard_of=lambda ident: partition_of(ident, partitions))
+        def of_partition(ident: int) -> bool:
+            return partition_of(ident, partitions) == partition
 
-        def load(chunk: list[Any]) -> list[Any]:
-            with pipeline.pool.connection() as conn:
-                return with_last_fixes(conn, chunk, last_fixes=RESTORE_FIXES,
-                                       last_positions=RESTORE_POSITIONS)
-
-        flights = await trio.to_thread.run_sync(rows)
-        for start in range(0, len(flights), LOAD_CHUNK):
-            found = await trio.to_thread.run_sync(load, flights[start:start + LOAD_CHUNK])
+        async def hand_over(found: list[Any]) -> None:
             by_shard: dict[int, list[Any]] = {}
             for item in found:
                 by_shard.setdefault(pipeline.local_shard(item.flight.aircraft_id), []).append(item)
@@ -898,7 +904,8 @@ class PartitionFeed:
                 for first in range(0, len(items), RESTORE_CHUNK):
                     await pipeline.shard_input(
                         index, RestoreFlights(items[first:first + RESTORE_CHUNK], None))
-        return len(flights)
+
+        return await pipeline.load_open_flights(of_partition, hand_over)
 
     async def _forget(self, partition: int) -> None:
         from soar.tracking.inputs import ForgetAircraft
