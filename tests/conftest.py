@@ -122,3 +122,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return LONG_FIRST.index(path) if path in LONG_FIRST else len(LONG_FIRST)
 
     items.sort(key=rank)  # stable: every file keeps its own order
+
+
+@pytest.fixture
+def unshared_tmp_path() -> Iterator[Path]:
+    """A temporary directory outside pytest's base one, for an embedded PostgreSQL that soar
+    starts itself: as root the server runs as the `pgserver` user, and pytest makes its base
+    directory 0700 again whenever another pytest run starts (tests/test_timelimit.py starts
+    some, and with two workers that can be in the middle of such a test)."""
+    path = Path(tempfile.mkdtemp(prefix="soar-test-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

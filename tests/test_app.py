@@ -21,6 +21,12 @@ from tests.support import (
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture
+def tmp_path(unshared_tmp_path: Path) -> Path:
+    """soar starts its own embedded PostgreSQL under it (see `unshared_tmp_path`)."""
+    return unshared_tmp_path
+
+
 def test_start_ready_metrics_sigterm(tmp_path: Path) -> None:
     port = free_port()
     data_dir = tmp_path / "var"

@@ -34,6 +34,12 @@ from tests.support import free_port, postgres_processes
 SBS_SPEED = "0.5"
 
 
+@pytest.fixture
+def tmp_path(unshared_tmp_path: Path) -> Path:
+    """soar starts its own embedded PostgreSQL under it (see `unshared_tmp_path`)."""
+    return unshared_tmp_path
+
+
 def _status(url: str) -> int:
     try:
         with urllib.request.urlopen(url, timeout=5) as resp:
