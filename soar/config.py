@@ -132,7 +132,7 @@ class Settings:
     )
     live_client_queue: int = _setting(
         1000,
-        "Fix messages queued for each /api/live WebSocket client of `soar run`; when a client"
+        "Fix messages queued for each /api/live WebSocket client (`soar run`, `soar web`); when a client"
         " does not keep up, its oldest are dropped (soar_websocket_dropped_total)",
     )
     track_id: str = _setting(

@@ -1090,7 +1090,8 @@ async def _run_web(settings: Settings, listener: socket.socket) -> int:
     try:
         async with connect(settings, "soar-web") as (link, keeper):
             directory = AircraftDirectory()
-            hub = LiveHub(link=link, directory=directory.get)
+            hub = LiveHub(link=link, directory=directory.get,
+                          client_queue_size=settings.live_client_queue)
             ctx = WebContext(ready_checks={"database": lambda: True,
                                            "nats": lambda: link.connected},
                              pool=pool, live=hub)
