@@ -30,7 +30,7 @@ SOAR = REPO / "soar"
 #: soar's layers, lowest first, by top-level module or package. A module may import its own
 #: package and anything in a lower layer; never a layer beside it or above it.
 LAYERS: list[set[str]] = [
-    {"soar", "records", "backoff", "hostport", "channels", "log", "spool", "runtime",
+    {"soar", "records", "backoff", "hostport", "channels", "log", "spool", "runtime", "processes",
      "watermark"},  # leaves: no other part of soar
     {"protocols", "supervisor"},  # pure codecs on the records; supervision on the backoff
     {"config", "topology", "overflow"},

@@ -27,7 +27,7 @@ so clients that reconnect by themselves (nats-py does) find it again.
 All calls block (subprocess, file locks, a bounded wait for the server to listen); from trio,
 call them through `trio.to_thread.run_sync`.
 
-May import: nothing of soar
+May import: soar.processes
 """
 
 from __future__ import annotations
@@ -48,6 +48,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import structlog
+
+from soar.processes import pid_alive, wait_dead
+
+__all__ = [
+    "BINARY", "EmbeddedNats", "EmbeddedNatsError", "find_binary", "pid_alive", "wait_dead",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -263,37 +269,6 @@ def _read_pid(path: Path) -> int | None:
         return int(path.read_text().strip())
     except (OSError, ValueError):
         return None
-
-
-def pid_alive(pid: int) -> bool:
-    """Process `pid` is running, and not a zombie (a dead child its starter has not reaped)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    except OSError:  # no /proc: fall back on signal 0
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    state = stat.rsplit(")", 1)[-1].split()[0]
-    return state not in ("Z", "X")
-
-
-def wait_dead(pid: int, timeout: float) -> bool:
-    """Block until process `pid` has ended (reaping it when it is our child), for at most
-    `timeout` seconds; whether it has."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)  # reaps it when it is our child
-        if not pid_alive(pid):
-            return True
-        time.sleep(0.05)
-    return not pid_alive(pid)
 
 
 def _write_private(path: Path, text: str) -> None:

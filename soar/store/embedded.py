@@ -28,7 +28,7 @@ cluster (`make run`, and a `soar replay` beside it):
 same URL, for outage tests. All calls block; from trio, call them through
 `trio.to_thread.run_sync`.
 
-May import: nothing of soar
+May import: soar.processes
 """
 
 from __future__ import annotations
@@ -50,6 +50,8 @@ from typing import Any
 import psycopg
 import structlog
 from psycopg import sql
+
+from soar.processes import has_proc, process_info
 
 log = structlog.get_logger(__name__)
 
@@ -74,29 +76,6 @@ def _pgserver() -> tuple[Any, Any]:
     return get_server, PostmasterInfo
 
 
-_PROC = Path("/proc")
-
-
-def _process(pid: int) -> tuple[str, int, bytes] | None:
-    """(state, start time in clock ticks since boot, command line) of process `pid`, or None
-    when there is none. Without /proc (not Linux): ("?", 0, b"") for any live pid."""
-    if not _PROC.is_dir():
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass
-        return "?", 0, b""
-    try:
-        stat = (_PROC / str(pid) / "stat").read_text()
-        cmdline = (_PROC / str(pid) / "cmdline").read_bytes()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()  # the name in parentheses may hold spaces
-    return fields[0], int(fields[19]), cmdline
-
-
 def postmaster_pid(data_dir: Path) -> int | None:
     """The pid of the postmaster running on `data_dir`, or None: no pid file, or its process
     is gone (dead; a zombie not reaped yet; the pid reused by a program that is not a postgres
@@ -105,21 +84,18 @@ def postmaster_pid(data_dir: Path) -> int | None:
         pid = int((data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
     except (OSError, ValueError):
         return None
-    process = _process(pid)
-    if process is None:
+    process = process_info(pid)
+    if process is None or not process.alive:
         return None
-    state, _started, cmdline = process
-    if state in ("Z", "X") or (_PROC.is_dir() and str(data_dir).encode() not in cmdline):
+    if has_proc() and str(data_dir).encode() not in process.cmdline:
         return None
     return pid
 
 
 def _started(pid: int) -> int | None:
     """When process `pid` started (clock ticks since boot): with the pid, who it is."""
-    process = _process(pid)
-    if process is None or process[0] in ("Z", "X"):
-        return None
-    return process[1]
+    process = process_info(pid)
+    return process.started if process is not None and process.alive else None
 
 
 class _Holders:
