@@ -31,7 +31,7 @@ SOAR = REPO / "soar"
 #: package and anything in a lower layer; never a layer beside it or above it.
 LAYERS: list[set[str]] = [
     {"soar", "records", "backoff", "hostport", "channels", "log", "spool", "runtime", "processes",
-     "watermark"},  # leaves: no other part of soar
+     "timeconv", "watermark"},  # leaves: no other part of soar
     {"protocols", "supervisor"},  # pure codecs on the records; supervision on the backoff
     {"config", "topology", "overflow"},
     {"ingest", "store", "tracking", "broker"},  # the feeds, PostgreSQL, the core, NATS

@@ -37,7 +37,7 @@ Any of them may be gzip-compressed: recognised by its magic bytes, whatever the 
 A malformed line or stray bytes are counted in `CaptureStats.rejects` (and the
 `soar_source_rejects_total` metric) and skipped, never an exception.
 
-May import: soar.ingest.metrics, soar.protocols, soar.records
+May import: soar.ingest.metrics, soar.protocols, soar.records, soar.timeconv
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -57,12 +57,11 @@ import structlog
 from soar.ingest import metrics
 from soar.protocols.beast import BeastDeframer
 from soar.records import Envelope, Protocol
+from soar.timeconv import us
 
 log = structlog.get_logger(__name__)
 
 GZIP_MAGIC = b"\x1f\x8b"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
 _BEAST_TICKS_PER_US = 12
 _BEAST_MAX_STEP = 3600 * 12_000_000  # a longer jump is a discontinuity, not elapsed time
 _BEAST_REPEAT_TICKS = 600 * 12_000_000  # how far back a re-sent frame is looked for
@@ -197,7 +196,7 @@ def keepalive_us(line: bytes) -> int | None:
                           int(seconds), tzinfo=UTC)
     except ValueError:  # 31 Feb, 25:00:00
         return None
-    return (moment - _EPOCH) // _MICROSECOND
+    return us(moment)
 
 
 def first_keepalive_us(path: Path) -> int | None:
@@ -236,7 +235,7 @@ def iso_to_us(text: str) -> int:
     moment = datetime.fromisoformat(text)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return (moment - _EPOCH) // _MICROSECOND
+    return us(moment)
 
 
 class SbsDayClock:
@@ -249,7 +248,7 @@ class SbsDayClock:
         day_us = self._days.get(date)
         if day_us is None:
             year, month, day = (int(part) for part in date.split(b"/"))
-            day_us = (datetime(year, month, day, tzinfo=UTC) - _EPOCH) // _MICROSECOND
+            day_us = us(datetime(year, month, day, tzinfo=UTC))
             self._days[date] = day_us
         hours, minutes, seconds = clock.split(b":")
         whole, _dot, fraction = seconds.partition(b".")

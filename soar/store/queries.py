@@ -21,7 +21,7 @@ Access paths the indexes are built for (see migrations/0001_initial.sql):
 - flights by day: `flights.started_at` (takeoff, or first fix when first seen airborne);
   by airport: `departure_airport` / `arrival_airport` with `started_at`.
 
-May import: soar.records, soar.store.tables
+May import: soar.records, soar.store.tables, soar.timeconv
 """
 
 from __future__ import annotations
@@ -43,25 +43,18 @@ from soar.records import (
     Protocol,
     aircraft_key_of_id,
 )
-from soar.store.tables import FLIGHT_COLUMNS, ts
+from soar.store.tables import FLIGHT_COLUMNS
+from soar.timeconv import ts, us_or_none
+from soar.timeconv import us as us  # the web reads rows through it: exported from here too
 
 Connection = psycopg.Connection[Any]
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 #: A fix's own time in SQL, the expression `fixes_by_time` indexes (see 0003_fix_time.sql).
 FIX_TIME = "coalesce(time, received_at)"
 _OPEN = "landing_at IS NULL AND timed_out_at IS NULL AND end_reason IS NULL"
 _COUNTABLE = frozenset(
     {"aircraft", "fixes", "flights", "receivers", "receiver_statuses", "server_messages"}
 )
-
-
-def us(value: dt.datetime) -> int:
-    return (value - _EPOCH) // dt.timedelta(microseconds=1)
-
-
-def us_or_none(value: dt.datetime | None) -> int | None:
-    return None if value is None else us(value)
 
 
 # ---- restoring tracking state -------------------------------------------------------------

@@ -7,12 +7,11 @@ an outage, or after a commit whose acknowledgement was lost) never writes a row 
 Each *family* turns the records the tracking core emits into `TableBatch`es of plain tuples
 (the order of `TableSpec.columns`), coalescing where the table keeps one row per key.
 
-May import: soar.records
+May import: soar.records, soar.timeconv
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,22 +25,12 @@ from soar.records import (
     ReceiverStatusRow,
     ServerMessageRow,
 )
+from soar.timeconv import ts as ts  # exported from here too: the web's queries import it so
+from soar.timeconv import ts_or_none
 
 T_contra = TypeVar("T_contra", contravariant=True)
 
 Row = tuple[Any, ...]
-
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-
-
-def ts(us: int) -> dt.datetime:
-    """Microseconds since the epoch to a UTC datetime, exactly (no float rounding)."""
-    return _EPOCH + dt.timedelta(microseconds=us)
-
-
-def ts_or_none(us: int | None) -> dt.datetime | None:
-    return None if us is None else _EPOCH + dt.timedelta(microseconds=us)
-
 
 @dataclass(frozen=True, slots=True)
 class TableSpec:
@@ -316,7 +305,7 @@ class Family(Protocol[T_contra]):
 
 def fix_row(fix: Fix) -> Row:
     return (
-        _EPOCH + dt.timedelta(microseconds=fix.received_us),
+        ts(fix.received_us),
         fix.aircraft_id,
         fix.lat,
         fix.lon,
@@ -338,7 +327,7 @@ def fix_row(fix: Fix) -> Row:
         fix.freq_offset_khz,
         fix.packet_time,
         fix.source,
-        _EPOCH + dt.timedelta(microseconds=fix.time_us or fix.received_us),
+        ts(fix.time_us or fix.received_us),
     )
 
 
