@@ -16,8 +16,8 @@ SOAR = Path(__file__).resolve().parents[1] / "soar"
 #: what each package may import from soar besides itself (its docstring says the same)
 ALLOWED = {
     "protocols": {"records"},
-    "ingest": {"protocols", "records", "hostport", "backoff"},
-    "store": {"records", "spool", "backoff", "log"},
+    "ingest": {"protocols", "records", "hostport", "backoff", "timeconv"},
+    "store": {"records", "spool", "backoff", "log", "timeconv", "processes"},
     "tracking": {"records", "protocols", "channels", "log"},
 }
 PACKAGES = [*ALLOWED, "web"]

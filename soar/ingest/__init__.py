@@ -2,8 +2,9 @@
 
 Owns the I/O edge of the feeds (`tcp` the source template, `aprs`, `beast_source`,
 `sbs_source`), replayable captures (`capture`), the raw archive (`archive`) and their metrics.
-Its modules may import `soar.protocols`, `soar.records`, `soar.hostport`, `soar.backoff` and
-`soar` (the version, for the APRS-IS login); never the tracking core, the store or the web.
+Its modules may import `soar.protocols`, `soar.records`, `soar.hostport`, `soar.backoff`,
+`soar.timeconv` and `soar` (the version, for the APRS-IS login); never the tracking core, the
+store or the web.
 The public names are exported here, loaded on first use: this module imports only its own.
 
 May import: soar.ingest

@@ -3,7 +3,8 @@
 Owns every SQL statement that writes (`writer`, `tables`, `partitions`, `migrate`), the
 restore-time reads (`queries`) and `embedded` PostgreSQL. (`migrate` is both a module and
 its function, so it is imported from `soar.store.migrate`.) Its modules may import
-`soar.records`, `soar.spool`, `soar.backoff` and `soar.log`; never the tracking core or the web.
+`soar.records`, `soar.spool`, `soar.backoff`, `soar.log`, `soar.timeconv` and `soar.processes`;
+never the tracking core or the web.
 The public names are exported here, loaded on first use: this module imports only its own.
 
 May import: soar.store
