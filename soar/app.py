@@ -42,7 +42,7 @@ from soar.runtime import log_slow_gc_pauses, settle_runtime, watch_signals
 from soar.supervisor import ChildSpec, RestartPolicy
 from soar.topology import Stage, when_started
 from soar.web.app import WebContext, open_api_pool
-from soar.web.server import await_web_or_leave, listen_socket, serve_web
+from soar.web.server import await_web_or_leave, listen_socket, serve_when_ready
 
 log = structlog.get_logger(__name__)
 
@@ -113,19 +113,11 @@ async def _run(
 
     hub_ready, directory_ready = trio.Event(), trio.Event()
 
-    async def web() -> None:
-        # the live hub and the directory first, as the clients' messages need them
-        await hub_ready.wait()
-        await directory_ready.wait()
-        try:
-            await serve_web(settings, ctx, web_stop, sock=listener)
-        finally:
-            web_done.set()
-
-    transient = RestartPolicy.TRANSIENT
     topology = pipeline.declare("run", [
         Stage("signals", [ChildSpec("signals", functools.partial(watch_signals, shutdown))]),
-        Stage("web", [ChildSpec("web.server", web, transient)]),
+        Stage("web", [ChildSpec("web.server", functools.partial(
+            serve_when_ready, settings, ctx, web_stop, web_done, sock=listener,
+            ready=(hub_ready, directory_ready)), RestartPolicy.TRANSIENT)]),
         Stage("hub", [ChildSpec("live.hub", when_started(hub.run, hub_ready))]),
         Stage("directory", [ChildSpec("aircraft.directory", when_started(
             directory.run, directory_ready, pipeline.pool))]),

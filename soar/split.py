@@ -1081,12 +1081,12 @@ async def _run_web(settings: Settings, listener: socket.socket) -> int:
     from soar.store.writer import open_pool
     from soar.web.app import WebContext
     from soar.web.live import AircraftDirectory, LiveHub
-    from soar.web.server import await_web_or_leave, serve_web
+    from soar.web.server import await_web_or_leave, serve_when_ready
 
     db = await trio.to_thread.run_sync(open_database, settings)
     pool = await trio.to_thread.run_sync(open_pool, db.url)
     stop = trio.Event()
-    web_stop = trio.Event()
+    web_stop, web_done = trio.Event(), trio.Event()
     try:
         async with connect(settings, "soar-web") as (link, keeper):
             directory = AircraftDirectory()
@@ -1096,18 +1096,6 @@ async def _run_web(settings: Settings, listener: socket.socket) -> int:
                                            "nats": lambda: link.connected},
                              pool=pool, live=hub)
             hub_ready, directory_ready = trio.Event(), trio.Event()
-
-            web_done = trio.Event()
-
-            async def web() -> None:
-                # the live hub and the directory first: the clients' messages need them
-                await hub_ready.wait()
-                await directory_ready.wait()
-                try:
-                    await serve_web(settings, ctx, web_stop, sock=listener)
-                finally:
-                    web_done.set()
-
             services = [ChildSpec("live.hub", when_started(hub.run, hub_ready)),
                         ChildSpec("aircraft.directory",
                                   when_started(directory.run, directory_ready, pool))]
@@ -1116,7 +1104,9 @@ async def _run_web(settings: Settings, listener: socket.socket) -> int:
             topology = Topology("web", [
                 Stage("signals", [ChildSpec("signals", functools.partial(watch_signals, stop))]),
                 Stage("services", services),
-                Stage("web", [ChildSpec("web.server", web, RestartPolicy.TRANSIENT)]),
+                Stage("web", [ChildSpec("web.server", functools.partial(
+                    serve_when_ready, settings, ctx, web_stop, web_done, sock=listener,
+                    ready=(hub_ready, directory_ready)), RestartPolicy.TRANSIENT)]),
                 Stage("runtime", [ChildSpec("gc.pauses", log_slow_gc_pauses)],
                       essential=False),
             ])

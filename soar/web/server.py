@@ -18,7 +18,7 @@ import errno
 import os
 import socket
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 
 import structlog
@@ -113,6 +113,27 @@ async def serve_web(
         own.listen(config.backlog)
     with own:
         await _serve(app, config, own, limit, stop, task_status)
+
+
+async def serve_when_ready(
+    settings: Settings,
+    ctx: WebContext,
+    stop: trio.Event,
+    done: trio.Event,
+    *,
+    sock: socket.socket,
+    ready: Sequence[trio.Event],
+) -> None:
+    """The web server as a task of a role's topology (`soar run`, `soar web`): once every event
+    of `ready` is set (the live hub and the aircraft directory: the clients' messages need
+    them), `serve_web` on `sock` until `stop`; `done` is set however it ends, for
+    `await_web_or_leave`."""
+    for event in ready:
+        await event.wait()
+    try:
+        await serve_web(settings, ctx, stop, sock=sock)
+    finally:
+        done.set()
 
 
 class _Connection(TCPServer):
