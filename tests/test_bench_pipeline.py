@@ -53,7 +53,7 @@ def test_sbs_feed_copies_reach_the_aircraft_count(testdata: Path) -> None:
 
 
 def test_ratios_have_two_significant_digits() -> None:
-    assert [bench._ratio(x) for x in (0.01467, 0.4006, 0.654, 1.53, 12.4)] == [
+    assert [bench.format_ratio(x) for x in (0.01467, 0.4006, 0.654, 1.53, 12.4)] == [
         "0.015x", "0.40x", "0.65x", "1.5x", "12x"]
 
 
@@ -100,7 +100,7 @@ def test_short_sbs_run_commits_and_reaches_websocket(
     assert "| sbs |" in table and "recv→commit" in table
     # each figure as its ratio to the same run's baseline first, the absolute rates after it
     cells = next(line for line in table.splitlines() if line.startswith("| sbs |")).split("|")
-    assert cells[2].strip().startswith(bench._ratio(row.vs_parse) + " (")
+    assert cells[2].strip().startswith(bench.format_ratio(row.vs_parse) + " (")
     assert f"{row.rate:,.0f} / {row.baseline_rate:,.0f} lines/s" in cells[2]
-    assert cells[3].strip().startswith(bench._ratio(row.vs_copy) + " (")
+    assert cells[3].strip().startswith(bench.format_ratio(row.vs_copy) + " (")
     assert "sbs paced run, second:" in capsys.readouterr().err  # --timeline

@@ -73,8 +73,8 @@ async def test_a_slow_pause_is_queued_by_the_callback_and_logged_by_the_task(
     monkeypatch.setattr(runtime, "log", Recorder())
     monkeypatch.setattr(runtime, "SLOW_PAUSE_S", 0.0)
     monkeypatch.setattr(runtime.GC_PAUSE, "labels", forbidden)
-    runtime._on_gc("start", {"generation": 2})
-    runtime._on_gc("stop", {"generation": 2, "collected": 3})
+    runtime.on_gc_phase("start", {"generation": 2})
+    runtime.on_gc_phase("stop", {"generation": 2, "collected": 3})
     assert logged == []  # nothing written from inside a collection
     async with trio.open_nursery() as nursery:
         nursery.start_soon(runtime.log_slow_gc_pauses)

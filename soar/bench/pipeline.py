@@ -882,7 +882,7 @@ def _ms(value: float | None) -> str:
     return "—" if value is None else f"{value:,.0f}" if value >= 10 else f"{value:.1f}"
 
 
-def _ratio(value: float) -> str:
+def format_ratio(value: float) -> str:
     """Two significant digits: 0.015x, 0.40x, 1.5x, 12x."""
     if value >= 10:
         return f"{value:.0f}x"
@@ -909,10 +909,10 @@ def format_table(rows: Sequence[Row]) -> str:
     for r in rows:
         lines.append(
             f"| {r.feed} "
-            f"| {_ratio(r.vs_parse)} ({r.rate:,.0f} / {r.baseline_rate:,.0f} {r.unit}/s; "
+            f"| {format_ratio(r.vs_parse)} ({r.rate:,.0f} / {r.baseline_rate:,.0f} {r.unit}/s; "
             f"target {r.target_rate:,.0f}{_mark(r.rate >= r.target_rate)}) "
-            f"| {_ratio(r.vs_copy)} ({r.fixes_rate:,.0f} / {r.raw_copy_rate:,.0f} rows/s) "
-            f"| {_ratio(r.cpu_vs_parse)} ({r.cpu_us_per_message:.0f} / {r.parse_cpu_us:.1f} µs) "
+            f"| {format_ratio(r.vs_copy)} ({r.fixes_rate:,.0f} / {r.raw_copy_rate:,.0f} rows/s) "
+            f"| {format_ratio(r.cpu_vs_parse)} ({r.cpu_us_per_message:.0f} / {r.parse_cpu_us:.1f} µs) "
             f"| {r.paced_share:.2f} ({r.paced_rate:,.0f} of {r.paced_asked:,.0f} {r.unit}/s asked) "
             f"| {_ms(r.commit_p50_ms)} / {_ms(r.commit_p99_ms)} ms"
             f"{_mark('commit p99' not in r.missed)} "
