@@ -211,24 +211,8 @@ def _coerce(name: str, hint: Any, value: Any, from_env: bool) -> Any:
         if from_env and isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
             return False
         raise ConfigError(f"{name}: expected true or false, got {value!r}")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if from_env and isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{name}: expected an integer, got {value!r}")
-    if hint is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if from_env and isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{name}: expected a number, got {value!r}")
+    if hint is int or hint is float:
+        return _number(name, hint, value, from_env)
     if hint is str:
         if isinstance(value, str):
             return value
@@ -244,6 +228,24 @@ def _coerce(name: str, hint: Any, value: Any, from_env: bool) -> Any:
             return list(value)
         raise ConfigError(f"{name}: expected a list of strings, got {value!r}")
     raise ConfigError(f"{name}: unsupported setting type {hint!r}")
+
+
+def _number(name: str, kind: type[int] | type[float], value: Any, from_env: bool) -> int | float:
+    """Coerce an int or float setting: TOML gives the number, the environment a string.
+
+    One parser for both so they reject alike; bool is an int subclass but never a number here,
+    and an int setting refuses a TOML float rather than truncating it.
+    """
+    exact = isinstance(value, int) or (kind is float and isinstance(value, float))
+    if isinstance(value, int | float) and exact and not isinstance(value, bool):
+        return kind(value)
+    if from_env and isinstance(value, str):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    word = "an integer" if kind is int else "a number"
+    raise ConfigError(f"{name}: expected {word}, got {value!r}")
 
 
 def load_settings(
