@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import prometheus_client
 import structlog
@@ -41,6 +41,8 @@ from soar.protocols.live_wire import (
 from soar.records import Fix
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from soar.broker.client import JetStreamLink
 
 __all__ = [
@@ -131,6 +133,12 @@ class _LiveBuffer:
         LIVE_PUBLISHED.inc(fixes)
         LIVE_MESSAGES.inc(messages)
 
+    async def _flush_every_interval(self, flush: Callable[[], Awaitable[int]]) -> NoReturn:
+        """The batching loop both publishers run until cancelled; each adds its own final flush."""
+        while True:
+            await trio.sleep(self.flush_interval)
+            await flush()
+
 
 class LivePublisher(_LiveBuffer):
     """Batches fixes from the shards onto a pynng PUB socket listening on `address`."""
@@ -183,9 +191,7 @@ class LivePublisher(_LiveBuffer):
             log.info("live.publisher.listening", address=self.address)
             task_status.started()
             try:
-                while True:
-                    await trio.sleep(self.flush_interval)
-                    await self.flush_paced()
+                await self._flush_every_interval(self.flush_paced)
             finally:
                 self.flush()  # what the shards gave us before shutdown still goes out
                 self._socket = None
@@ -241,9 +247,7 @@ class NatsLivePublisher(_LiveBuffer):
         log.info("live.publisher.nats", prefix=self.topics.area_prefix.removesuffix(".area."))
         task_status.started()
         try:
-            while True:
-                await trio.sleep(self.flush_interval)
-                await self.flush()
+            await self._flush_every_interval(self.flush)
         finally:
             # What the shards gave us before shutdown still goes out, if NATS takes it soon.
             with trio.CancelScope(shield=True), trio.move_on_after(FINAL_FLUSH_S):
