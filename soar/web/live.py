@@ -33,7 +33,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 import prometheus_client
@@ -75,6 +75,9 @@ __all__ = [  # the pure parts come from soar.protocols.live_wire, re-exported fo
 ]
 
 log = structlog.get_logger(__name__)
+
+# A member index key: a square or an aircraft id.
+_Key = TypeVar("_Key")
 
 WS_CONNECTIONS = prometheus_client.Gauge(
     "soar_websocket_connections", "Open WebSocket connections on /api/live"
@@ -303,10 +306,7 @@ class LiveHub:
             )
         for square in new:
             client.squares.add(square)
-            members = self._by_square.setdefault(square, set())
-            if not members:
-                self._sub(self.names.area(*square))
-            members.add(client)
+            self._join(self._by_square, square, self.names.area(*square), client)
         WS_SUBSCRIPTIONS.inc(len(new))
 
     def unsubscribe_squares(self, client: LiveClient, squares: list[Square]) -> None:
@@ -315,12 +315,7 @@ class LiveHub:
                 continue
             client.squares.discard(square)
             WS_SUBSCRIPTIONS.dec()
-            members = self._by_square.get(square)
-            if members is not None:
-                members.discard(client)
-                if not members:
-                    del self._by_square[square]
-                    self._unsub(self.names.area(*square))
+            self._leave(self._by_square, square, self.names.area(*square), client)
 
     def subscribe_aircraft(self, client: LiveClient, ident: int) -> None:
         if ident in client.aircraft:
@@ -329,22 +324,35 @@ class LiveHub:
             raise BadRequest(f"too many aircraft: at most {MAX_AIRCRAFT_PER_CLIENT}")
         client.aircraft.add(ident)
         WS_SUBSCRIPTIONS.inc()
-        members = self._by_aircraft.setdefault(ident, set())
-        if not members:
-            self._sub(self.names.aircraft(ident))
-        members.add(client)
+        self._join(self._by_aircraft, ident, self.names.aircraft(ident), client)
 
     def unsubscribe_aircraft(self, client: LiveClient, ident: int) -> None:
         if ident not in client.aircraft:
             return
         client.aircraft.discard(ident)
         WS_SUBSCRIPTIONS.dec()
-        members = self._by_aircraft.get(ident)
-        if members is not None:
-            members.discard(client)
-            if not members:
-                del self._by_aircraft[ident]
-                self._unsub(self.names.aircraft(ident))
+        self._leave(self._by_aircraft, ident, self.names.aircraft(ident), client)
+
+    def _join(
+        self, index: dict[_Key, set[LiveClient]], key: _Key, topic: str, client: LiveClient
+    ) -> None:
+        """Add a client to a square's or aircraft's members; the first one subscribes the topic."""
+        members = index.setdefault(key, set())
+        if not members:
+            self._sub(topic)
+        members.add(client)
+
+    def _leave(
+        self, index: dict[_Key, set[LiveClient]], key: _Key, topic: str, client: LiveClient
+    ) -> None:
+        """Drop a client from a square's or aircraft's members; the last one out unsubscribes."""
+        members = index.get(key)
+        if members is None:
+            return
+        members.discard(client)
+        if not members:
+            del index[key]
+            self._unsub(topic)
 
     def topics(self) -> set[str]:
         """The topics the source should hold now."""
