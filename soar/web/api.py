@@ -27,7 +27,7 @@ import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 from xml.sax.saxutils import escape
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -323,6 +323,21 @@ def aircraft_type_name(code: int | None) -> str | None:
         return None
 
 
+def aircraft_identity(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields that name an aircraft, written once so the API's aircraft and the map's
+    replayed fixes cannot disagree on them (address as 6 hex digits, type by name)."""
+    return {
+        "address": None if row["address"] is None else f"{row['address']:06X}",
+        "address_type": row["address_type"],
+        "protocol": row["protocol"],
+        "registration": row["registration"],
+        "competition_number": row["competition_number"],
+        "model": row["model"],
+        "aircraft_type": aircraft_type_name(row["aircraft_type"]),
+        "category": row["category"],
+    }
+
+
 def aircraft_json(row: dict[str, Any]) -> dict[str, Any]:
     last_fix = None
     if row["last_fix_at"] is not None and row["lat"] is not None:
@@ -339,14 +354,7 @@ def aircraft_json(row: dict[str, Any]) -> dict[str, Any]:
         }
     return {
         "id": row["id"],
-        "address_type": row["address_type"],
-        "address": f"{row['address']:06X}",
-        "protocol": row["protocol"],
-        "registration": row["registration"],
-        "competition_number": row["competition_number"],
-        "model": row["model"],
-        "aircraft_type": aircraft_type_name(row["aircraft_type"]),
-        "category": row["category"],
+        **aircraft_identity(row),
         "device_type": row["device_type"],
         "first_seen": iso(row["first_seen_at"]),
         "last_fix": last_fix,
