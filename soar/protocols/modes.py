@@ -42,7 +42,7 @@ identity codes) and the CPR arithmetic (`airborne_position_pair`, `airborne_posi
   air/ground state. Velocity subtypes 3/4 (heading and air speed) go to their own state
   attributes, never into ground speed/track.
 
-May import: soar.records
+May import: soar.protocols.icao_fix, soar.records
 """
 
 from __future__ import annotations
@@ -65,7 +65,8 @@ from pyModeS.position import (
     surface_position_with_ref,
 )
 
-from soar.records import AddressType, AircraftType, Fix, Protocol, Rejected
+from soar.protocols.icao_fix import icao_fix
+from soar.records import AircraftType, Fix, Protocol, Rejected
 
 PAIR_WINDOW_US = 10_000_000
 SURFACE_PAIR_WINDOW_US = 25_000_000
@@ -732,21 +733,15 @@ class ModeSAccumulator:
             altitude = (
                 state.altitude_ft if state.altitude_ft is not None else state.gnss_altitude_ft
             )
-        return Fix(
+        return icao_fix(
+            state,
             protocol=Protocol.BEAST,
-            address_type=AddressType.ICAO,
             address=state.address,
             received_us=received_us,
             lat=lat,
             lon=lon,
             altitude_ft=altitude,
-            ground_speed_kt=state.ground_speed_kt,
-            track_deg=state.track_deg,
-            climb_fpm=state.vertical_rate_fpm,
-            callsign=state.callsign,
-            squawk=state.squawk,
-            on_ground=state.on_ground,
+            source=source,
             aircraft_type=state.aircraft_type,
             signal_db=signal_db,
-            source=source,
         )

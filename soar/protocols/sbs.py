@@ -15,7 +15,7 @@ A fix's own time is the message's *generated* date and time (`generated_time_us`
 UTC; the decoder corrects a feed that writes local time (see `soar.decode`) and falls back to
 the receive time when the fields are empty.
 
-May import: soar.records
+May import: soar.protocols.icao_fix, soar.records
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
-from soar.records import AddressType, Fix, Protocol, Rejected
+from soar.protocols.icao_fix import icao_fix
+from soar.records import Fix, Protocol, Rejected
 
 REASON_EMPTY = "empty line"
 REASON_UNUSED_KIND = "unused sbs message kind"
@@ -333,22 +334,16 @@ class SbsAccumulator:
             # Aggregating feeds repeat the same report; one fix per report.
             return None
         state.last_position = position
-        return Fix(
+        return icao_fix(
+            state,
             protocol=Protocol.SBS,
-            address_type=AddressType.ICAO,
             address=msg.icao,
             received_us=received_us,
             lat=msg.lat,
             lon=msg.lon,
-            time_us=received_us if time_us is None else time_us,
             altitude_ft=state.altitude_ft,
-            ground_speed_kt=state.ground_speed_kt,
-            track_deg=state.track_deg,
-            climb_fpm=state.vertical_rate_fpm,
-            callsign=state.callsign,
-            squawk=state.squawk,
-            on_ground=state.on_ground,
             source=source,
+            time_us=received_us if time_us is None else time_us,
         )
 
     def expire(self, now_us: int, expiry_us: int = 300_000_000) -> int:
