@@ -333,11 +333,7 @@
     const cutoff = newest - Math.max(config.trail_minutes, 1) * 60000;
     if (entry.points.length > 2 && entry.points[0][0] < cutoff - 60000) {
       entry.points = entry.points.filter((p) => p[0] >= cutoff);
-      const keep = entry.points;
-      entry.points = [];
-      entry.run = null;
-      entry.trail.clearLayers();
-      for (const p of keep) trailAppend(entry, p);
+      trailRedraw(entry);
     }
   }
 
