@@ -1,8 +1,9 @@
 """Pure codecs: bytes or str in, records out; no I/O, no clock, no soar state.
 
 Owns the feed formats (`ogn` APRS lines, `sbs` BaseStation CSV, `beast` framing, `modes` Mode S
-messages, `text` line splitting) and the live-fix wire format (`live_wire`). Its modules may
-import only `soar.records` (and the standard library, pyModeS, aprslib); every other layer may
+messages, `text` line splitting, `icao_fix` the Fix of an ICAO aircraft's state that `modes`
+and `sbs` share) and the live-fix wire format (`live_wire`). Its modules may import only
+`soar.records` and each other (and the standard library, pyModeS, aprslib); every other layer may
 import them. The public names are exported here, loaded on first use: this module imports only
 its own.
 
