@@ -29,10 +29,10 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
 	  || echo "WARNING: could not install chromium; browser tests will skip"; }
 
-# Two workers, a file at a time each (module fixtures set up once), the longest files first
+# Three workers, a file at a time each (module fixtures set up once), the longest files first
 # (tests/conftest.py LONG_FIRST): most tests wait on child processes and sockets, not the CPU.
 test: $(STAMP) lint browser
-	$(PY) -m pytest -q -p no:cacheprovider -m "not soak" -n 2 --dist loadfile --durations=15
+	$(PY) -m pytest -q -p no:cacheprovider -m "not soak" -n 3 --dist loadfile --durations=15
 
 # The long duplicates of tests, then the property tests exploring new examples.
 soak: $(STAMP)

@@ -100,7 +100,7 @@ def db_url(pg_server: EmbeddedPostgres) -> Iterator[str]:
         conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-#: Files that take minutes, longest first. `make test` runs the suite on two workers
+#: Files that take minutes, longest first. `make test` runs the suite on three workers
 #: (pytest-xdist, `--dist loadfile`: a file's module fixtures are set up once, on one worker);
 #: handing these out first keeps one of them from starting last while the other worker idles.
 LONG_FIRST = (
@@ -129,7 +129,7 @@ def unshared_tmp_path() -> Iterator[Path]:
     """A temporary directory outside pytest's base one, for an embedded PostgreSQL that soar
     starts itself: as root the server runs as the `pgserver` user, and pytest makes its base
     directory 0700 again whenever another pytest run starts (tests/test_timelimit.py starts
-    some, and with two workers that can be in the middle of such a test)."""
+    some, and with several workers that can be in the middle of such a test)."""
     path = Path(tempfile.mkdtemp(prefix="soar-test-"))
     path.chmod(0o755)
     try:
