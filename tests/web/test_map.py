@@ -206,16 +206,18 @@ async def test_search_filters_selection_and_shared_url(soar: RunningSoar) -> Non
         found = await list_rows(page)
         assert found and all(callsign in r["cells"][0] for r in found)
         await set_input(page, "#search", "")
-        assert await page.evaluate("[window.soar.stats.listed, window.soar.aircraft.size]"
-                                   ".every((n, _, all) => n === all[0])")
+        # the list is redrawn a moment after the map: aircraft of the live stream keep coming
+        assert await page.poll("[window.soar.stats.listed, window.soar.aircraft.size]"
+                               ".every((n, _, all) => n === all[0])")
         total = await page.evaluate("window.soar.aircraft.size")
 
         # "in view only": the aircraft inside the map's bounds, no more
         await page.evaluate("document.getElementById('inview').click()")
-        in_view = await page.evaluate(
-            "(() => { const b = window.soar.map.getBounds(); return [...window.soar.aircraft"
-            ".values()].filter(e => b.contains(e.marker.getLatLng())).length; })()")
-        assert await page.evaluate("window.soar.stats.listed") == in_view < total
+        in_view = ("(() => { const b = window.soar.map.getBounds(); return [...window.soar"
+                   ".aircraft.values()].filter(e => b.contains(e.marker.getLatLng())).length; })()")
+        assert await page.poll(f"window.soar.stats.listed === {in_view}"), (
+            await page.evaluate("window.soar.stats.listed"), await page.evaluate(in_view))
+        assert await page.evaluate(in_view) < total
         assert await page.poll("location.search.includes('inview=1')")
         await page.evaluate("document.getElementById('inview').click()")
 
@@ -225,10 +227,12 @@ async def test_search_filters_selection_and_shared_url(soar: RunningSoar) -> Non
         protocols = await page.evaluate(
             "[...document.querySelectorAll('#aclist tbody tr')].map(tr =>"
             " window.soar.aircraft.get(Number(tr.dataset.id)).data.protocol)")
-        ogn_count = await page.evaluate(
-            "[...window.soar.aircraft.values()].filter(e => e.data.protocol === 'ogn').length")
+        ogn_count = ("[...window.soar.aircraft.values()].filter(e => e.data.protocol === 'ogn')"
+                     ".length")
         assert set(protocols) == {"ogn"}
-        assert await page.evaluate("window.soar.stats.listed") == ogn_count < total
+        assert await page.poll(f"window.soar.stats.listed === {ogn_count}"), (
+            await page.evaluate("window.soar.stats.listed"), await page.evaluate(ogn_count))
+        assert await page.evaluate(ogn_count) < total
         await page.evaluate("document.querySelector('#f-type input[value=glider]').click()")
         await set_input(page, "#f-alt-min", "500", "change")
         await set_input(page, "#f-alt-max", "2000", "change")
