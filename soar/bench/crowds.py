@@ -174,10 +174,6 @@ def sbs_lines(data: Path) -> list[bytes]:
         return [line.rstrip(b"\r\n") for line in f if line.strip()]
 
 
-def _free_port() -> int:
-    return free_loopback_port()
-
-
 @asynccontextmanager
 async def running_soar(
     url: str, data: Path, data_dir: Path, **env_settings: str
@@ -187,7 +183,7 @@ async def running_soar(
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(trio.serve_tcp, lambda s: _sbs_feed(lines, s), 0)
         feed_port = listeners[0].socket.getsockname()[1]
-        http = ("127.0.0.1", _free_port())
+        http = ("127.0.0.1", free_loopback_port())
         env = {k: v for k, v in os.environ.items() if not k.startswith("SOAR_")}
         env |= {"SOAR_DATABASE_URL": url, "SOAR_DATA_DIR": str(data_dir),
                 "SOAR_HTTP_ADDR": f"{http[0]}:{http[1]}",

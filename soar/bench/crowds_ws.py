@@ -14,7 +14,7 @@ what the fault test in tests/faults/test_crowds_ws.py uses.
 Readers ask for batched fixes (`{"type":"options","batch":true}`): a browser map does, and one
 message per fix to 700 clients would measure this process's WebSocket parser, not soar.
 
-May import: soar.bench.cli
+May import: soar.bench.cli, soar.hostport
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ from typing import Any
 
 import trio
 import trio_websocket
+
+from soar.hostport import free_loopback_port
 
 # The SBS sample is a few snapshots of ADSBHub's whole feed, each sorted by ICAO address:
 # European aircraft (3xxxxx, 4xxxxx) come first, US ones (Axxxxx) a third of a snapshot later.
@@ -361,12 +363,6 @@ def sbs_lines(testdata: Path) -> list[bytes]:
         return [line.rstrip(b"\r\n") + b"\r\n" for line in f if line.strip()]
 
 
-def free_port() -> int:
-    with stdlib_socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def soar_env(data_dir: Path, http_port: int, feed_port: int, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SOAR_")}
     env |= {"SOAR_DATA_DIR": str(data_dir), "SOAR_HTTP_ADDR": f"127.0.0.1:{http_port}",
@@ -436,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
 
     stop = threading.Event()
     feed = feed_server(sbs_lines(testdata_dir()), args.rate, stop)
-    port = free_port()
+    port = free_loopback_port()
     with tempfile.TemporaryDirectory(prefix="soar-bench-crowds-") as tmp:
         proc = subprocess.Popen([sys.executable, "-m", "soar", "run"],
                                 env=soar_env(Path(tmp) / "var", port, feed),

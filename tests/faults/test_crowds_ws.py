@@ -30,13 +30,13 @@ from soar.bench.crowds_ws import (
     CrowdResult,
     crowd,
     feed_server,
-    free_port,
     metric,
     sbs_lines,
     soar_env,
     wait_metric,
     wait_started,
 )
+from soar.hostport import free_loopback_port
 from soar.store.embedded import EmbeddedPostgres
 from tests.faults.faultkit import as_url, drop_database, fresh_database
 
@@ -80,7 +80,7 @@ def seen(
     db_url = fresh_database(pg_server, "crowds")
     stop = threading.Event()
     feed = feed_server(sbs_lines(testdata), FEED_RATE, stop)
-    port = free_port()
+    port = free_loopback_port()
     tmp = tmp_path_factory.mktemp("crowds-ws")
     env = soar_env(tmp / "var", port, feed, SOAR_DATABASE_URL=as_url(db_url),
                    SOAR_LIVE_CLIENT_QUEUE=str(QUEUE))
