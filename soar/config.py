@@ -64,6 +64,11 @@ class Settings:
         "HTTP requests served at once (API, pages); more wait in arrival order. /healthz,"
         " /readyz and /metrics never wait",
     )
+    health_stall_after: float = _setting(
+        30.0,
+        "Seconds without a health snapshot from the event loop after which /healthz answers 503"
+        " (stalled) and /readyz not ready: the loop itself is stuck",
+    )
     metrics_addr: str = _setting(
         "",
         "Split mode: host:port on which `soar ingest` and `soar track` serve /metrics, /healthz"
@@ -318,7 +323,7 @@ def _validate(s: Settings) -> None:
                 "database_url: expected a postgresql:// URL or libpq connection string"
             ) from None
     for name in ("shutdown_deadline", "batch_age", "state_batch_age", "nats_lease_s",
-                 "http_keep_alive", "map_inactive_after", "map_remove_after"):
+                 "http_keep_alive", "health_stall_after", "map_inactive_after", "map_remove_after"):
         value = getattr(s, name)
         if not math.isfinite(value) or value <= 0:  # nan compares false with everything
             raise ConfigError(f"{name}: must be a positive number of seconds, got {value}")

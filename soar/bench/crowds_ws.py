@@ -1,6 +1,7 @@
 """A crowd of WebSocket clients on a running soar (issue 18.6): handshakes, fixes, /healthz.
 
-    python -m soar.bench.crowds_ws [--clients 1000] [--idle 300] [--seconds 20] [--json]
+    python -m soar.bench.crowds_ws [--clients 1000] [--idle 300] [--api-clients 200]
+                                   [--seconds 10] [--warm 60] [--json]
 
 starts `soar run` (embedded PostgreSQL under a temporary data dir) fed the real SBS sample
 over TCP at `--rate` lines a second, waits for fixes to be stored, then opens `--clients`
@@ -8,13 +9,20 @@ WebSocket connections to `/api/live` (at most `--concurrency` handshakes at once
 `--idle` never read after their subscription is acknowledged. While they are connected,
 `/healthz` is asked every 50 ms on a fresh connection. It reports handshakes that failed,
 readers that got fixes, the `/healthz` latency percentiles, the fixes the server dropped from
-the non-readers' queues, and the server's RSS before, with and after the crowd. `crowd()` is
-what the fault test in tests/faults/test_crowds_ws.py uses.
+the non-readers' queues, and the server's RSS before, with and after the crowd. With
+`--api-clients N`, N API clients (`soar.bench.crowds.crowd`, two requests each, its own prober
+process) come too while the WebSocket crowd is connected: the issue's two crowds at once.
+`crowd()` is what the fault test in tests/faults/test_crowds_ws.py uses.
+
+RSS "before" is read after `--warm` seconds of feed (the tracker's state grows while the
+capture's aircraft first appear: ~35 MB in the first minute with no client at all), "after"
+once the server counts no WebSocket connection and the live hub has had time to collect and
+trim what the crowd left (`HUB_TRIM_WAIT_S`).
 
 Readers ask for batched fixes (`{"type":"options","batch":true}`): a browser map does, and one
 message per fix to 700 clients would measure this process's WebSocket parser, not soar.
 
-May import: soar.bench.cli, soar.hostport
+May import: soar.bench.cli, soar.bench.crowds, soar.hostport
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +69,9 @@ IDLE_AREAS = (
 #: behind it would not fill for many minutes. With the classic 536 bytes and the smallest
 #: receive window it holds ~40 KB, ~100 fixes.
 IDLE_MSS = 536
+#: after the crowd has gone, how long to wait before reading RSS: twice the live hub's
+#: TRIM_SETTLE_S (it collects and trims once departures have stopped for that long)
+HUB_TRIM_WAIT_S = 10.0
 SBS_SAMPLE = Path("sbs") / "adsbhub-sbs-sample-20260224.txt.gz"
 Bounds = dict[str, float]
 
@@ -98,29 +110,22 @@ class CrowdResult:
         return out
 
 
-async def healthz_ms(host: str, port: int, timeout: float = 30.0) -> float:
-    """One GET /healthz on a fresh connection: milliseconds to the end of the answer."""
+def healthz_ms(host: str, port: int, timeout: float = 30.0) -> float:
+    """One GET /healthz on a fresh connection, blocking: milliseconds to the end of the answer.
+
+    Blocking, in a thread of its own: asked from the crowd's event loop, the figure would be
+    how long that loop (a thousand clients) took to get round to the answer."""
     began = time.perf_counter()
-    with trio.fail_after(timeout):
-        stream = await trio.open_tcp_stream(host, port)
-        async with stream:
-            await stream.send_all(
-                f"GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = await stream.receive_some(65536)
-                if not chunk:
-                    raise ConnectionError("closed before the headers")
-                data += chunk
-            head, _, body = data.partition(b"\r\n\r\n")
-            status = int(head.split(b" ", 2)[1])
-            length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                           if line.lower().startswith(b"content-length:")), None)
-            while length is not None and len(body) < length:
-                chunk = await stream.receive_some(65536)
-                if not chunk:
-                    break
-                body += chunk
+    with stdlib_socket.create_connection((host, port), timeout=timeout) as conn:
+        conn.sendall(
+            f"GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+    head, _, _body = data.partition(b"\r\n\r\n")
+    if not head:
+        raise ConnectionError("closed before the headers")
+    status = int(head.split(b" ", 2)[1])
     if status not in (200, 503):  # 503: not healthy, but answered
         raise ConnectionError(f"/healthz answered {status}")
     return (time.perf_counter() - began) * 1000.0
@@ -305,13 +310,31 @@ async def _subscribe(ws: trio_websocket.WebSocketConnection, areas: Sequence[Bou
 
 
 async def _probe_healthz(host: str, port: int, result: CrowdResult, leave: trio.Event) -> None:
-    while not leave.is_set():
+    """Ask /healthz every 50 ms from a thread until `leave` is set."""
+    stop = threading.Event()
+
+    def probe() -> None:
+        while not stop.is_set():
+            try:
+                result.healthz_ms.append(healthz_ms(host, port))
+            except (OSError, ConnectionError, ValueError, IndexError) as exc:
+                result.healthz_failed += 1
+                result.errors.append(f"/healthz: {type(exc).__name__}: {exc}")
+            stop.wait(0.05)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(trio.to_thread.run_sync, probe,
+                                   limiter=trio.CapacityLimiter(1)))
         try:
-            result.healthz_ms.append(await healthz_ms(host, port))
-        except (OSError, ConnectionError, trio.TooSlowError, ValueError, IndexError) as exc:
-            result.healthz_failed += 1
-            result.errors.append(f"/healthz: {type(exc).__name__}: {exc}")
-        await trio.sleep(0.05)
+            await leave.wait()
+        finally:
+            stop.set()
+
+
+async def _api_crowd(out: list[Any], port: int, clients: int) -> None:
+    from soar.bench import crowds as api_crowds
+
+    out.append(await api_crowds.crowd("127.0.0.1", port, clients=clients, requests_each=2))
 
 
 # -- the server under test -------------------------------------------------------------------
@@ -426,8 +449,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=1000.0, help="SBS lines per second")
     parser.add_argument("--seconds", type=float, default=10.0,
                         help="how long the crowd stays once every reader has a fix")
+    parser.add_argument("--api-clients", type=int, default=0,
+                        help="API clients beside the WebSocket crowd (the issue: 200)")
+    parser.add_argument("--warm", type=float, default=60.0,
+                        help="seconds of feed before RSS 'before' is read")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    from soar.bench import crowds as api_crowds
     from soar.bench.cli import testdata_dir
 
     stop = threading.Event()
@@ -439,17 +467,28 @@ def main(argv: list[str] | None = None) -> int:
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_started(proc, port, 180)
+            time.sleep(args.warm)
             before = rss_bytes(proc.pid)
             dropped_before = metric(port, "soar_websocket_dropped_total")
             during: list[int] = []
+            api: list[api_crowds.CrowdResult] = []
 
             async def hold(_result: CrowdResult) -> None:
                 during.append(rss_bytes(proc.pid))
-                await trio.sleep(args.seconds)
+                async with trio.open_nursery() as nursery:
+                    if args.api_clients:
+                        nursery.start_soon(_api_crowd, api, port, args.api_clients)
+                    await trio.sleep(args.seconds)
                 during.append(rss_bytes(proc.pid))
 
-            result = trio.run(lambda: crowd("127.0.0.1", port, clients=args.clients,
-                                            idle=args.idle, hold=hold))
+            async def come_and_go() -> CrowdResult:
+                result = await crowd("127.0.0.1", port, clients=args.clients, idle=args.idle,
+                                     hold=hold)
+                await wait_metric(port, "soar_websocket_connections", lambda n: n == 0, 120)
+                await trio.sleep(HUB_TRIM_WAIT_S)
+                return result
+
+            result = trio.run(come_and_go)
             after = rss_bytes(proc.pid)
             dropped = metric(port, "soar_websocket_dropped_total") - dropped_before
         finally:
@@ -459,7 +498,14 @@ def main(argv: list[str] | None = None) -> int:
     out = result.summary() | {"dropped_fixes": int(dropped),
                               "rss_before_mb": round(before / 2**20, 1),
                               "rss_with_crowd_mb": round(max(during or [0]) / 2**20, 1),
-                              "rss_after_mb": round(after / 2**20, 1)}
+                              "rss_after_mb": round(after / 2**20, 1),
+                              "rss_after_vs_before": round(after / before, 3)}
+    for api_result in api:
+        out |= {"api_requests": dict(api_result.statuses), "api_dropped": len(api_result.dropped),
+                "api_seconds": round(api_result.seconds, 1),
+                "api_prober_healthz_p50_ms": round(api_crowds.percentile(api_result.health_ms, 50), 1),
+                "api_prober_healthz_p99_ms": round(api_crowds.percentile(api_result.health_ms, 99), 1),
+                "api_prober_healthz_max_ms": round(max(api_result.health_ms, default=0.0), 1)}
     if args.json:
         print(json.dumps(out))
     else:

@@ -4,23 +4,26 @@ The app holds no state of its own: everything it shows comes from a `WebContext`
 builds (database pool, live hub, supervision tree), so the same app serves the all-in-one and
 the split `soar web` mode.
 
-May import: soar.store, soar.web.api, soar.web.connections, soar.web.map_api
+May import: soar.store, soar.web.api, soar.web.connections, soar.web.door, soar.web.map_api
 """
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import prometheus_client
 import trio
 from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 
 from soar.web.connections import finish_responses, prioritise
+from soar.web.door import HealthSnapshot
 
 if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
@@ -60,19 +63,17 @@ def create_app(ctx: WebContext, *, api: bool = True, max_requests: int | None = 
         asgi = prioritise(asgi, max_requests)
     app.asgi_app = asgi  # type: ignore[method-assign,assignment]
 
+    # A new connection asking for these is answered by the front door (soar.web.door) from
+    # a snapshot; these routes answer the same on a connection that asked something else first.
+
     @app.get("/healthz")
     async def healthz() -> Response:
-        # Alive as long as this process answers; the tree says what each task is doing. The
-        # states are for anyone; error texts (paths, addresses, SQL) only for this host or a
-        # caller with the token.
-        tree = ctx.tree()
-        return jsonify({"status": "ok", "tree": tree if _trusted(ctx) else without_errors(tree)})
+        return jsonify(health_document(ctx, trusted=_trusted(ctx)))
 
     @app.get("/readyz")
     async def readyz() -> tuple[Response, int]:
-        checks = {name: bool(check()) for name, check in ctx.ready_checks.items()}
-        ready = bool(checks) and all(checks.values())
-        return jsonify({"ready": ready, "checks": checks}), (200 if ready else 503)
+        document, ready = readiness_document(ctx)
+        return jsonify(document), (200 if ready else 503)
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -90,6 +91,35 @@ def create_app(ctx: WebContext, *, api: bool = True, max_requests: int | None = 
 
         app.register_blueprint(map_blueprint(ctx))
     return app
+
+
+def health_document(ctx: WebContext, *, trusted: bool) -> dict[str, Any]:
+    """/healthz: alive as long as the loop answers; the tree says what each task is doing. The
+    states are for anyone; error texts (paths, addresses, SQL) only for this host or a caller
+    with the token."""
+    tree = ctx.tree()
+    return {"status": "ok", "tree": tree if trusted else without_errors(tree)}
+
+
+def readiness_document(ctx: WebContext) -> tuple[dict[str, Any], bool]:
+    """/readyz: every check of the process, and whether all pass (none: not ready)."""
+    checks = {name: bool(check()) for name, check in ctx.ready_checks.items()}
+    ready = bool(checks) and all(checks.values())
+    return {"ready": ready, "checks": checks}, ready
+
+
+def take_snapshot(ctx: WebContext) -> HealthSnapshot:
+    """What the front door answers /healthz and /readyz with until the next one (in the loop:
+    the tree and the checks are the loop's to read)."""
+    readiness, ready = readiness_document(ctx)
+    trusted = health_document(ctx, trusted=True)
+    public = {"status": "ok", "tree": without_errors(trusted["tree"])}
+    return HealthSnapshot(taken=time.monotonic(), healthz=_json(public),
+                          healthz_trusted=_json(trusted), readyz=_json(readiness), ready=ready)
+
+
+def _json(document: dict[str, Any]) -> bytes:
+    return orjson.dumps(document, default=str, option=orjson.OPT_NON_STR_KEYS)
 
 
 def open_api_pool(url: str, size: int = API_POOL_SIZE) -> ConnectionPool:

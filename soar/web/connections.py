@@ -7,7 +7,6 @@
 - `prioritise`: requests other than `PRIORITY_PATHS` (and WebSockets) wait for one of
   `http_max_requests` slots, in arrival order; health, readiness and metrics never wait for one.
 - `finish_responses`: the last message of a response is sent in full (below).
-- `AcceptErrorFilter`: EMFILE on accept is a metric and a line a minute, not tracebacks.
 
 Connections end when HTTP says they end: quart-trio answers a request in one task and listens for the client's messages in another;
 when hypercorn hands the final body to the socket it also tells the app the stream is over,
@@ -24,10 +23,7 @@ May import: soar.log
 from __future__ import annotations
 
 import contextvars
-import errno
-import logging
 import resource
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -118,45 +114,6 @@ def finish_responses(app: AsgiApp) -> AsgiApp:
         await app(scope, receive, send_finishing)
 
     return wrapped
-
-
-class AcceptErrorFilter(logging.Filter):
-    """Counts trio's "accept failed, sleeping" errors and lets one through a minute.
-
-    When the process runs out of descriptors (EMFILE) trio's listener sleeps 100 ms and tries
-    again, logging a traceback each time: ten a second for as long as it lasts. The condition
-    is what an operator needs (a metric to alert on, a line now and then), not the tracebacks.
-    """
-
-    def __init__(self, every_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__()
-        self.every_s = every_s
-        self.clock = clock
-        self._last: float | None = None
-        self._suppressed = 0
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        code = getattr(exc, "errno", None)
-        name = errno.errorcode.get(code, "other") if isinstance(code, int) else "other"
-        ACCEPT_ERRORS.labels(errno=name).inc()
-        now = self.clock()
-        if self._last is not None and now - self._last < self.every_s:
-            self._suppressed += 1
-            return False
-        self._last = now
-        record.msg = f"{record.getMessage()} ({name}; {self._suppressed} more since the last report)"
-        record.args = ()
-        record.exc_info = None  # the errno says it all; no traceback every 100 ms
-        self._suppressed = 0
-        return True
-
-
-def count_accept_errors() -> None:
-    """Install the filter on trio's listener logger (once; idempotent)."""
-    logger = logging.getLogger("trio.serve_listeners")
-    if not any(isinstance(f, AcceptErrorFilter) for f in logger.filters):
-        logger.addFilter(AcceptErrorFilter())
 
 
 # ---- the connection limit ----------------------------------------------------------------------

@@ -4,12 +4,14 @@
 setting to change; `serve_web` runs hypercorn's HTTP connections with the quart-trio app on it.
 
 `serve_web` is hypercorn's trio worker (`hypercorn.trio.run.worker_serve`) cut to what soar uses
-(one plain-TCP listener) with one difference: every accepted connection goes through
-`connections.guard` before hypercorn's `TCPServer` sees it. hypercorn has no hook at the
+(one plain-TCP listener) with two differences. Connections are accepted by the front door
+(`soar.web.door`), a thread that answers health, readiness and metrics itself, however busy the
+loop is, and hands the rest over. Every connection handed over goes through
+`connections.guard` before hypercorn's `TCPServer` sees it: hypercorn has no hook at the
 connection level, and the connection is the unit that costs a descriptor: ASGI sees requests,
 not the thousands of connections that never send one.
 
-May import: soar.config, soar.web.app, soar.web.connections
+May import: soar.config, soar.web.app, soar.web.connections, soar.web.door
 """
 
 from __future__ import annotations
@@ -33,14 +35,14 @@ from hypercorn.utils import repr_socket_addr, wrap_app
 from quart_trio import QuartTrio
 
 from soar.config import ConfigError, Settings, env_name, split_host_port
-from soar.web.app import WebContext, create_app
+from soar.web.app import WebContext, create_app, take_snapshot
 from soar.web.connections import (
     CONNECTION_LIMIT,
     ConnectionLimit,
-    count_accept_errors,
     default_max_connections,
     guard,
 )
+from soar.web.door import FrontDoor, HandedOver, publish_snapshots, run_door
 
 log = structlog.get_logger(__name__)
 
@@ -99,7 +101,6 @@ async def serve_web(
     # An idle keep-alive connection costs a descriptor: close it after a while (a held one
     # each from thousands of clients exhausted the process's descriptors).
     config.keep_alive_timeout = settings.http_keep_alive
-    count_accept_errors()
     ctx.api_token = settings.api_token
     ctx.extras.setdefault("settings", settings)  # the map page's freshness settings
     limit = ConnectionLimit(settings.http_max_connections or default_max_connections())
@@ -112,7 +113,7 @@ async def serve_web(
         [own] = config.create_sockets().insecure_sockets
         own.listen(config.backlog)
     with own:
-        await _serve(app, config, own, limit, stop, task_status)
+        await _serve(app, ctx, settings, config, own, limit, stop, task_status)
 
 
 async def serve_when_ready(
@@ -159,13 +160,16 @@ class _Connection(TCPServer):
 
 async def _serve(
     app: QuartTrio,
+    ctx: WebContext,
+    settings: Settings,
     config: HypercornConfig,
     sock: socket.socket,
     limit: ConnectionLimit,
     stop: trio.Event,
     task_status: trio.TaskStatus[list[str]],
 ) -> None:
-    """`hypercorn.trio.run.worker_serve` for one plain listener, each connection guarded."""
+    """`hypercorn.trio.run.worker_serve` for one plain listener behind the front door, each
+    connection handed over guarded."""
     asgi = wrap_app(app, config.wsgi_max_body_size, "asgi")
     lifespan_state: dict[str, object] = {}
     lifespan = Lifespan(asgi, config, lifespan_state)
@@ -174,17 +178,22 @@ async def _serve(
         await lifespan_nursery.start(lifespan.handle_lifespan)
         await lifespan.wait_for_startup()
         async with trio.open_nursery() as connections:
-            listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock.dup()))
+            listener = HandedOver()
+            door = FrontDoor(sock.dup(), listener.hand_over, token=ctx.api_token,
+                             stall_after=settings.health_stall_after)
+            door.publish(take_snapshot(ctx))  # the first probe finds an answer ready
             state = ConnectionState(lifespan_state.copy())
             handler = partial(guard, limit, partial(_Connection, asgi, config, context, state))
             bound = f"http://{repr_socket_addr(sock.family, sock.getsockname())}"
-            log.info("http.listening", address=bound, max_connections=limit.limit)
-            task_status.started([bound])
             try:
                 async with trio.open_nursery() as accepting:
+                    await accepting.start(run_door, door)
+                    accepting.start_soon(publish_snapshots, door, partial(take_snapshot, ctx))
                     accepting.start_soon(partial(
                         trio.serve_listeners, handler, [listener], handler_nursery=connections
                     ))
+                    log.info("http.listening", address=bound, max_connections=limit.limit)
+                    task_status.started([bound])
                     await stop.wait()
                     accepting.cancel_scope.cancel()
             finally:

@@ -9,7 +9,6 @@ force, so only the behaviour under test can close it in time.
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 from functools import partial
@@ -19,12 +18,10 @@ import trio
 from soar.config import load_settings
 from soar.web.app import WebContext, create_app
 from soar.web.connections import (
-    ACCEPT_ERRORS,
     CONNECTIONS,
     PRIORITY_SLOTS,
     REFUSED,
     WAITING,
-    AcceptErrorFilter,
     default_max_connections,
 )
 from soar.web.server import serve_web
@@ -106,30 +103,6 @@ async def test_many_clients_leave_no_descriptor_behind(nursery: trio.Nursery) ->
         while _open_descriptors() > before:
             await trio.sleep(0.05)
     nursery.cancel_scope.cancel()
-
-
-def test_accept_errors_are_counted_and_reported_once_a_minute() -> None:
-    now = [1000.0]
-    gate = AcceptErrorFilter(every_s=60.0, clock=lambda: now[0])
-    error = OSError(24, "Too many open files")
-
-    def record() -> logging.LogRecord:
-        return logging.LogRecord("trio.serve_listeners", logging.ERROR, __file__, 1,
-                                 "accept returned %s (%s); retrying in %s seconds",
-                                 ("EMFILE", "Too many open files", 0.1),
-                                 (OSError, error, None))
-
-    before = ACCEPT_ERRORS.labels(errno="EMFILE")._value.get()
-    passed = []
-    for tenth in range(601):  # a minute of trio's retries, ten a second
-        now[0] = 1000.0 + tenth / 10
-        rec = record()
-        if gate.filter(rec):
-            passed.append(rec)
-    assert ACCEPT_ERRORS.labels(errno="EMFILE")._value.get() - before == 601
-    assert len(passed) == 2  # the first, and one a minute later with the count in between
-    assert passed[0].exc_info is None
-    assert "EMFILE" in passed[1].getMessage() and "599 more" in passed[1].getMessage()
 
 
 # ---- the connection limit ----------------------------------------------------------------------
