@@ -1,7 +1,7 @@
 """A crowd of WebSocket clients on a running soar (issue 18.6): handshakes, fixes, /healthz.
 
     python -m soar.bench.crowds_ws [--clients 1000] [--idle 300] [--api-clients 200]
-                                   [--seconds 10] [--warm 60] [--json]
+                                   [--seconds 10] [--warm 60] [--rounds 1] [--json]
 
 starts `soar run` (embedded PostgreSQL under a temporary data dir) fed the real SBS sample
 over TCP at `--rate` lines a second, waits for fixes to be stored, then opens `--clients`
@@ -451,6 +451,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="how long the crowd stays once every reader has a fix")
     parser.add_argument("--api-clients", type=int, default=0,
                         help="API clients beside the WebSocket crowd (the issue: 200)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="crowds one after the other (RSS after each: does a second grow it?)")
     parser.add_argument("--warm", type=float, default=60.0,
                         help="seconds of feed before RSS 'before' is read")
     parser.add_argument("--json", action="store_true")
@@ -481,15 +483,19 @@ def main(argv: list[str] | None = None) -> int:
                     await trio.sleep(args.seconds)
                 during.append(rss_bytes(proc.pid))
 
+            afters: list[int] = []
+
             async def come_and_go() -> CrowdResult:
-                result = await crowd("127.0.0.1", port, clients=args.clients, idle=args.idle,
-                                     hold=hold)
-                await wait_metric(port, "soar_websocket_connections", lambda n: n == 0, 120)
-                await trio.sleep(HUB_TRIM_WAIT_S)
+                for _round in range(args.rounds):
+                    result = await crowd("127.0.0.1", port, clients=args.clients,
+                                         idle=args.idle, hold=hold)
+                    await wait_metric(port, "soar_websocket_connections", lambda n: n == 0, 120)
+                    await trio.sleep(HUB_TRIM_WAIT_S)
+                    afters.append(rss_bytes(proc.pid))
                 return result
 
             result = trio.run(come_and_go)
-            after = rss_bytes(proc.pid)
+            after = afters[-1]
             dropped = metric(port, "soar_websocket_dropped_total") - dropped_before
         finally:
             stop.set()
@@ -499,7 +505,8 @@ def main(argv: list[str] | None = None) -> int:
                               "rss_before_mb": round(before / 2**20, 1),
                               "rss_with_crowd_mb": round(max(during or [0]) / 2**20, 1),
                               "rss_after_mb": round(after / 2**20, 1),
-                              "rss_after_vs_before": round(after / before, 3)}
+                              "rss_after_vs_before": round(after / before, 3),
+                              "rss_after_each_round_mb": [round(a / 2**20, 1) for a in afters]}
     for api_result in api:
         out |= {"api_requests": dict(api_result.statuses), "api_dropped": len(api_result.dropped),
                 "api_seconds": round(api_result.seconds, 1),

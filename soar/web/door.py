@@ -118,14 +118,20 @@ def classify(data: bytes) -> _Head | int:
     return _Head.OTHER
 
 
+#: A request head begun but not complete is looked at again after this long. Its bytes stay in
+#: the socket (peeked, not read), so the socket stays readable: selecting on it again would spin.
+REPEEK_S = 0.01
+
+
 class _Conn:
-    __slots__ = ("deadline", "lingering", "out", "sock")
+    __slots__ = ("deadline", "lingering", "out", "repeek_at", "sock")
 
     def __init__(self, sock: socket.socket, deadline: float) -> None:
         self.sock = sock
         self.deadline = deadline
         self.out = b""
         self.lingering = False
+        self.repeek_at: float | None = None  # set while out of the selector, waiting for more
 
 
 class FrontDoor:
@@ -213,7 +219,8 @@ class FrontDoor:
             self._listener.close()
 
     def _timeout(self) -> float | None:
-        deadlines = [conn.deadline for conn in self._conns.values()]
+        deadlines = [conn.deadline if conn.repeek_at is None else conn.repeek_at
+                     for conn in self._conns.values()]
         if self._accept_paused_until is not None:
             deadlines.append(self._accept_paused_until)
         if not deadlines:
@@ -225,6 +232,11 @@ class FrontDoor:
         if self._accept_paused_until is not None and now >= self._accept_paused_until:
             self._accept_paused_until = None
             self._selector.register(self._listener, selectors.EVENT_READ, None)
+        for conn in [c for c in self._conns.values() if c.repeek_at is not None
+                     and c.repeek_at <= now and c.deadline > now]:
+            conn.repeek_at = None
+            self._selector.register(conn.sock, selectors.EVENT_READ, None)
+            self._peek(conn)
         for conn in [c for c in self._conns.values() if c.deadline <= now]:
             if conn.out or conn.lingering:
                 self._close(conn)  # a client that does not read its answer, or does not close
@@ -286,6 +298,9 @@ class FrontDoor:
             self._pass_on(conn)
         elif isinstance(head, int):
             self._answer(conn, data[:head])
+        else:  # begun, not complete: look again shortly rather than spin on a readable socket
+            self._selector.unregister(conn.sock)
+            conn.repeek_at = self._clock() + REPEEK_S
 
     def _pass_on(self, conn: _Conn) -> None:
         self._forget(conn)
@@ -392,7 +407,9 @@ class FrontDoor:
 
     def _forget(self, conn: _Conn) -> None:
         del self._conns[conn.sock]
-        self._selector.unregister(conn.sock)
+        if conn.repeek_at is None:
+            self._selector.unregister(conn.sock)
+        conn.repeek_at = None
 
     def _close(self, conn: _Conn, outcome: str | None = None) -> None:
         if conn.sock in self._conns:

@@ -119,6 +119,27 @@ async def test_health_readiness_and_metrics_are_answered_while_the_loop_is_held(
     nursery.cancel_scope.cancel()
 
 
+async def test_a_head_sent_in_pieces_is_answered_by_the_door(nursery: trio.Nursery) -> None:
+    ctx = WebContext(tree=lambda: TREE, ready_checks={"database": lambda: True})
+    host, port = await _server(nursery, ctx)
+    answered = DOOR.labels(outcome="readyz")._value.get()
+    with socket.create_connection((host, port)) as conn:
+        conn.settimeout(BOUND_S)
+        conn.sendall(b"GET /readyz HTTP/1.1\r\nHo")  # a prober on a slow link, mid-head
+        # the loop held: the rest of the head, and the answer, can only meet in the door
+        def rest() -> bytes:
+            conn.sendall(b"st: soar\r\n\r\n")
+            answer = b""
+            while chunk := conn.recv(65536):
+                answer += chunk
+            return answer
+
+        answer = _while_the_loop_is_held(rest)
+    assert isinstance(answer, bytes) and answer.startswith(b"HTTP/1.1 200"), answer
+    assert DOOR.labels(outcome="readyz")._value.get() - answered == 1
+    nursery.cancel_scope.cancel()
+
+
 async def test_a_stalled_loop_makes_healthz_503_and_the_next_snapshot_heals_it(
     nursery: trio.Nursery,
 ) -> None:
