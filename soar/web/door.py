@@ -55,7 +55,7 @@ log = structlog.get_logger(__name__)
 DOOR = Counter(
     "soar_http_door_connections_total",
     "Connections by what the front door did with them: answered health/readiness/metrics "
-    "itself, handed to the event loop, or closed (client left without a request)",
+    "itself, handed to the event loop, closed (client left without a request), or failed",
     ["outcome"],
 )
 LOOP_LAG = Gauge(
@@ -208,7 +208,7 @@ class FrontDoor:
                     else:
                         conn = self._conns.get(key.fileobj)  # type: ignore[call-overload]
                         if conn is not None:
-                            self._ready(conn, events)
+                            self._guarded(conn, self._ready, conn, events)
                 self._expire()
         finally:
             for conn in list(self._conns.values()):
@@ -236,7 +236,7 @@ class FrontDoor:
                      and c.repeek_at <= now and c.deadline > now]:
             conn.repeek_at = None
             self._selector.register(conn.sock, selectors.EVENT_READ, None)
-            self._peek(conn)
+            self._guarded(conn, self._peek, conn)
         for conn in [c for c in self._conns.values() if c.deadline <= now]:
             if conn.out or conn.lingering:
                 self._close(conn)  # a client that does not read its answer, or does not close
@@ -262,7 +262,20 @@ class FrontDoor:
             conn = _Conn(sock, self._clock() + self._peek_s)
             self._conns[sock] = conn
             self._selector.register(sock, selectors.EVENT_READ, None)
-            self._peek(conn)  # on loopback the request is usually there already
+            self._guarded(conn, self._peek, conn)  # on loopback the request is there already
+
+    def _guarded(self, conn: _Conn, step: Callable[..., None], *args: object) -> None:
+        """One step of one connection: whatever goes wrong with it (a bug included) closes that
+        connection, counted and logged, and the door goes on with the others."""
+        try:
+            step(*args)
+        except Exception as exc:
+            kind = type(exc).__name__
+            self._errors.log(("failed", kind), "error", "http.door_failed", error=kind,
+                             detail=str(exc)[:200])
+            if conn.sock in self._conns:  # not yet handed over: still the door's to close
+                with contextlib.suppress(Exception):
+                    self._close(conn, "failed")
 
     def _out_of_descriptors(self, exc: OSError) -> None:
         name = errno.errorcode.get(exc.errno or 0, "other")

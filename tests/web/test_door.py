@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable
 from functools import partial
 
+import prometheus_client
 import pytest
 import trio
 
@@ -162,6 +163,43 @@ async def test_a_stalled_loop_makes_healthz_503_and_the_next_snapshot_heals_it(
     with trio.fail_after(BOUND_S):
         while (await trio.to_thread.run_sync(_get, host, port, "/healthz"))[0] != 200:
             await trio.sleep(0.01)
+    nursery.cancel_scope.cancel()
+
+
+class _BrokenCollector:
+    """A metrics collector with a bug: what the door meets when one raises."""
+
+    def describe(self) -> list[object]:
+        return []  # (registering calls this, not collect)
+
+    def collect(self) -> list[object]:
+        raise RuntimeError("collector bug")
+
+
+async def test_a_failing_answer_closes_that_connection_and_the_door_goes_on(
+    nursery: trio.Nursery,
+) -> None:
+    ctx = WebContext(tree=lambda: TREE, ready_checks={"database": lambda: True})
+    host, port = await _server(nursery, ctx)
+    failed = DOOR.labels(outcome="failed")._value.get()
+    broken = _BrokenCollector()
+    prometheus_client.REGISTRY.register(broken)  # type: ignore[arg-type]
+    try:
+        def probes() -> tuple[bytes, tuple[int, dict[str, str], bytes]]:
+            with socket.create_connection((host, port)) as conn:
+                conn.settimeout(BOUND_S)
+                conn.sendall(b"GET /metrics HTTP/1.1\r\nHost: soar\r\n\r\n")
+                answer = b""
+                while chunk := conn.recv(65536):
+                    answer += chunk
+            return answer, _get(host, port, "/healthz")
+
+        metrics, health = _while_the_loop_is_held(probes)  # type: ignore[misc]
+    finally:
+        prometheus_client.REGISTRY.unregister(broken)  # type: ignore[arg-type]
+    assert metrics == b""  # closed without an answer
+    assert DOOR.labels(outcome="failed")._value.get() - failed == 1
+    assert health[0] == 200  # the next connection is served
     nursery.cancel_scope.cancel()
 
 
