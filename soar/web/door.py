@@ -98,24 +98,24 @@ class HealthSnapshot:
     ready: bool
 
 
-class _Head(Enum):
+class HeadKind(Enum):
     WAIT = "wait"  # could still be a request the door answers: peek again when more comes
     OTHER = "other"  # for the loop
 
 
-def classify(data: bytes) -> _Head | int:
+def classify(data: bytes) -> HeadKind | int:
     """What the first bytes of a connection are: the length of a complete request head the door
     answers, `WAIT` for more bytes, or `OTHER` (the loop's)."""
     for prefix in _PREFIXES:
         if len(data) <= len(prefix):
             if prefix.startswith(data):
-                return _Head.WAIT
+                return HeadKind.WAIT
         elif data.startswith(prefix) and data[len(prefix):len(prefix) + 1] in (b" ", b"?"):
             end = data.find(b"\r\n\r\n")
             if end >= 0:
                 return end + 4
-            return _Head.WAIT if len(data) < HEAD_MAX else _Head.OTHER
-    return _Head.OTHER
+            return HeadKind.WAIT if len(data) < HEAD_MAX else HeadKind.OTHER
+    return HeadKind.OTHER
 
 
 #: A request head begun but not complete is looked at again after this long. Its bytes stay in
@@ -307,7 +307,7 @@ class FrontDoor:
             self._close(conn, "closed")  # connected, then left without a request
             return
         head = classify(data)
-        if head is _Head.OTHER:
+        if head is HeadKind.OTHER:
             self._pass_on(conn)
         elif isinstance(head, int):
             self._answer(conn, data[:head])

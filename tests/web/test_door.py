@@ -24,7 +24,7 @@ import trio
 from soar.config import load_settings
 from soar.web.app import WebContext
 from soar.web.connections import ACCEPT_ERRORS
-from soar.web.door import DOOR, HEAD_MAX, _Head, classify
+from soar.web.door import DOOR, HEAD_MAX, HeadKind, classify
 from soar.web.server import serve_web
 
 BOUND_S = 60.0  # far past any answer; reached only when the door does not answer
@@ -270,10 +270,10 @@ async def test_out_of_descriptors_at_accept_is_counted_and_the_client_served_aft
 def test_request_heads_the_door_takes_and_the_ones_it_passes_on() -> None:
     assert classify(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n") == 34
     assert classify(b"HEAD /readyz?verbose=1 HTTP/1.1\r\nHost: a\r\n\r\nGET") == 44
-    assert classify(b"GET /heal") is _Head.WAIT  # could still become one
-    assert classify(b"GET /healthz HTTP/1.1\r\nHost:") is _Head.WAIT  # head not complete
-    assert classify(b"GET /healthzx HTTP/1.1\r\n\r\n") is _Head.OTHER
-    assert classify(b"GET /api/live HTTP/1.1\r\n") is _Head.OTHER
-    assert classify(b"POST /healthz HTTP/1.1\r\n\r\n") is _Head.OTHER
-    assert classify(b"\x16\x03\x01") is _Head.OTHER  # TLS to a plain port: hypercorn's
-    assert classify(b"GET /metrics HTTP/1.1\r\n" + b"X: y\r\n" * HEAD_MAX) is _Head.OTHER
+    assert classify(b"GET /heal") is HeadKind.WAIT  # could still become one
+    assert classify(b"GET /healthz HTTP/1.1\r\nHost:") is HeadKind.WAIT  # head not complete
+    assert classify(b"GET /healthzx HTTP/1.1\r\n\r\n") is HeadKind.OTHER
+    assert classify(b"GET /api/live HTTP/1.1\r\n") is HeadKind.OTHER
+    assert classify(b"POST /healthz HTTP/1.1\r\n\r\n") is HeadKind.OTHER
+    assert classify(b"\x16\x03\x01") is HeadKind.OTHER  # TLS to a plain port: hypercorn's
+    assert classify(b"GET /metrics HTTP/1.1\r\n" + b"X: y\r\n" * HEAD_MAX) is HeadKind.OTHER
