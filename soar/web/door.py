@@ -82,6 +82,7 @@ ACCEPT_RETRY_S = 0.1
 ACCEPT_BATCH = 64
 
 PATHS = (b"/healthz", b"/readyz", b"/metrics")
+_LIVE = b"GET /api/live"
 _PREFIXES = tuple(method + b" " + path for method in (b"GET", b"HEAD") for path in PATHS)
 _OUT_OF_DESCRIPTORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _JSON = b"application/json"
@@ -100,12 +101,18 @@ class HealthSnapshot:
 
 class HeadKind(Enum):
     WAIT = "wait"  # could still be a request the door answers: peek again when more comes
-    OTHER = "other"  # for the loop
+    LIVE = "live"  # the live WebSocket (`GET /api/live`): for the loop's WebSocket server
+    OTHER = "other"  # for the loop's HTTP server
 
 
 def classify(data: bytes) -> HeadKind | int:
     """What the first bytes of a connection are: the length of a complete request head the door
-    answers, `WAIT` for more bytes, or `OTHER` (the loop's)."""
+    answers, `WAIT` for more bytes, `LIVE` or `OTHER` (the loop's)."""
+    if len(data) <= len(_LIVE):
+        if _LIVE.startswith(data):
+            return HeadKind.WAIT
+    elif data.startswith(_LIVE) and data[len(_LIVE):len(_LIVE) + 1] in (b" ", b"?"):
+        return HeadKind.LIVE
     for prefix in _PREFIXES:
         if len(data) <= len(prefix):
             if prefix.startswith(data):
@@ -137,14 +144,15 @@ class _Conn:
 class FrontDoor:
     """The accept loop of one listening socket, run in a thread (`run`) until `stop`.
 
-    `hand_over(sock)` is called, in this thread, with every connection the loop must serve.
+    `hand_over(sock, kind)` is called, in this thread, with every connection the loop must
+    serve: `LIVE` for its WebSocket server, `OTHER` for hypercorn.
     `publish` (from the loop) sets the snapshot health and readiness are answered from.
     """
 
     def __init__(
         self,
         listener: socket.socket,
-        hand_over: Callable[[socket.socket], None],
+        hand_over: Callable[[socket.socket, HeadKind], None],
         *,
         token: str | None = None,
         stall_after: float = 30.0,
@@ -307,18 +315,18 @@ class FrontDoor:
             self._close(conn, "closed")  # connected, then left without a request
             return
         head = classify(data)
-        if head is HeadKind.OTHER:
-            self._pass_on(conn)
+        if head is HeadKind.OTHER or head is HeadKind.LIVE:
+            self._pass_on(conn, head)
         elif isinstance(head, int):
             self._answer(conn, data[:head])
         else:  # begun, not complete: look again shortly rather than spin on a readable socket
             self._selector.unregister(conn.sock)
             conn.repeek_at = self._clock() + REPEEK_S
 
-    def _pass_on(self, conn: _Conn) -> None:
+    def _pass_on(self, conn: _Conn, kind: HeadKind = HeadKind.OTHER) -> None:
         self._forget(conn)
         DOOR.labels(outcome="handed_over").inc()
-        self._hand_over(conn.sock)
+        self._hand_over(conn.sock, kind)
 
     def _answer(self, conn: _Conn, head: bytes) -> None:
         http = h11.Connection(h11.SERVER)
@@ -443,32 +451,45 @@ def _is_loopback(sock: socket.socket) -> bool:
 # ---- the loop's side -----------------------------------------------------------------------
 
 
-class HandedOver(trio.abc.Listener[trio.SocketStream]):
-    """The connections the door passes on, as a trio listener for `trio.serve_listeners`."""
+@dataclass
+class Arrival(trio.abc.AsyncResource):
+    """A connection the door passed on, and what its first request asked for."""
+
+    kind: HeadKind
+    stream: trio.SocketStream
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+class HandedOver(trio.abc.Listener[Arrival]):
+    """The connections the door passes on, each with what it asked for, as a trio listener for
+    `trio.serve_listeners`."""
 
     def __init__(self) -> None:
-        self._send, self._receive = trio.open_memory_channel[socket.socket](math.inf)
+        self._send, self._receive = trio.open_memory_channel[tuple[HeadKind, socket.socket]](
+            math.inf)
         self._token = trio.lowlevel.current_trio_token()
 
-    def hand_over(self, sock: socket.socket) -> None:
+    def hand_over(self, sock: socket.socket, kind: HeadKind) -> None:
         """From the door's thread: queue `sock` for `accept` without waiting for the loop."""
         try:
-            self._token.run_sync_soon(self._deliver, sock)
+            self._token.run_sync_soon(self._deliver, sock, kind)
         except trio.RunFinishedError:
             sock.close()
 
-    def _deliver(self, sock: socket.socket) -> None:
+    def _deliver(self, sock: socket.socket, kind: HeadKind) -> None:
         # runs in the loop, where an exception would be fatal: a closed listener closes `sock`
         try:
-            self._send.send_nowait(sock)
+            self._send.send_nowait((kind, sock))
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             sock.close()
 
-    async def accept(self) -> trio.SocketStream:
+    async def accept(self) -> Arrival:
         while True:
-            sock = await self._receive.receive()
+            kind, sock = await self._receive.receive()
             try:
-                return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+                return Arrival(kind, trio.SocketStream(trio.socket.from_stdlib_socket(sock)))
             except OSError:
                 sock.close()  # gone between the door and here
 
@@ -476,7 +497,7 @@ class HandedOver(trio.abc.Listener[trio.SocketStream]):
         self._send.close()
         while True:
             try:
-                self._receive.receive_nowait().close()
+                self._receive.receive_nowait()[1].close()
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                 break  # ClosedResourceError: closed already (serve_listeners closes it too)
         self._receive.close()

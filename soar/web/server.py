@@ -6,12 +6,14 @@ setting to change; `serve_web` runs hypercorn's HTTP connections with the quart-
 `serve_web` is hypercorn's trio worker (`hypercorn.trio.run.worker_serve`) cut to what soar uses
 (one plain-TCP listener) with two differences. Connections are accepted by the front door
 (`soar.web.door`), a thread that answers health, readiness and metrics itself, however busy the
-loop is, and hands the rest over. Every connection handed over goes through
+loop is, and hands the rest over: a new connection asking for `/api/live` to trio-websocket
+(`live.serve_live_socket`, a third of hypercorn's memory per client), everything else to
+hypercorn. Every connection handed over goes through
 `connections.guard` before hypercorn's `TCPServer` sees it: hypercorn has no hook at the
 connection level, and the connection is the unit that costs a descriptor: ASGI sees requests,
 not the thousands of connections that never send one.
 
-May import: soar.config, soar.web.app, soar.web.connections, soar.web.door
+May import: soar.config, soar.web.app, soar.web.connections, soar.web.door, soar.web.live
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ from soar.web.connections import (
     default_max_connections,
     guard,
 )
-from soar.web.door import FrontDoor, HandedOver, publish_snapshots, run_door
+from soar.web.door import Arrival, FrontDoor, HandedOver, HeadKind, publish_snapshots, run_door
+from soar.web.live import serve_live_socket
 
 log = structlog.get_logger(__name__)
 
@@ -113,7 +116,7 @@ async def serve_web(
         [own] = config.create_sockets().insecure_sockets
         own.listen(config.backlog)
     with own:
-        await _serve(app, ctx, settings, config, own, limit, stop, task_status)
+        await _serve(app, ctx, settings, config, own, limit, stop, task_status, live=api)
 
 
 async def serve_when_ready(
@@ -167,9 +170,11 @@ async def _serve(
     limit: ConnectionLimit,
     stop: trio.Event,
     task_status: trio.TaskStatus[list[str]],
+    *,
+    live: bool,
 ) -> None:
     """`hypercorn.trio.run.worker_serve` for one plain listener behind the front door, each
-    connection handed over guarded."""
+    connection handed over guarded; `live`: `/api/live` connections to trio-websocket."""
     asgi = wrap_app(app, config.wsgi_max_body_size, "asgi")
     lifespan_state: dict[str, object] = {}
     lifespan = Lifespan(asgi, config, lifespan_state)
@@ -183,7 +188,14 @@ async def _serve(
                              stall_after=settings.health_stall_after)
             door.publish(take_snapshot(ctx))  # the first probe finds an answer ready
             state = ConnectionState(lifespan_state.copy())
-            handler = partial(guard, limit, partial(_Connection, asgi, config, context, state))
+            http = partial(_Connection, asgi, config, context, state)
+            leaving = trio.Event()  # set at stop: live clients are told the server is going
+            live_socket = partial(serve_live_socket, lambda: ctx.live, leaving=leaving)
+
+            async def handler(arrival: Arrival) -> None:
+                to_live = live and arrival.kind is HeadKind.LIVE
+                await guard(limit, live_socket if to_live else http, arrival.stream)
+
             bound = f"http://{repr_socket_addr(sock.family, sock.getsockname())}"
             try:
                 async with trio.open_nursery() as accepting:
@@ -195,6 +207,7 @@ async def _serve(
                     log.info("http.listening", address=bound, max_connections=limit.limit)
                     task_status.started([bound])
                     await stop.wait()
+                    leaving.set()
                     accepting.cancel_scope.cancel()
             finally:
                 await listener.aclose()

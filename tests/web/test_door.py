@@ -273,7 +273,10 @@ def test_request_heads_the_door_takes_and_the_ones_it_passes_on() -> None:
     assert classify(b"GET /heal") is HeadKind.WAIT  # could still become one
     assert classify(b"GET /healthz HTTP/1.1\r\nHost:") is HeadKind.WAIT  # head not complete
     assert classify(b"GET /healthzx HTTP/1.1\r\n\r\n") is HeadKind.OTHER
-    assert classify(b"GET /api/live HTTP/1.1\r\n") is HeadKind.OTHER
+    assert classify(b"GET /api/live HTTP/1.1\r\n") is HeadKind.LIVE  # trio-websocket's
+    assert classify(b"GET /api/li") is HeadKind.WAIT
+    assert classify(b"GET /api/lives HTTP/1.1\r\n") is HeadKind.OTHER
+    assert classify(b"GET /api/aircraft HTTP/1.1\r\n") is HeadKind.OTHER
     assert classify(b"POST /healthz HTTP/1.1\r\n\r\n") is HeadKind.OTHER
     assert classify(b"\x16\x03\x01") is HeadKind.OTHER  # TLS to a plain port: hypercorn's
     assert classify(b"GET /metrics HTTP/1.1\r\n" + b"X: y\r\n" * HEAD_MAX) is HeadKind.OTHER
