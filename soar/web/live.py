@@ -128,14 +128,20 @@ class AircraftDirectory(PrivacyRegistry):
         await super().run(pool, every_s=every_s or self.refresh_interval, task_status=task_status)
 
 
+#: Replies to a client's own messages that may wait unsent before its next message is read.
+CONTROL_AHEAD = 64
+
+
 class ClientQueue:
     """A bounded queue of outgoing texts that drops the oldest when full."""
 
     def __init__(self, size: int) -> None:
         self._items: deque[str] = deque(maxlen=size)
-        # Replies to the client's own requests: few, never dropped for fixes, served first.
-        self._control: deque[str] = deque(maxlen=64)
+        # Replies to the client's own requests: never dropped, served before fixes. A client
+        # asks no further ahead than CONTROL_AHEAD unsent replies (`control_room`).
+        self._control: deque[str] = deque()
         self._wakeup = trio.Event()
+        self._room = trio.Event()
         self.dropped = 0
         self.discarded = 0
         self.closed = False
@@ -143,6 +149,7 @@ class ClientQueue:
     def close(self) -> None:
         """The client left: free what it never read (counted), and take nothing more."""
         self.closed = True
+        self._room.set()
         self.discard(len(self._items))
         self._items.clear()
         self._control.clear()
@@ -155,6 +162,15 @@ class ClientQueue:
     def put_control(self, item: str) -> None:
         self._control.append(item)
         self._wakeup.set()
+
+    async def control_room(self) -> None:
+        """Until fewer than CONTROL_AHEAD replies wait to be sent. The client's next message is
+        read only then: a client that asks faster than it reads is slowed by TCP, and never
+        loses a reply (a bounded deque dropped them: 400 subscriptions sent at once got ~270
+        acknowledgements)."""
+        while len(self._control) >= CONTROL_AHEAD and not self.closed:
+            self._room = trio.Event()
+            await self._room.wait()
 
     def put_nowait(self, item: str) -> None:
         fan_out((self,), item)
@@ -175,7 +191,9 @@ class ClientQueue:
             self._wakeup = trio.Event()
             await self._wakeup.wait()
         if self._control:
-            return self._control.popleft(), False
+            reply = self._control.popleft()
+            self._room.set()
+            return reply, False
         return self._items.popleft(), True
 
 
@@ -749,6 +767,7 @@ async def run_live_client(hub: LiveHub, send: Send, receive: Receive) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_send_queued, client, send)
             while True:
+                await client.queue.control_room()
                 text = await receive()
                 reply = handle_client_message(hub, client, text)
                 if reply["type"] == "subscribed":

@@ -11,6 +11,7 @@ import pytest
 import trio
 import trio_websocket
 
+from soar.config import load_settings
 from soar.live import LIVE_DROPPED, LivePublisher, decode_message, encode_batches
 from soar.records import AddressType, Fix, Protocol
 from soar.web.app import WebContext, create_app
@@ -28,6 +29,7 @@ from soar.web.live import (
     handle_client_message,
     squares_in_bounds,
 )
+from soar.web.server import serve_web
 from tests.support import wait_until
 
 from .conftest import chunks, start_server
@@ -216,16 +218,22 @@ def test_client_message_validation() -> None:
 
 
 async def _live_stack(
-    nursery: trio.Nursery, address: str, queue_size: int
+    nursery: trio.Nursery, address: str, queue_size: int, transport: str = "door"
 ) -> tuple[LivePublisher, LiveHub, str]:
+    """Publisher, hub and HTTP server. `transport="door"`: soar's server (`serve_web`), where
+    the front door hands `/api/live` to trio-websocket; `"quart"`: hypercorn serving the app's
+    quart route (what an upgrade after another request on the same connection gets)."""
     publisher = LivePublisher(address, flush_interval=0.02)
     await nursery.start(publisher.run)
     hub = LiveHub(address, client_queue_size=queue_size)
     await nursery.start(hub.run)
     assert await wait_until(lambda: hub.connected, 30)
-    app = create_app(WebContext(live=hub))
-    host = await start_server(nursery, app)
-    return publisher, hub, host
+    if transport == "quart":
+        return publisher, hub, await start_server(nursery, create_app(WebContext(live=hub)))
+    settings = load_settings(environ={})
+    binds: list[str] = await nursery.start(
+        partial(serve_web, bind="127.0.0.1:0"), settings, WebContext(live=hub), trio.Event())
+    return publisher, hub, binds[0].split("://", 1)[1]
 
 
 async def _subscribe(ws: trio_websocket.WebSocketConnection, area: dict[str, float]) -> None:
@@ -261,12 +269,13 @@ async def _send_sentinel(publisher: LivePublisher, received: list[dict[str, Any]
     ), "the sentinel published after every fix never arrived"
 
 
+@pytest.mark.parametrize("transport", ["door", "quart"])
 @pytest.mark.parametrize("batch", [False, True], ids=["one-per-message", "batched"])
 async def test_area_subscription_receives_exactly_the_fixes_inside(
-    nursery: trio.Nursery, sbs_sample_fixes: list[Fix], batch: bool
+    nursery: trio.Nursery, sbs_sample_fixes: list[Fix], batch: bool, transport: str
 ) -> None:
     publisher, hub, host = await _live_stack(
-        nursery, f"inproc://soar-test-area-{batch}", 100_000)
+        nursery, f"inproc://soar-test-area-{batch}-{transport}", 100_000, transport)
     expected = {(f.aircraft_id, f.received_us) for f in sbs_sample_fixes if inside(f, AREA)}
     assert len(expected) > 1000  # the capture really has traffic there
     received: list[dict[str, Any]] = []
@@ -293,6 +302,34 @@ async def test_area_subscription_receives_exactly_the_fixes_inside(
         assert message["callsign"] == fix.callsign
         assert message["altitude_ft"] == fix.altitude_ft
     assert hub.received_fixes >= len(expected)
+    nursery.cancel_scope.cancel()
+
+
+async def test_400_subscriptions_sent_at_once_get_400_acknowledgements(
+    nursery: trio.Nursery,
+) -> None:
+    # A map that pans over a continent subscribes to hundreds of squares before it reads a
+    # reply. The replies once went to a queue of 64 that dropped the oldest: ~270 of 400 came.
+    _publisher, hub, host = await _live_stack(nursery, "inproc://soar-test-400", 1000)
+    squares = [(lat, lon) for lat in range(40, 60) for lon in range(-10, 10)]
+    assert len(squares) == MAX_SQUARES_PER_CLIENT
+    # The smallest receive window: the server's replies back up after a few dozen, as over a
+    # slow link, so they queue in soar while the subscriptions keep coming.
+    address, port = host.rsplit(":", 1)
+    sock = trio.socket.socket()
+    sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_RCVBUF, 1)
+    await sock.connect((address, int(port)))
+    async with trio.open_nursery() as client_nursery:
+        ws = await trio_websocket.wrap_client_stream(
+            client_nursery, trio.SocketStream(sock), address, "/api/live", message_queue_size=0)
+        assert json.loads(await ws.get_message())["type"] == "connection_status"
+        for lat, lon in squares:
+            await ws.send_message(json.dumps({"type": "area_bulk", "action": "subscribe", "bounds": {
+                "north": lat + 1, "south": lat, "east": lon + 1, "west": lon}}))
+        replies = [json.loads(await ws.get_message()) for _ in squares]
+        await ws.aclose()
+    assert [reply["type"] for reply in replies] == ["subscribed"] * len(squares)
+    await wait_until(lambda: hub.client_count == 0, 30)
     nursery.cancel_scope.cancel()
 
 
