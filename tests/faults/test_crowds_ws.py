@@ -11,7 +11,8 @@ queues overflow within seconds. Once all 1,000 are connected and the server has 
 drops, the readers subscribe, and the crowd leaves once each of them has a fix: 700 maps take
 a batch four times a second, and on a busy 2-core machine that is kept to seconds. How fast
 `/healthz` answers meanwhile and how much memory comes back are figures of
-`python -m soar.bench.crowds_ws`; here they are only printed.
+`python -m soar.bench.crowds_ws`; here they are only printed. That every probe was answered by
+the front door (the thread ahead of the loop) is counted, and asserted.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ DROPS = IDLE
 #: reached when all goes well, whatever the machine's load
 WAIT_S = 60
 COUNTERS = ("queued", "sent", "dropped", "discarded")
+#: /healthz answered by the front door's thread, not the event loop the crowd keeps busy
+DOOR_HEALTHZ = 'soar_http_door_connections_total{outcome="healthz"}'
 
 
 @dataclass
@@ -70,7 +73,8 @@ class Seen:
 
 
 def _counters(port: int) -> dict[str, float]:
-    return {name: metric(port, f"soar_websocket_{name}_total") for name in COUNTERS}
+    return {name: metric(port, f"soar_websocket_{name}_total") for name in COUNTERS} | {
+        "door_healthz": metric(port, DOOR_HEALTHZ)}
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +136,8 @@ def test_every_handshake_succeeds_and_every_reader_gets_fixes(seen: Seen) -> Non
         f"{CLIENTS - IDLE - result.readers_with_fixes} readers got no fix")
     assert result.healthz_failed == 0, [e for e in result.errors if "healthz" in e][:3]
     assert result.healthz_ms, "/healthz was asked while the crowd was connected"
+    # health answered ahead of other work: every probe by the door, none by the busy loop
+    assert seen.delta("door_healthz") >= len(result.healthz_ms)
     # the readers got no more than the server says it sent
     assert 0 < result.fixes_received <= seen.delta("sent")
 
