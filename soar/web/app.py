@@ -9,8 +9,6 @@ May import: soar.store, soar.web.api, soar.web.connections, soar.web.door, soar.
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +21,13 @@ from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 
 from soar.web.connections import finish_responses, prioritise
-from soar.web.door import HealthSnapshot
+from soar.web.door import (
+    TOKEN_CHALLENGE,
+    TOKEN_REQUIRED,
+    HealthSnapshot,
+    bearer_matches,
+    is_loopback,
+)
 
 if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
@@ -68,7 +72,7 @@ def create_app(ctx: WebContext, *, api: bool = True, max_requests: int | None = 
 
     @app.get("/healthz")
     async def healthz() -> Response:
-        return jsonify(health_document(ctx, trusted=_trusted(ctx)))
+        return jsonify(health_document(ctx.tree(), trusted=_trusted(ctx)))
 
     @app.get("/readyz")
     async def readyz() -> tuple[Response, int]:
@@ -78,8 +82,8 @@ def create_app(ctx: WebContext, *, api: bool = True, max_requests: int | None = 
     @app.get("/metrics")
     async def metrics() -> Response:
         if ctx.api_token and not _token_given(ctx.api_token):
-            return Response("a bearer token is required (SOAR_API_TOKEN)\n", status=401,
-                            headers={"WWW-Authenticate": 'Bearer realm="soar"'})
+            return Response(TOKEN_REQUIRED, status=401,
+                            headers={"WWW-Authenticate": TOKEN_CHALLENGE})
         body = prometheus_client.generate_latest(prometheus_client.REGISTRY)
         return Response(body, content_type=prometheus_client.CONTENT_TYPE_LATEST)
 
@@ -93,11 +97,10 @@ def create_app(ctx: WebContext, *, api: bool = True, max_requests: int | None = 
     return app
 
 
-def health_document(ctx: WebContext, *, trusted: bool) -> dict[str, Any]:
-    """/healthz: alive as long as the loop answers; the tree says what each task is doing. The
-    states are for anyone; error texts (paths, addresses, SQL) only for this host or a caller
-    with the token."""
-    tree = ctx.tree()
+def health_document(tree: dict[str, Any], *, trusted: bool) -> dict[str, Any]:
+    """/healthz: alive as long as the loop answers; `tree` (`WebContext.tree()`) says what
+    each task is doing. The states are for anyone; error texts (paths, addresses, SQL) only for
+    this host or a caller with the token."""
     return {"status": "ok", "tree": tree if trusted else without_errors(tree)}
 
 
@@ -112,10 +115,11 @@ def take_snapshot(ctx: WebContext) -> HealthSnapshot:
     """What the front door answers /healthz and /readyz with until the next one (in the loop:
     the tree and the checks are the loop's to read)."""
     readiness, ready = readiness_document(ctx)
-    trusted = health_document(ctx, trusted=True)
-    public = {"status": "ok", "tree": without_errors(trusted["tree"])}
-    return HealthSnapshot(taken=time.monotonic(), healthz=_json(public),
-                          healthz_trusted=_json(trusted), readyz=_json(readiness), ready=ready)
+    tree = ctx.tree()  # once for both documents
+    return HealthSnapshot(taken=time.monotonic(),
+                          healthz=_json(health_document(tree, trusted=False)),
+                          healthz_trusted=_json(health_document(tree, trusted=True)),
+                          readyz=_json(readiness), ready=ready)
 
 
 def _json(document: dict[str, Any]) -> bytes:
@@ -132,19 +136,14 @@ def open_api_pool(url: str, size: int = API_POOL_SIZE) -> ConnectionPool:
 
 
 def _token_given(token: str) -> bool:
-    given = request.headers.get("Authorization", "")
-    scheme, _, value = given.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip(), token)
+    return bearer_matches(request.headers.get("Authorization", ""), token)
 
 
 def _trusted(ctx: WebContext) -> bool:
     """This host, or a caller with the token: may see error details."""
     if ctx.api_token and _token_given(ctx.api_token):
         return True
-    try:
-        return ipaddress.ip_address((request.remote_addr or "").split("%")[0]).is_loopback
-    except ValueError:
-        return False
+    return is_loopback(request.remote_addr or "")
 
 
 def without_errors(node: Any) -> Any:

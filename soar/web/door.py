@@ -365,9 +365,8 @@ class FrontDoor:
         token_ok = self._token_given(request)
         if path == b"/metrics":
             if self._token and not token_ok:
-                return (401, b"text/plain; charset=utf-8",
-                        b"a bearer token is required (SOAR_API_TOKEN)\n",
-                        [(b"www-authenticate", b'Bearer realm="soar"')])
+                return (401, b"text/plain; charset=utf-8", TOKEN_REQUIRED.encode(),
+                        [(b"www-authenticate", TOKEN_CHALLENGE.encode())])
             body = prometheus_client.generate_latest(prometheus_client.REGISTRY)
             return 200, prometheus_client.CONTENT_TYPE_LATEST.encode(), body, []
         snapshot = self._snapshot
@@ -382,7 +381,7 @@ class FrontDoor:
             return 503, _JSON, body, []
         if path == b"/readyz":
             return (200 if snapshot.ready else 503), _JSON, snapshot.readyz, []
-        trusted = token_ok or _is_loopback(sock)
+        trusted = token_ok or _peer_is_loopback(sock)
         return 200, _JSON, (snapshot.healthz_trusted if trusted else snapshot.healthz), []
 
     def _token_given(self, request: h11.Request) -> bool:
@@ -390,9 +389,7 @@ class FrontDoor:
             return False
         for name, value in request.headers:
             if name == b"authorization":
-                scheme, _, given = value.decode("latin-1").partition(" ")
-                return scheme.lower() == "bearer" and hmac.compare_digest(
-                    given.strip(), self._token)
+                return bearer_matches(value.decode("latin-1"), self._token)
         return False
 
     def _write(self, conn: _Conn) -> None:
@@ -440,11 +437,31 @@ class FrontDoor:
         conn.sock.close()
 
 
-def _is_loopback(sock: socket.socket) -> bool:
+def _peer_is_loopback(sock: socket.socket) -> bool:
     try:
-        host = sock.getpeername()[0]
-        return ipaddress.ip_address(str(host).split("%")[0]).is_loopback
-    except (OSError, ValueError, IndexError):
+        return is_loopback(str(sock.getpeername()[0]))
+    except (OSError, IndexError):
+        return False
+
+
+# ---- who may see what: the door and the app's routes decide alike ------------------------
+
+#: /metrics without the token when SOAR_API_TOKEN is set: 401, this body, this challenge
+TOKEN_REQUIRED = "a bearer token is required (SOAR_API_TOKEN)\n"
+TOKEN_CHALLENGE = 'Bearer realm="soar"'
+
+
+def bearer_matches(authorization: str, token: str) -> bool:
+    """Whether an `Authorization` header value is `Bearer <token>` (compared in constant time)."""
+    scheme, _, given = authorization.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a peer address (IPv4, IPv6, with or without a zone) is this host's loopback."""
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
         return False
 
 

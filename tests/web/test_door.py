@@ -34,6 +34,11 @@ TREE = {"name": "root", "state": "running", "children": [
 ]}
 
 
+def _ctx() -> WebContext:
+    """A process whose tree is TREE and whose one readiness check passes."""
+    return WebContext(tree=lambda: TREE, ready_checks={"database": lambda: True})
+
+
 async def _server(
     nursery: trio.Nursery, ctx: WebContext, bind: str = "127.0.0.1:0", **overrides: object
 ) -> tuple[str, int]:
@@ -87,8 +92,7 @@ def _while_the_loop_is_held(probe: Callable[[], object]) -> object:
 async def test_health_readiness_and_metrics_are_answered_while_the_loop_is_held(
     nursery: trio.Nursery,
 ) -> None:
-    ctx = WebContext(tree=lambda: TREE, ready_checks={"database": lambda: True})
-    host, port = await _server(nursery, ctx)
+    host, port = await _server(nursery, _ctx())
     answered = DOOR.labels(outcome="healthz")._value.get()
 
     def probes() -> list[tuple[int, dict[str, str], bytes]]:
@@ -121,8 +125,7 @@ async def test_health_readiness_and_metrics_are_answered_while_the_loop_is_held(
 
 
 async def test_a_head_sent_in_pieces_is_answered_by_the_door(nursery: trio.Nursery) -> None:
-    ctx = WebContext(tree=lambda: TREE, ready_checks={"database": lambda: True})
-    host, port = await _server(nursery, ctx)
+    host, port = await _server(nursery, _ctx())
     answered = DOOR.labels(outcome="readyz")._value.get()
     with socket.create_connection((host, port)) as conn:
         conn.settimeout(BOUND_S)
@@ -144,8 +147,7 @@ async def test_a_head_sent_in_pieces_is_answered_by_the_door(nursery: trio.Nurse
 async def test_a_stalled_loop_makes_healthz_503_and_the_next_snapshot_heals_it(
     nursery: trio.Nursery,
 ) -> None:
-    ctx = WebContext(tree=lambda: TREE, ready_checks={"database": lambda: True})
-    host, port = await _server(nursery, ctx, health_stall_after=0.2)
+    host, port = await _server(nursery, _ctx(), health_stall_after=0.2)
 
     def until_stalled() -> tuple[tuple[int, dict[str, str], bytes], tuple[int, dict[str, str],
                                                                               bytes]]:
@@ -179,8 +181,7 @@ class _BrokenCollector:
 async def test_a_failing_answer_closes_that_connection_and_the_door_goes_on(
     nursery: trio.Nursery,
 ) -> None:
-    ctx = WebContext(tree=lambda: TREE, ready_checks={"database": lambda: True})
-    host, port = await _server(nursery, ctx)
+    host, port = await _server(nursery, _ctx())
     failed = DOOR.labels(outcome="failed")._value.get()
     broken = _BrokenCollector()
     prometheus_client.REGISTRY.register(broken)  # type: ignore[arg-type]
@@ -222,8 +223,7 @@ async def test_remote_callers_get_states_only_and_metrics_need_the_token(
     address = _outward_address()
     if address is None:
         pytest.skip("this host has no non-loopback IPv4 address to call from")
-    ctx = WebContext(tree=lambda: TREE, ready_checks={"database": lambda: True})
-    _host, port = await _server(nursery, ctx, bind=f"{address}:0", api_token="s3cret")
+    _host, port = await _server(nursery, _ctx(), bind=f"{address}:0", api_token="s3cret")
 
     def probes() -> list[tuple[int, dict[str, str], bytes]]:
         auth = "Authorization: Bearer s3cret\r\n"
