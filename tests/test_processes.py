@@ -10,9 +10,13 @@ from soar.processes import pid_alive, process_info, wait_dead
 
 
 def test_a_running_process_is_alive_and_known_by_its_command_line() -> None:
-    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
-                             stdin=subprocess.PIPE)
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; print('up', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
+        # Popen returns once exec has begun, before the kernel has the new command line in
+        # place (read then, /proc/PID/cmdline is empty): wait for the child to say it runs
+        assert child.stdout is not None and child.stdout.readline() == b"up\n"
         info = process_info(child.pid)
         assert info is not None and info.alive and pid_alive(child.pid)
         assert b"sys.stdin.read()" in info.cmdline
