@@ -5,7 +5,9 @@
     │                        tow, writers, live, archive, maintenance
     ├── signals              SIGTERM/SIGINT -> orderly shutdown
     ├── web                  hypercorn (trio worker) serving the quart-trio app
-    ├── hub                  live.hub: pynng SUB -> WebSocket clients
+    ├── hub                  live.hub: pynng SUB -> WebSocket clients (while no web worker is up)
+    ├── web-worker           web.worker: the child process serving HTTP past the front door
+    │                        (optional; soar/web/worker.py)
     ├── directory            aircraft.directory: registrations for the live messages
     └── runtime              gc.pauses (optional)
 
@@ -27,6 +29,7 @@ soar.topology, soar.web
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import socket
 from collections.abc import Callable
@@ -43,6 +46,7 @@ from soar.supervisor import ChildSpec, RestartPolicy
 from soar.topology import Stage, when_started
 from soar.web.app import WebContext, open_api_pool
 from soar.web.server import await_web_or_leave, listen_socket, serve_when_ready
+from soar.web.worker import WebWorker, publisher_address
 
 log = structlog.get_logger(__name__)
 
@@ -65,11 +69,13 @@ async def run_all_in_one(
 
     `replay`: capture files fed beside the live feeds, at `speed` (None: as fast as possible).
     """
-    with listen_socket(settings, "http_addr") as listener:
+    with listen_socket(settings, "http_addr") as listener, contextlib.ExitStack() as stack:
+        # the address the web worker dials for fixes: in a private folder, removed at exit
+        worker_at = stack.enter_context(publisher_address()) if settings.web_worker else None
         db: Database = await trio.to_thread.run_sync(open_database, settings)
         try:
             return await _run(settings, db, shutdown or trio.Event(), listener,
-                              replay or [], speed)
+                              replay or [], speed, worker_at)
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(db.stop)
@@ -90,7 +96,7 @@ def _sources(settings: Settings, replay: list[Path], speed: float | None) -> lis
 
 async def _run(
     settings: Settings, db: Database, shutdown: trio.Event, listener: socket.socket,
-    replay: list[Path], speed: float | None,
+    replay: list[Path], speed: float | None, worker_at: str | None,
 ) -> int:
     from soar.pipeline import Pipeline
     from soar.web.live import AircraftDirectory, LiveHub
@@ -112,6 +118,17 @@ async def _run(
     ctx.pool = await trio.to_thread.run_sync(open_api_pool, db.url)
 
     hub_ready, directory_ready = trio.Event(), trio.Event()
+    worker_stage: list[Stage] = []
+    if worker_at is not None:
+        pipeline.live.also.append(worker_at)
+        ctx.web_worker = worker = WebWorker(
+            settings, db.url, worker_at, tree=pipeline.tree,
+            ready=lambda: all(check() for check in ready_checks.values()))
+        ready_checks["web_worker"] = worker.ready_check
+        # optional: while it is down, the door hands connections to this process's server
+        worker_stage.append(Stage("web-worker", [ChildSpec(
+            "web.worker", worker.run, RestartPolicy.TRANSIENT, essential=False)],
+            essential=False))
 
     topology = pipeline.declare("run", [
         Stage("signals", [ChildSpec("signals", functools.partial(watch_signals, shutdown))]),
@@ -121,6 +138,7 @@ async def _run(
         Stage("hub", [ChildSpec("live.hub", when_started(hub.run, hub_ready))]),
         Stage("directory", [ChildSpec("aircraft.directory", when_started(
             directory.run, directory_ready, pipeline.pool))]),
+        *worker_stage,
         Stage("runtime", [ChildSpec("gc.pauses", log_slow_gc_pauses)], essential=False),
     ])
     settle_runtime()
@@ -139,6 +157,8 @@ async def _run(
             for stage in pipeline.stages:
                 stage.stop()
         web_stop.set()
+        if ctx.web_worker is not None:
+            ctx.web_worker.stop()  # its clients are told goodbye (1001) now, as the server's
         await pipeline.close()
 
         async def leave() -> None:  # the web server is stuck: stop the database and leave

@@ -140,6 +140,22 @@ class Settings:
         "Fix messages queued for each /api/live WebSocket client (`soar run`, `soar web`); when a client"
         " does not keep up, its oldest are dropped (soar_websocket_dropped_total)",
     )
+    web_worker: bool = _setting(
+        True,
+        "`soar run`: serve HTTP past the front door (API, pages, /api/live) from a child process,"
+        " the web worker, so that the memory a crowd of clients leaves behind is not the"
+        " tracker's; false: serve it in the one process",
+    )
+    web_worker_recycle_after: int = _setting(
+        100,
+        "`soar run`: once a web worker has served this many connections and none is open, it is"
+        " replaced by a fresh one if it grew (web_worker_recycle_growth)",
+    )
+    web_worker_recycle_growth: float = _setting(
+        0.05,
+        "`soar run`: how much a web worker's memory must have grown past its start (0.05 ="
+        " 5 %) to be replaced once its clients have gone",
+    )
     track_id: str = _setting(
         socket.gethostname().split(".")[0] or "track",
         "Split mode: this track's id in the partition leases (letters, digits, - _ =); stable"
@@ -334,9 +350,11 @@ def _validate(s: Settings) -> None:
                     f"nats_url: expected nats://host:port (or tls://, ws://, wss://), got {url!r}"
                 )
     for name in ("channel_size", "batch_rows", "spool_max_bytes", "nats_partitions",
-                 "nats_replicas", "live_client_queue"):
+                 "nats_replicas", "live_client_queue", "web_worker_recycle_after"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{name}: must be positive")
+    if not 0 <= s.web_worker_recycle_growth < 100:
+        raise ConfigError("web_worker_recycle_growth: expected a fraction, 0 or more (0.05 = 5 %)")
     _validate_receiver(s.receiver_lat, s.receiver_lon)
     if not (s.aprs_passcode == -1 or 0 <= s.aprs_passcode <= 32767):
         raise ConfigError(

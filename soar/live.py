@@ -148,6 +148,9 @@ class LivePublisher(_LiveBuffer):
     ) -> None:
         super().__init__(max_buffer, flush_interval)
         self.address = address
+        #: more addresses to listen on (`soar run`'s web worker dials an ipc:// one); set
+        #: before `run`
+        self.also: list[str] = []
         self._socket: Any = None
 
     def _take(self) -> tuple[int, list[bytes]]:
@@ -187,8 +190,10 @@ class LivePublisher(_LiveBuffer):
         # nng queues PUB messages per subscriber pipe (default 16!) and drops on overflow; one
         # flush sends one message per topic, so the queue must hold a whole flush.
         with pynng.Pub0(listen=self.address, send_buffer_size=PIPE_BUFFER) as sock:
+            for address in self.also:
+                sock.listen(address)
             self._socket = sock
-            log.info("live.publisher.listening", address=self.address)
+            log.info("live.publisher.listening", address=self.address, also=self.also or None)
             task_status.started()
             try:
                 await self._flush_every_interval(self.flush_paced)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import operator
 import os
 import socket as stdlib_socket
 import subprocess
@@ -348,6 +349,32 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def web_worker_pid(parent: int) -> int | None:
+    """The web worker child of `soar run` process `parent` (None: it has none now)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(fields[1]) == parent and b"soar.web.worker" in cmdline:
+            return int(stat.parent.name)
+    return None
+
+
+def soar_rss(parent: int) -> tuple[int, int]:
+    """RSS of `soar run` itself and of its web worker (0 without one)."""
+    worker = web_worker_pid(parent)
+    try:
+        worker_rss = rss_bytes(worker) if worker is not None else 0
+    except (OSError, RuntimeError):
+        worker_rss = 0  # retiring as we looked
+    return rss_bytes(parent), worker_rss
+
+
+RETIRED = 'soar_web_worker_exits_total{reason="retired"}'
+
+
 def feed_server(lines: list[bytes], rate: float, stop: threading.Event) -> int:
     """A plain-thread TCP feed on 127.0.0.1 sending `lines` round and round at `rate` a second;
     its port."""
@@ -396,14 +423,14 @@ def soar_env(data_dir: Path, http_port: int, feed_port: int, **extra: str) -> di
 
 
 def metric(port: int, name: str) -> float:
-    """One unlabelled sample of /metrics (0 when absent)."""
+    """One unlabelled metric of /metrics, this process's and its web worker's together (the
+    worker's samples are labelled worker="web"); 0 when absent."""
     import urllib.request
 
+    ours, worker = name + " ", name + '{worker="web"} '
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    return 0.0
+        return sum(float(line.split()[-1]) for line in response.read().decode().splitlines()
+                   if line.startswith((ours, worker)))
 
 
 async def wait_metric(port: int, name: str, done: Callable[[float], bool],
@@ -442,6 +469,34 @@ def committed_rows(port: int) -> float:
                    if line.startswith("soar_store_rows_committed_total{"))
 
 
+def _control_run(args: argparse.Namespace, offsets: list[float]) -> list[tuple[int, int]]:
+    """A second `soar run` like the first, with no client: RSS after the same warm-up and at
+    each of `offsets` seconds after it."""
+    from soar.bench.cli import testdata_dir
+
+    stop = threading.Event()
+    feed = feed_server(sbs_lines(testdata_dir()), args.rate, stop)
+    port = free_loopback_port()
+    with tempfile.TemporaryDirectory(prefix="soar-bench-control-") as tmp:
+        extra = {"SOAR_WEB_WORKER": "false"} if args.no_worker else {}
+        proc = subprocess.Popen([sys.executable, "-m", "soar", "run"],
+                                env=soar_env(Path(tmp) / "var", port, feed, **extra),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_started(proc, port, 180)
+            time.sleep(args.warm)
+            seen = [soar_rss(proc.pid)]
+            began = time.monotonic()
+            for offset in offsets:
+                time.sleep(max(0.0, began + offset - time.monotonic()))
+                seen.append(soar_rss(proc.pid))
+        finally:
+            stop.set()
+            proc.terminate()
+            proc.wait(60)
+    return seen
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m soar.bench.crowds_ws")
     parser.add_argument("--clients", type=int, default=1000)
@@ -455,6 +510,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="crowds one after the other (RSS after each: does a second grow it?)")
     parser.add_argument("--warm", type=float, default=60.0,
                         help="seconds of feed before RSS 'before' is read")
+    parser.add_argument("--no-worker", action="store_true",
+                        help="serve /api/live in soar's own process (SOAR_WEB_WORKER=false)")
+    parser.add_argument("--control", action="store_true",
+                        help="then run soar again with no client, reading RSS at the same moments"
+                             " (what the tracker grew by itself: its per-aircraft fixes fill for"
+                             " many minutes)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     from soar.bench import crowds as api_crowds
@@ -464,39 +525,49 @@ def main(argv: list[str] | None = None) -> int:
     feed = feed_server(sbs_lines(testdata_dir()), args.rate, stop)
     port = free_loopback_port()
     with tempfile.TemporaryDirectory(prefix="soar-bench-crowds-") as tmp:
+        extra = {"SOAR_WEB_WORKER": "false"} if args.no_worker else {}
         proc = subprocess.Popen([sys.executable, "-m", "soar", "run"],
-                                env=soar_env(Path(tmp) / "var", port, feed),
+                                env=soar_env(Path(tmp) / "var", port, feed, **extra),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_started(proc, port, 180)
             time.sleep(args.warm)
-            before = rss_bytes(proc.pid)
+            before_each = soar_rss(proc.pid)
+            before = sum(before_each)
+            began = time.monotonic()
+            offsets: list[float] = []  # when each "after" was read, from "before"
             dropped_before = metric(port, "soar_websocket_dropped_total")
             during: list[int] = []
             api: list[api_crowds.CrowdResult] = []
 
             async def hold(_result: CrowdResult) -> None:
-                during.append(rss_bytes(proc.pid))
+                during.append(sum(soar_rss(proc.pid)))
                 async with trio.open_nursery() as nursery:
                     if args.api_clients:
                         nursery.start_soon(_api_crowd, api, port, args.api_clients)
                     await trio.sleep(args.seconds)
-                during.append(rss_bytes(proc.pid))
+                during.append(sum(soar_rss(proc.pid)))
 
-            afters: list[int] = []
+            afters: list[tuple[int, int]] = []
 
             async def come_and_go() -> CrowdResult:
                 for _round in range(args.rounds):
+                    retired = metric(port, RETIRED)
                     result = await crowd("127.0.0.1", port, clients=args.clients,
                                          idle=args.idle, hold=hold)
                     await wait_metric(port, "soar_websocket_connections", lambda n: n == 0, 120)
                     await trio.sleep(HUB_TRIM_WAIT_S)
-                    afters.append(rss_bytes(proc.pid))
+                    if not args.no_worker:  # its successor up (if it grew enough to retire)
+                        await wait_metric(port, RETIRED, partial(operator.lt, retired), 30)
+                        await wait_metric(port, "soar_web_worker_up", lambda n: n == 1, 30)
+                    afters.append(soar_rss(proc.pid))
+                    offsets.append(time.monotonic() - began)
                 return result
 
             result = trio.run(come_and_go)
-            after = afters[-1]
+            after = sum(afters[-1])
             dropped = metric(port, "soar_websocket_dropped_total") - dropped_before
+            retired_workers = metric(port, RETIRED)
         finally:
             stop.set()
             proc.terminate()
@@ -506,7 +577,23 @@ def main(argv: list[str] | None = None) -> int:
                               "rss_with_crowd_mb": round(max(during or [0]) / 2**20, 1),
                               "rss_after_mb": round(after / 2**20, 1),
                               "rss_after_vs_before": round(after / before, 3),
-                              "rss_after_each_round_mb": [round(a / 2**20, 1) for a in afters]}
+                              "rss_after_each_round_mb": [round(sum(a) / 2**20, 1) for a in afters],
+                              "rss_soar_before_after_mb": [round(before_each[0] / 2**20, 1),
+                                                           round(afters[-1][0] / 2**20, 1)],
+                              "rss_worker_before_after_mb": [round(before_each[1] / 2**20, 1),
+                                                             round(afters[-1][1] / 2**20, 1)],
+                              "worker_retired": int(retired_workers)}
+    if args.control:
+        control = _control_run(args, offsets)
+        out |= {"control_rss_soar_before_after_mb": [round(control[0][0] / 2**20, 1),
+                                                     round(control[-1][0] / 2**20, 1)],
+                "control_rss_before_after_mb": [round(sum(control[0]) / 2**20, 1),
+                                                round(sum(control[-1]) / 2**20, 1)]}
+        grown = (after - before) - (sum(control[-1]) - sum(control[0]))
+        soar_grown = ((afters[-1][0] - before_each[0]) - (control[-1][0] - control[0][0]))
+        out |= {"crowd_left_behind_mb": round(grown / 2**20, 1),
+                "crowd_left_behind_vs_before": round(grown / before, 3),
+                "crowd_left_in_soar_mb": round(soar_grown / 2**20, 1)}
     for api_result in api:
         out |= {"api_requests": dict(api_result.statuses), "api_dropped": len(api_result.dropped),
                 "api_seconds": round(api_result.seconds, 1),

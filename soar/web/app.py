@@ -4,7 +4,8 @@ The app holds no state of its own: everything it shows comes from a `WebContext`
 builds (database pool, live hub, supervision tree), so the same app serves the all-in-one and
 the split `soar web` mode.
 
-May import: soar.store, soar.web.api, soar.web.connections, soar.web.door, soar.web.map_api
+May import: soar.store, soar.web.api, soar.web.connections, soar.web.door,
+soar.web.map_api, soar.web.worker_metrics
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from soar.web.door import (
     bearer_matches,
     is_loopback,
 )
+from soar.web.worker_metrics import exposition
 
 if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
@@ -51,6 +53,11 @@ class WebContext:
     query_threads: trio.CapacityLimiter = field(
         default_factory=lambda: trio.CapacityLimiter(API_POOL_SIZE))
     live: Any = None  # soar.web.live.LiveHub, when live fixes are wired
+    #: soar.web.worker.WebWorker (`soar run`): the front door hands connections to it
+    web_worker: Any = None
+    #: the feeds' states (`map_api.feed_states`) where they are not this process's own: a web
+    #: worker shows its parent's; None: computed from `tree` and this process's gauges
+    feeds: Callable[[], dict[str, Any]] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
     #: protects /metrics and the details of /healthz (settings.api_token); None: open
     api_token: str | None = None
@@ -84,7 +91,8 @@ def create_app(ctx: WebContext, *, api: bool = True, max_requests: int | None = 
         if ctx.api_token and not _token_given(ctx.api_token):
             return Response(TOKEN_REQUIRED, status=401,
                             headers={"WWW-Authenticate": TOKEN_CHALLENGE})
-        body = prometheus_client.generate_latest(prometheus_client.REGISTRY)
+        # in a thread: with a web worker, its families are asked for over a socket
+        body = await trio.to_thread.run_sync(exposition, ctx.web_worker)
         return Response(body, content_type=prometheus_client.CONTENT_TYPE_LATEST)
 
     if api:

@@ -147,6 +147,7 @@ class FrontDoor:
     `hand_over(sock, kind)` is called, in this thread, with every connection the loop must
     serve: `LIVE` for its WebSocket server, `OTHER` for hypercorn.
     `publish` (from the loop) sets the snapshot health and readiness are answered from.
+    `metrics()` gives the body of /metrics (default: this process's registry).
     """
 
     def __init__(
@@ -156,6 +157,7 @@ class FrontDoor:
         *,
         token: str | None = None,
         stall_after: float = 30.0,
+        metrics: Callable[[], bytes] | None = None,
         peek_s: float = PEEK_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -163,6 +165,8 @@ class FrontDoor:
         self._hand_over = hand_over
         self._token = token
         self.stall_after = stall_after
+        self._metrics = metrics or partial(prometheus_client.generate_latest,
+                                           prometheus_client.REGISTRY)
         self._peek_s = peek_s
         self._clock = clock
         self._snapshot: HealthSnapshot | None = None
@@ -367,7 +371,7 @@ class FrontDoor:
             if self._token and not token_ok:
                 return (401, b"text/plain; charset=utf-8", TOKEN_REQUIRED.encode(),
                         [(b"www-authenticate", TOKEN_CHALLENGE.encode())])
-            body = prometheus_client.generate_latest(prometheus_client.REGISTRY)
+            body = self._metrics()
             return 200, prometheus_client.CONTENT_TYPE_LATEST.encode(), body, []
         snapshot = self._snapshot
         silent = math.inf if snapshot is None else self._clock() - snapshot.taken

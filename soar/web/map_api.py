@@ -461,7 +461,8 @@ def map_blueprint(ctx: WebContext) -> Blueprint:
     @bp.get("/map/data/feeds")
     async def feeds() -> Response:
         _only()
-        return jsonify({"feeds": feed_states(ctx.tree()), "live": ctx.live is not None})
+        feeds = ctx.feeds() if ctx.feeds is not None else feed_states(ctx.tree())
+        return jsonify({"feeds": feeds, "live": ctx.live is not None})
 
     @bp.get("/map/data/trails")
     async def trails_route() -> Response:

@@ -8,12 +8,15 @@ setting to change; `serve_web` runs hypercorn's HTTP connections with the quart-
 (`soar.web.door`), a thread that answers health, readiness and metrics itself, however busy the
 loop is, and hands the rest over: a new connection asking for `/api/live` to trio-websocket
 (`live.serve_live_socket`, a third of hypercorn's memory per client), everything else to
-hypercorn. Every connection handed over goes through
+hypercorn. In `soar run`, every connection the door hands over goes to the web worker, a child
+process that serves it with `serve_arrivals` too, while it is up (`soar.web.worker`). Every
+connection handed over goes through
 `connections.guard` before hypercorn's `TCPServer` sees it: hypercorn has no hook at the
 connection level, and the connection is the unit that costs a descriptor: ASGI sees requests,
 not the thousands of connections that never send one.
 
-May import: soar.config, soar.web.app, soar.web.connections, soar.web.door, soar.web.live
+May import: soar.config, soar.web.app, soar.web.connections, soar.web.door, soar.web.live,
+soar.web.worker_metrics
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ from soar.web.connections import (
     guard,
 )
 from soar.web.door import Arrival, FrontDoor, HandedOver, HeadKind, publish_snapshots, run_door
-from soar.web.live import serve_live_socket
+from soar.web.live import LiveHub, serve_live_socket
+from soar.web.worker_metrics import exposition
 
 log = structlog.get_logger(__name__)
 
@@ -84,6 +88,19 @@ def listen_socket(settings: Settings, key: str) -> socket.socket:
     return sock
 
 
+def hypercorn_config(settings: Settings) -> HypercornConfig:
+    """hypercorn's settings for soar's HTTP connections (here and in the web worker)."""
+    config = HypercornConfig()
+    config.accesslog = None
+    config.errorlog = None
+    config.graceful_timeout = 5.0
+    config.backlog = LISTEN_BACKLOG
+    # An idle keep-alive connection costs a descriptor: close it after a while (a held one
+    # each from thousands of clients exhausted the process's descriptors).
+    config.keep_alive_timeout = settings.http_keep_alive
+    return config
+
+
 async def serve_web(
     settings: Settings,
     ctx: WebContext,
@@ -96,14 +113,7 @@ async def serve_web(
 ) -> None:
     """HTTP on `sock` (from `listen_socket`), else on `bind` (default `http_addr`) until `stop`
     is set; `api=False`: health and metrics only (see `create_app`)."""
-    config = HypercornConfig()
-    config.accesslog = None
-    config.errorlog = None
-    config.graceful_timeout = 5.0
-    config.backlog = LISTEN_BACKLOG
-    # An idle keep-alive connection costs a descriptor: close it after a while (a held one
-    # each from thousands of clients exhausted the process's descriptors).
-    config.keep_alive_timeout = settings.http_keep_alive
+    config = hypercorn_config(settings)
     ctx.api_token = settings.api_token
     ctx.extras.setdefault("settings", settings)  # the map page's freshness settings
     limit = ConnectionLimit(settings.http_max_connections or default_max_connections())
@@ -174,7 +184,54 @@ async def _serve(
     live: bool,
 ) -> None:
     """`hypercorn.trio.run.worker_serve` for one plain listener behind the front door, each
-    connection handed over guarded; `live`: `/api/live` connections to trio-websocket."""
+    connection handed over guarded; `live`: `/api/live` connections to trio-websocket. With a
+    web worker (`ctx.web_worker`, `soar run`), the door hands connections to it while it is
+    up, and to this process while it is not."""
+    listener = HandedOver()
+    worker = ctx.web_worker
+
+    def hand_over(conn: socket.socket, kind: HeadKind) -> None:
+        # in the door's thread
+        if worker is not None and worker.take(conn, kind):
+            return
+        listener.hand_over(conn, kind)
+
+    door = FrontDoor(sock.dup(), hand_over, token=ctx.api_token,
+                     stall_after=settings.health_stall_after,
+                     metrics=partial(exposition, worker))
+    door.publish(take_snapshot(ctx))  # the first probe finds an answer ready
+    bound = f"http://{repr_socket_addr(sock.family, sock.getsockname())}"
+
+    async def open_door(accepting: trio.Nursery) -> None:
+        await accepting.start(run_door, door)
+        accepting.start_soon(publish_snapshots, door, partial(take_snapshot, ctx))
+        log.info("http.listening", address=bound, max_connections=limit.limit)
+
+    await serve_arrivals(app, config, listener, limit, stop, get_hub=lambda: ctx.live,
+                         live=live, open_door=open_door,
+                         task_status=partial(_started_with, task_status, [bound]))
+
+
+def _started_with(task_status: trio.TaskStatus[list[str]], value: list[str]) -> None:
+    task_status.started(value)
+
+
+async def serve_arrivals(
+    app: QuartTrio,
+    config: HypercornConfig,
+    listener: trio.abc.Listener[Arrival],
+    limit: ConnectionLimit,
+    stop: trio.Event,
+    *,
+    get_hub: Callable[[], LiveHub | None],
+    live: bool = True,
+    open_door: Callable[[trio.Nursery], Awaitable[None]] | None = None,
+    task_status: Callable[[], None] | None = None,
+) -> None:
+    """Serve every connection `listener` yields, guarded by `limit`, until `stop`: a new
+    `/api/live` (with `live`) on trio-websocket, the rest on hypercorn with `app`. The front
+    door (`open_door`, in this process) or the parent that hands connections over (the web
+    worker) is the listener's source. `task_status()` once serving."""
     asgi = wrap_app(app, config.wsgi_max_body_size, "asgi")
     lifespan_state: dict[str, object] = {}
     lifespan = Lifespan(asgi, config, lifespan_state)
@@ -183,29 +240,24 @@ async def _serve(
         await lifespan_nursery.start(lifespan.handle_lifespan)
         await lifespan.wait_for_startup()
         async with trio.open_nursery() as connections:
-            listener = HandedOver()
-            door = FrontDoor(sock.dup(), listener.hand_over, token=ctx.api_token,
-                             stall_after=settings.health_stall_after)
-            door.publish(take_snapshot(ctx))  # the first probe finds an answer ready
             state = ConnectionState(lifespan_state.copy())
             http = partial(_Connection, asgi, config, context, state)
             leaving = trio.Event()  # set at stop: live clients are told the server is going
-            live_socket = partial(serve_live_socket, lambda: ctx.live, leaving=leaving)
+            live_socket = partial(serve_live_socket, get_hub, leaving=leaving)
 
             async def handler(arrival: Arrival) -> None:
                 to_live = live and arrival.kind is HeadKind.LIVE
                 await guard(limit, live_socket if to_live else http, arrival.stream)
 
-            bound = f"http://{repr_socket_addr(sock.family, sock.getsockname())}"
             try:
                 async with trio.open_nursery() as accepting:
-                    await accepting.start(run_door, door)
-                    accepting.start_soon(publish_snapshots, door, partial(take_snapshot, ctx))
+                    if open_door is not None:
+                        await open_door(accepting)
                     accepting.start_soon(partial(
                         trio.serve_listeners, handler, [listener], handler_nursery=connections
                     ))
-                    log.info("http.listening", address=bound, max_connections=limit.limit)
-                    task_status.started([bound])
+                    if task_status is not None:
+                        task_status()
                     await stop.wait()
                     leaving.set()
                     accepting.cancel_scope.cancel()

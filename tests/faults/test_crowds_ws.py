@@ -12,7 +12,9 @@ drops, the readers subscribe, and the crowd leaves once each of them has a fix: 
 a batch four times a second, and on a busy 2-core machine that is kept to seconds. How fast
 `/healthz` answers meanwhile and how much memory comes back are figures of
 `python -m soar.bench.crowds_ws`; here they are only printed. That every probe was answered by
-the front door (the thread ahead of the loop) is counted, and asserted.
+the front door (the thread ahead of the loop) is counted, and asserted; so is that every
+connection of the crowd was served by the live worker, not the tracker's process, and that the
+worker retired once the crowd had gone, a fresh one taking its place.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import pytest
 import trio
 
 from soar.bench.crowds_ws import (
+    RETIRED,
     CrowdResult,
     crowd,
     feed_server,
@@ -67,6 +70,9 @@ class Seen:
     before: dict[str, float]
     after: dict[str, float]
     connections_after: float
+    #: live workers retired once the crowd had gone, and whether a fresh one is up
+    retired: float
+    worker_up: float
 
     def delta(self, counter: str) -> float:
         return self.after[counter] - self.before[counter]
@@ -74,7 +80,9 @@ class Seen:
 
 def _counters(port: int) -> dict[str, float]:
     return {name: metric(port, f"soar_websocket_{name}_total") for name in COUNTERS} | {
-        "door_healthz": metric(port, DOOR_HEALTHZ)}
+        "door_healthz": metric(port, DOOR_HEALTHZ),
+        "to_worker": metric(port, 'soar_web_handovers_total{to="worker"}'),
+        "to_parent": metric(port, 'soar_web_handovers_total{to="parent"}')}
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +109,7 @@ def seen(
             await wait_metric(port, "soar_websocket_dropped_total",
                               lambda dropped: dropped - before["dropped"] >= DROPS, WAIT_S)
 
-        async def come_and_go() -> tuple[CrowdResult, float]:
+        async def come_and_go() -> tuple[CrowdResult, float, float, float]:
             result = await crowd("127.0.0.1", port, clients=CLIENTS, idle=IDLE,
                                  concurrency=CONCURRENCY, ready=overflowed,
                                  fixes_timeout=WAIT_S)
@@ -109,10 +117,13 @@ def seen(
             # the crowd has left: the server closes each of its connections
             connections = await wait_metric(port, "soar_websocket_connections",
                                             lambda open_now: open_now == 0, WAIT_S)
-            return result, connections
+            # and the live worker that served it retires; a fresh one takes its place
+            retired = await wait_metric(port, RETIRED, lambda n: n >= 1, WAIT_S)
+            up = await wait_metric(port, "soar_web_worker_up", lambda n: n == 1, WAIT_S)
+            return result, connections, retired, up
 
-        result, connections = trio.run(come_and_go)
-        seen = Seen(result, before, _counters(port), connections)
+        result, connections, retired, up = trio.run(come_and_go)
+        seen = Seen(result, before, _counters(port), connections, retired, up)
         print(f"crowd: {result.summary()}; fixes {seen.after}, before {before}")
         yield seen
     finally:
@@ -151,3 +162,15 @@ def test_non_readers_drop_oldest_counted_and_connections_are_released(seen: Seen
     assert seen.delta("queued") == (
         seen.delta("sent") + seen.delta("dropped") + seen.delta("discarded")), seen
     assert seen.connections_after == 0, "connections of clients that left are still counted open"
+
+
+@pytest.mark.time_limit(60)
+def test_the_crowd_was_served_by_the_web_worker_which_then_made_way_for_a_fresh_one(
+    seen: Seen,
+) -> None:
+    # every connection of the crowd went to the worker: none allocated in the tracker's heap
+    assert seen.delta("to_worker") >= CLIENTS
+    assert seen.delta("to_parent") == 0
+    # what a crowd leaves in the allocator goes with the worker that served it
+    assert seen.retired >= 1
+    assert seen.worker_up == 1
