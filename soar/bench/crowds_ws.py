@@ -28,6 +28,7 @@ May import: soar.bench.cli, soar.bench.crowds, soar.hostport
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import operator
@@ -38,7 +39,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -469,31 +470,51 @@ def committed_rows(port: int) -> float:
                    if line.startswith("soar_store_rows_committed_total{"))
 
 
-def _control_run(args: argparse.Namespace, offsets: list[float]) -> list[tuple[int, int]]:
-    """A second `soar run` like the first, with no client: RSS after the same warm-up and at
-    each of `offsets` seconds after it."""
+def stop_soar(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    """SIGTERM, as an operator stops soar; SIGKILL if it has not ended `timeout` s later."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@contextlib.contextmanager
+def bench_soar(rate: float, prefix: str, *, no_worker: bool
+               ) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """A `soar run` (and its HTTP port) fed the SBS capture at `rate` lines a second, once it
+    has committed rows; it and its feed are stopped on leaving."""
     from soar.bench.cli import testdata_dir
 
     stop = threading.Event()
-    feed = feed_server(sbs_lines(testdata_dir()), args.rate, stop)
+    feed = feed_server(sbs_lines(testdata_dir()), rate, stop)
     port = free_loopback_port()
-    with tempfile.TemporaryDirectory(prefix="soar-bench-control-") as tmp:
-        extra = {"SOAR_WEB_WORKER": "false"} if args.no_worker else {}
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        extra = {"SOAR_WEB_WORKER": "false"} if no_worker else {}
         proc = subprocess.Popen([sys.executable, "-m", "soar", "run"],
                                 env=soar_env(Path(tmp) / "var", port, feed, **extra),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_started(proc, port, 180)
-            time.sleep(args.warm)
-            seen = [soar_rss(proc.pid)]
-            began = time.monotonic()
-            for offset in offsets:
-                time.sleep(max(0.0, began + offset - time.monotonic()))
-                seen.append(soar_rss(proc.pid))
+            yield proc, port
         finally:
             stop.set()
-            proc.terminate()
-            proc.wait(60)
+            stop_soar(proc)
+
+
+def _control_run(args: argparse.Namespace, offsets: list[float]) -> list[tuple[int, int]]:
+    """A second `soar run` like the first, with no client: RSS after the same warm-up and at
+    each of `offsets` seconds after it."""
+    with bench_soar(args.rate, "soar-bench-control-", no_worker=args.no_worker) as (proc, _port):
+        time.sleep(args.warm)
+        seen = [soar_rss(proc.pid)]
+        began = time.monotonic()
+        for offset in offsets:
+            time.sleep(max(0.0, began + offset - time.monotonic()))
+            seen.append(soar_rss(proc.pid))
     return seen
 
 
@@ -511,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warm", type=float, default=60.0,
                         help="seconds of feed before RSS 'before' is read")
     parser.add_argument("--no-worker", action="store_true",
-                        help="serve /api/live in soar's own process (SOAR_WEB_WORKER=false)")
+                        help="serve HTTP in soar's own process (SOAR_WEB_WORKER=false)")
     parser.add_argument("--control", action="store_true",
                         help="then run soar again with no client, reading RSS at the same moments"
                              " (what the tracker grew by itself: its per-aircraft fixes fill for"
@@ -519,59 +540,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     from soar.bench import crowds as api_crowds
-    from soar.bench.cli import testdata_dir
 
-    stop = threading.Event()
-    feed = feed_server(sbs_lines(testdata_dir()), args.rate, stop)
-    port = free_loopback_port()
-    with tempfile.TemporaryDirectory(prefix="soar-bench-crowds-") as tmp:
-        extra = {"SOAR_WEB_WORKER": "false"} if args.no_worker else {}
-        proc = subprocess.Popen([sys.executable, "-m", "soar", "run"],
-                                env=soar_env(Path(tmp) / "var", port, feed, **extra),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            wait_started(proc, port, 180)
-            time.sleep(args.warm)
-            before_each = soar_rss(proc.pid)
-            before = sum(before_each)
-            began = time.monotonic()
-            offsets: list[float] = []  # when each "after" was read, from "before"
-            dropped_before = metric(port, "soar_websocket_dropped_total")
-            during: list[int] = []
-            api: list[api_crowds.CrowdResult] = []
+    with bench_soar(args.rate, "soar-bench-crowds-", no_worker=args.no_worker) as (proc, port):
+        time.sleep(args.warm)
+        before_each = soar_rss(proc.pid)
+        before = sum(before_each)
+        began = time.monotonic()
+        offsets: list[float] = []  # when each "after" was read, from "before"
+        dropped_before = metric(port, "soar_websocket_dropped_total")
+        during: list[int] = []
+        api: list[api_crowds.CrowdResult] = []
 
-            async def hold(_result: CrowdResult) -> None:
-                during.append(sum(soar_rss(proc.pid)))
-                async with trio.open_nursery() as nursery:
-                    if args.api_clients:
-                        nursery.start_soon(_api_crowd, api, port, args.api_clients)
-                    await trio.sleep(args.seconds)
-                during.append(sum(soar_rss(proc.pid)))
+        async def hold(_result: CrowdResult) -> None:
+            during.append(sum(soar_rss(proc.pid)))
+            async with trio.open_nursery() as nursery:
+                if args.api_clients:
+                    nursery.start_soon(_api_crowd, api, port, args.api_clients)
+                await trio.sleep(args.seconds)
+            during.append(sum(soar_rss(proc.pid)))
 
-            afters: list[tuple[int, int]] = []
+        afters: list[tuple[int, int]] = []
 
-            async def come_and_go() -> CrowdResult:
-                for _round in range(args.rounds):
-                    retired = metric(port, RETIRED)
-                    result = await crowd("127.0.0.1", port, clients=args.clients,
-                                         idle=args.idle, hold=hold)
-                    await wait_metric(port, "soar_websocket_connections", lambda n: n == 0, 120)
-                    await trio.sleep(HUB_TRIM_WAIT_S)
-                    if not args.no_worker:  # its successor up (if it grew enough to retire)
-                        await wait_metric(port, RETIRED, partial(operator.lt, retired), 30)
-                        await wait_metric(port, "soar_web_worker_up", lambda n: n == 1, 30)
-                    afters.append(soar_rss(proc.pid))
-                    offsets.append(time.monotonic() - began)
-                return result
+        async def come_and_go() -> CrowdResult:
+            for _round in range(args.rounds):
+                retired = metric(port, RETIRED)
+                result = await crowd("127.0.0.1", port, clients=args.clients,
+                                     idle=args.idle, hold=hold)
+                await wait_metric(port, "soar_websocket_connections", lambda n: n == 0, 120)
+                await trio.sleep(HUB_TRIM_WAIT_S)
+                if not args.no_worker:  # its successor up (if it grew enough to retire)
+                    await wait_metric(port, RETIRED, partial(operator.lt, retired), 30)
+                    await wait_metric(port, "soar_web_worker_up", lambda n: n == 1, 30)
+                afters.append(soar_rss(proc.pid))
+                offsets.append(time.monotonic() - began)
+            return result
 
-            result = trio.run(come_and_go)
-            after = sum(afters[-1])
-            dropped = metric(port, "soar_websocket_dropped_total") - dropped_before
-            retired_workers = metric(port, RETIRED)
-        finally:
-            stop.set()
-            proc.terminate()
-            proc.wait(60)
+        result = trio.run(come_and_go)
+        after = sum(afters[-1])
+        dropped = metric(port, "soar_websocket_dropped_total") - dropped_before
+        retired_workers = metric(port, RETIRED)
     out = result.summary() | {"dropped_fixes": int(dropped),
                               "rss_before_mb": round(before / 2**20, 1),
                               "rss_with_crowd_mb": round(max(during or [0]) / 2**20, 1),

@@ -72,7 +72,8 @@ __all__ = [  # the pure parts come from soar.protocols.live_wire, re-exported fo
     "AircraftDirectory",
     "AircraftInfo",
     "BadRequest", "ClientQueue", "LiveClient", "LiveHub", "Square", "connection_status",
-    "handle_client_message", "live_blueprint", "run_live_client", "serve_live_socket",
+    "handle_client_message", "live_blueprint", "own_rss_bytes", "run_live_client",
+    "serve_live_socket",
     "squares_in_bounds",
 ]
 
@@ -504,13 +505,13 @@ class LiveHub:
                     break
             self._departed = 0
             self._crowd_left = trio.Event()
-            before = _rss_bytes()
+            before = own_rss_bytes()
             # closed connections leave reference cycles (server and framework objects) that
             # only a full collection frees; once per crowd, not per client
             gc.collect()
             await trio.to_thread.run_sync(_malloc_trim)
             log.info("live.hub.memory_trimmed", clients=self.client_count,
-                     rss_before_mb=before // 2**20, rss_after_mb=_rss_bytes() // 2**20)
+                     rss_before_mb=before // 2**20, rss_after_mb=own_rss_bytes() // 2**20)
 
     async def _run_pynng(self, task_status: trio.TaskStatus[None]) -> None:
         import pynng
@@ -605,7 +606,8 @@ def _malloc_trim() -> None:
         trim(0)
 
 
-def _rss_bytes() -> int:
+def own_rss_bytes() -> int:
+    """This process's resident set size (Linux: /proc/self/statm); 0 where unknown."""
     try:
         with open("/proc/self/statm") as statm:
             return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

@@ -176,7 +176,6 @@ class WebWorker:
         self._carried: list[Metric] = []  # the summed counters of the workers that retired
         self._stopping = False
         self._processes: set[trio.Process] = set()
-        self.started = 0  # worker processes started, for the log
         self._ready_once = False
         self._created = time.monotonic()
 
@@ -298,7 +297,6 @@ class WebWorker:
                     deliver_cancel=_terminate))
                 assert process is not None
                 self._processes.add(process)
-                self.started += 1
                 handover_child.close()
                 metrics_child.close()
                 with self._metrics_lock:

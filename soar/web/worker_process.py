@@ -28,6 +28,7 @@ import trio
 from soar.config import Settings
 from soar.web.connections import Admission, ConnectionLimit
 from soar.web.door import HandedOver, HeadKind
+from soar.web.live import own_rss_bytes
 from soar.web.worker import (
     DATABASE_ENV,
     GRACEFUL_S,
@@ -191,15 +192,15 @@ async def _receive_connections(
                 continue
             now = trio.current_time()
             idle_since = now if idle_since is None else idle_since
-            grown = _rss_bytes() > baseline * (1 + settings.web_worker_recycle_growth)
+            grown = own_rss_bytes() > baseline * (1 + settings.web_worker_recycle_growth)
             if now - idle_since >= RECYCLE_IDLE_S and grown:
-                log.info("web.worker.retiring", served=served, rss_mb=_rss_bytes() // 2**20,
+                log.info("web.worker.retiring", served=served, rss_mb=own_rss_bytes() // 2**20,
                          baseline_mb=baseline // 2**20)
                 await trio.socket.from_stdlib_socket(handover).send(b"D")
                 return
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(retire_after_crowds, _rss_bytes())
+        nursery.start_soon(retire_after_crowds, own_rss_bytes())
 
         async def end_when_stopped() -> None:
             await stop.wait()
@@ -273,12 +274,3 @@ async def _serve_metrics(sock: socket.socket, done: trio.Event) -> None:
         done.set()
         wake_r.close()
         wake_w.close()
-
-
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
-

@@ -37,6 +37,7 @@ from soar.bench.crowds_ws import (
     metric,
     sbs_lines,
     soar_env,
+    stop_soar,
     wait_metric,
     wait_started,
 )
@@ -128,12 +129,7 @@ def seen(
         yield seen
     finally:
         stop.set()
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_soar(proc)
         drop_database(pg_server, db_url)
 
 

@@ -36,6 +36,7 @@ from soar.bench.crowds_ws import (
     metric,
     sbs_lines,
     soar_env,
+    stop_soar,
     wait_started,
     web_worker_pid,
 )
@@ -123,13 +124,7 @@ def soar(
         yield running
     finally:
         stop.set()
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_soar(proc)
         for pid in running.workers:
             if not gone(pid):
                 os.kill(pid, signal.SIGKILL)
