@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from soar.protocols.sbs import SbsMessage, parse_line
 from tests.support import free_port, soar_env, wait_ready
 
 SBS_SAMPLE = "sbs/adsbhub-sbs-sample-20260224.txt.gz"
@@ -64,6 +65,17 @@ class SbsFeed:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def first_positioned(self, west: float, south: float, east: float, north: float) -> set[str]:
+        """The hex addresses of the aircraft with a position inside the box in the first
+        snapshot: what soar stores of it there, once the snapshot has gone through."""
+        found = set()
+        for line in self.first:
+            msg = parse_line(line.decode())
+            if (isinstance(msg, SbsMessage) and msg.lat is not None and msg.lon is not None
+                    and west <= msg.lon <= east and south <= msg.lat <= north):
+                found.add(f"{msg.icao:06X}")
+        return found
 
     def release_second(self) -> None:
         self._release.set()
