@@ -192,7 +192,8 @@ async def test_live_subjects_reach_subscribers_and_overflow_is_counted(
 
 
 async def test_lease_bucket_compare_and_set_and_ttl(link: JetStreamLink) -> None:
-    bucket = await link.lease_bucket(unique("leases"), ttl_s=1.0)
+    # compare-and-set on a bucket whose TTL a busy machine cannot outrun between two calls
+    bucket = await link.lease_bucket(unique("leases"), ttl_s=60.0)
     revision = await bucket.create("partition.1", b"a")
     with pytest.raises(LeaseConflict):
         await bucket.create("partition.1", b"b")
@@ -208,7 +209,10 @@ async def test_lease_bucket_compare_and_set_and_ttl(link: JetStreamLink) -> None
     await bucket.delete("partition.1", newer)
     assert await bucket.get("partition.1") is None
     await bucket.create("partition.1", b"b")  # free again after a delete
-    # nobody renews: the entries expire by themselves after the TTL
+    # on a bucket with a short TTL, nobody renews: the entries expire by themselves
+    bucket = await link.lease_bucket(unique("leases"), ttl_s=1.0)
+    await bucket.create("partition.1", b"b")
+    await bucket.put("track.a", b"a")
     with trio.fail_after(WAIT_S):
         while await bucket.keys():
             await trio.sleep(0.1)
