@@ -26,6 +26,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from soar.protocols.ogn import ReceiverBeacon
+from soar.protocols.ogn import parse_line as parse_ogn
 from soar.protocols.sbs import SbsMessage, parse_line
 from tests.support import free_port, soar_env, wait_ready
 
@@ -118,6 +120,12 @@ class OgnFeed:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def positioned_receivers(self) -> set[str]:
+        """The names of the receivers that send their own position in the capture: what soar
+        stores as positioned receivers, once the capture has gone through."""
+        records = (parse_ogn(line.decode(errors="replace")) for line in self.lines)
+        return {r.header.name for r in records if isinstance(r, ReceiverBeacon)}
 
     def shifted(self) -> list[bytes]:
         """The capture with every beacon time moved so the newest is 5 s before now."""

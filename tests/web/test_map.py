@@ -53,21 +53,26 @@ def _fed_soar(testdata: Path, tmp: Path) -> Iterator[RunningSoar]:
         wait_for_blocking(running.sbs.first_sent.is_set, 120, "the first SBS snapshot to be sent")
         wait_for_blocking(running.ogn.sent.is_set, 120, "the OGN capture to be sent")
 
-        # All of the first SBS snapshot, not only some of it: it is stored in several batches,
-        # and a page opened between two of them would miss, for good, the aircraft whose only
-        # live fix went out before it subscribed (its stored set is compared with the API's).
+        # All of the first SBS snapshot and every receiver of the OGN capture, not only some:
+        # each is stored in several batches, and a page opened between two of them would miss,
+        # for good, what came after (an aircraft whose only live fix went out before the page
+        # subscribed; a receiver, read once per view), where the tests compare the page's set
+        # with the API's.
         nyc_box = (-76, 39.5, -71, 41.8)
         first = running.sbs.first_positioned(*nyc_box)
         assert DESCENDING in first
         nyc_bbox = ",".join(map(str, nyc_box))
+        stations = running.ogn.positioned_receivers()
+        assert len(stations) > 10
 
         def stored() -> bool:
             nyc = http_json(base + f"/api/aircraft?bbox={nyc_bbox}&limit=1000")
             trails = http_json(base + f"/map/data/trails?bbox={nyc_bbox}")["trails"]
             europe = http_json(base + "/api/aircraft?bbox=-5,48,12,55&limit=1000")
-            receivers = http_json(base + "/api/receivers?positioned=true")
+            receivers = http_json(base + "/api/receivers?positioned=true&limit=1000")
             return ({a["address"] for a in nyc["aircraft"]} >= first and len(trails) >= len(first)
-                    and europe["count"] > 100 and receivers["count"] > 10)
+                    and europe["count"] > 100
+                    and {r["name"] for r in receivers["receivers"]} >= stations)
 
         wait_for_blocking(stored, 120, "the captures to be stored")
         yield running
