@@ -44,7 +44,7 @@ from soar.database import Database, open_database
 from soar.runtime import log_slow_gc_pauses, settle_runtime, watch_signals
 from soar.supervisor import ChildSpec, RestartPolicy
 from soar.topology import Stage, when_started
-from soar.web.app import WebContext, open_api_pool
+from soar.web.app import WebContext, open_api_pool, readiness_document
 from soar.web.server import await_web_or_leave, listen_socket, serve_when_ready
 from soar.web.worker import WebWorker, publisher_address
 
@@ -123,7 +123,7 @@ async def _run(
         pipeline.live.also.append(worker_at)
         ctx.web_worker = worker = WebWorker(
             settings, db.url, worker_at, tree=pipeline.tree,
-            ready=lambda: all(check() for check in ready_checks.values()))
+            ready=lambda: readiness_document(ctx)[1])
         ready_checks["web_worker"] = worker.ready_check
         # optional: while it is down, the door hands connections to this process's server
         worker_stage.append(Stage("web-worker", [ChildSpec(

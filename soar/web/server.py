@@ -209,11 +209,7 @@ async def _serve(
 
     await serve_arrivals(app, config, listener, limit, stop, get_hub=lambda: ctx.live,
                          live=live, open_door=open_door,
-                         task_status=partial(_started_with, task_status, [bound]))
-
-
-def _started_with(task_status: trio.TaskStatus[list[str]], value: list[str]) -> None:
-    task_status.started(value)
+                         task_status=partial(task_status.started, [bound]))
 
 
 async def serve_arrivals(

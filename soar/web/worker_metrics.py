@@ -48,10 +48,10 @@ def summed(groups: list[list[Metric]]) -> list[Metric]:
                 values[family.name] = {}
             elif families[family.name].type != family.type:
                 continue
-            summed = values[family.name]
+            totals = values[family.name]
             for sample in family.samples:
                 key = _sample_key(sample)
-                summed[key] = summed.get(key, 0.0) + sample.value
+                totals[key] = totals.get(key, 0.0) + sample.value
     out = []
     for name, first in families.items():
         family = Metric(first.name, first.documentation, first.type, first.unit)
@@ -99,5 +99,3 @@ def exposition(worker: WebWorker | None) -> bytes:
     if worker is None:
         return prometheus_client.generate_latest(prometheus_client.REGISTRY)
     return prometheus_client.generate_latest(_Merged(worker.families()))
-
-

@@ -192,9 +192,10 @@ async def _receive_connections(
                 continue
             now = trio.current_time()
             idle_since = now if idle_since is None else idle_since
-            grown = own_rss_bytes() > baseline * (1 + settings.web_worker_recycle_growth)
-            if now - idle_since >= RECYCLE_IDLE_S and grown:
-                log.info("web.worker.retiring", served=served, rss_mb=own_rss_bytes() // 2**20,
+            rss = own_rss_bytes()
+            if now - idle_since >= RECYCLE_IDLE_S and rss > baseline * (
+                    1 + settings.web_worker_recycle_growth):
+                log.info("web.worker.retiring", served=served, rss_mb=rss // 2**20,
                          baseline_mb=baseline // 2**20)
                 await trio.socket.from_stdlib_socket(handover).send(b"D")
                 return
