@@ -13,7 +13,7 @@ a batch four times a second, and on a busy 2-core machine that is kept to second
 `/healthz` answers meanwhile and how much memory comes back are figures of
 `python -m soar.bench.crowds_ws`; here they are only printed. That every probe was answered by
 the front door (the thread ahead of the loop) is counted, and asserted; so is that every
-connection of the crowd was served by the live worker, not the tracker's process, and that the
+connection of the crowd was served by the web worker, not the tracker's process, and that the
 worker retired once the crowd had gone, a fresh one taking its place.
 """
 
@@ -71,7 +71,7 @@ class Seen:
     before: dict[str, float]
     after: dict[str, float]
     connections_after: float
-    #: live workers retired once the crowd had gone, and whether a fresh one is up
+    #: web workers retired once the crowd had gone, and whether a fresh one is up
     retired: float
     worker_up: float
 
@@ -118,7 +118,7 @@ def seen(
             # the crowd has left: the server closes each of its connections
             connections = await wait_metric(port, "soar_websocket_connections",
                                             lambda open_now: open_now == 0, WAIT_S)
-            # and the live worker that served it retires; a fresh one takes its place
+            # and the web worker that served it retires; a fresh one takes its place
             retired = await wait_metric(port, RETIRED, lambda n: n >= 1, WAIT_S)
             up = await wait_metric(port, "soar_web_worker_up", lambda n: n == 1, WAIT_S)
             return result, connections, retired, up

@@ -18,8 +18,6 @@ import signal
 import subprocess
 import sys
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,8 +39,10 @@ from soar.bench.crowds_ws import (
     web_worker_pid,
 )
 from soar.hostport import free_loopback_port
+from soar.processes import pid_alive
 from soar.store.embedded import EmbeddedPostgres
 from tests.faults.faultkit import as_url, drop_database, fresh_database
+from tests.support import http_get, wait_for_blocking
 
 #: SBS lines a second: several fixes a second in AREA
 FEED_RATE = 300.0
@@ -64,8 +64,9 @@ class Soar:
         return metric(self.port, name)
 
     def metrics_text(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=30) as r:
-            return str(r.read().decode())
+        status, body = http_get(f"http://127.0.0.1:{self.port}/metrics")
+        assert status == 200, (status, body[:200])
+        return body.decode()
 
     def worker(self) -> int:
         """The web worker's pid, once it takes connections."""
@@ -76,30 +77,14 @@ class Soar:
         return pid
 
 
-def wait_until(done: object, what: str, timeout: float = WAIT_S) -> None:
-    """Poll `done()` (a count or a process state) until true, for at most `timeout` s."""
-    assert callable(done)
-    finished = threading.Event()
-    deadline = threading.Timer(timeout, finished.set)
-    deadline.start()
-    try:
-        while not done():
-            if finished.wait(0.1):  # how often to look, not what the test depends on
-                raise AssertionError(f"not in {timeout} s: {what}")
-    finally:
-        deadline.cancel()
+def wait_until(done: Callable[[], bool], what: str) -> None:
+    """Poll `done()` (a count or a process state) until true, for at most WAIT_S."""
+    wait_for_blocking(done, WAIT_S, what)
 
 
 def gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    # a zombie of a parent still alive counts as gone: it runs no more
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
+    """Process `pid` runs no more (a zombie of a parent still alive included)."""
+    return not pid_alive(pid)
 
 
 @pytest.fixture
@@ -199,12 +184,8 @@ def test_api_and_pages_are_served_by_the_worker_with_the_parents_feeds(soar: Soa
         "state"] == "connected", "the worker shows the parent's SBS feed connected")
 
 
-def _get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
+def _get(port: int, path: str) -> tuple[int, bytes]:
+    return http_get(f"http://127.0.0.1:{port}{path}")
 
 
 @pytest.mark.time_limit(180)
